@@ -1,0 +1,72 @@
+/*
+ * Byte-level BPE tokenizer loaded from Hugging Face tokenizer.json.
+ * Exact parity with the `tokenizers` library is the bar (t/fixtures goldens).
+ *
+ * A loaded tokenizer is immutable and safe to use from many threads at once
+ * (any cache inside is per thread or locked).
+ */
+#ifndef LLM_TOKENIZER_H
+#define LLM_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tokenizer tokenizer;
+
+/* Loads tokenizer.json (path to the file).  tokenizer_config.json in the
+ * same directory is read for bos/eos token names when present.
+ * Returns NULL with a message naming the file in err. */
+tokenizer *tokenizer_load(const char *tokenizer_json_path,
+                          char *err, size_t errlen);
+void tokenizer_free(tokenizer *t);
+
+int tokenizer_vocab_size(const tokenizer *t);   /* max id + 1 */
+/* Id of a token string (vocab or added token), or -1. */
+int32_t tokenizer_token_id(const tokenizer *t, const char *token);
+/* Is this id an added token flagged special? */
+int tokenizer_is_special(const tokenizer *t, int32_t id);
+
+/*
+ * Encodes UTF-8 text.  Added tokens are matched first; the rest goes
+ * through NFC, the pre-tokenizer regex, byte-level mapping and BPE.
+ * Returns a malloc'ed array in *ids and its length, or -1 with err
+ * (invalid UTF-8 is an error).  add_special_tokens: prepend/append what
+ * the post-processor says (Qwen3: nothing).
+ */
+int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
+                     int add_special_tokens, int32_t **ids,
+                     char *err, size_t errlen);
+
+/* Raw bytes of one token (byte-level decoded; may be partial UTF-8).
+ * NULL for an unknown id. */
+const char *tokenizer_token_bytes(const tokenizer *t, int32_t id, size_t *len);
+
+/* One-shot decode to malloc'ed UTF-8; invalid UTF-8 sequences become
+ * U+FFFD as Hugging Face's decoder does.  Returns NULL with err on an
+ * unknown id. */
+char *tokenizer_decode(const tokenizer *t, const int32_t *ids, int n,
+                       int skip_special_tokens, size_t *out_len,
+                       char *err, size_t errlen);
+
+/*
+ * Incremental decoder for streaming: feed ids one at a time, get the text
+ * that has become complete UTF-8.  The concatenation of all outputs plus
+ * tokenizer_stream_flush() equals tokenizer_decode() of all ids.
+ */
+typedef struct {
+    char   pending[8];      /* bytes of an incomplete UTF-8 sequence */
+    int    n_pending;
+    int    skip_special_tokens;
+} tokenizer_stream;
+
+void tokenizer_stream_init(tokenizer_stream *s, int skip_special_tokens);
+/* Appends the newly complete text to out (capacity cap) and returns the
+ * number of bytes written, or -1 for an unknown id.  cap >= len of the
+ * token's bytes + 8 is always enough. */
+int tokenizer_stream_feed(const tokenizer *t, tokenizer_stream *s,
+                          int32_t id, char *out, size_t cap);
+/* Emits what is left (incomplete bytes as U+FFFD). */
+int tokenizer_stream_flush(const tokenizer *t, tokenizer_stream *s,
+                           char *out, size_t cap);
+
+#endif
