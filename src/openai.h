@@ -1,0 +1,218 @@
+/*
+ * OpenAI HTTP API: request parsing/validation and response JSON.
+ *
+ * Part of libllm but independent of the engine's internals: it turns request
+ * bodies into llm_request_params (plus what the HTTP side needs: stream, n,
+ * logprob format, ...) and engine events into chat.completion(.chunk) and
+ * text_completion JSON, vLLM-compatible tokenize/detokenize bodies, the
+ * models list and OpenAI-shaped errors.  No nginx headers, so it is unit
+ * tested alone (t/unit/test_openai.c) and usable by tools.
+ */
+#ifndef OPENAI_H
+#define OPENAI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llm.h"
+
+/* ---- errors ------------------------------------------------------------ */
+
+typedef struct {
+    int         status;              /* HTTP status */
+    const char *type;                /* "invalid_request_error", ... */
+    const char *code;                /* short machine code or NULL */
+    char        param[64];           /* offending field, "" for none */
+    char        message[LLM_ERR_MAX];
+} oai_error;
+
+void oai_error_set(oai_error *e, int status, const char *type,
+                   const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* Maps an engine status (llm_submit, LLM_EV_ERROR) to HTTP status + type. */
+void oai_error_from_llm(oai_error *e, llm_status st, const char *param,
+                        const char *message);
+/* {"error": {...}}; malloc'ed, NUL-terminated; NULL only when out of memory */
+char *oai_error_json(const oai_error *e, size_t *len);
+
+/* ---- growable output buffer ---------------------------------------------- */
+
+typedef struct {
+    char   *data;
+    size_t  len;
+    size_t  cap;
+} oai_buf;
+
+int  oai_buf_append(oai_buf *b, const char *s, size_t n);
+void oai_buf_free(oai_buf *b);
+
+/* ---- requests ------------------------------------------------------------ */
+
+typedef enum {
+    OAI_CHAT = 0,          /* POST .../chat/completions */
+    OAI_COMPLETION         /* POST .../completions */
+} oai_kind;
+
+typedef struct {
+    int      is_tokens;
+    char    *text;
+    size_t   text_len;
+    int32_t *tokens;
+    int      n_tokens;
+} oai_prompt;
+
+typedef struct {
+    int default_max_tokens;  /* used when the request has none; 0: engine's */
+    int max_tokens_cap;      /* larger requests are clamped; 0: no cap */
+    int max_choices;         /* n * prompts; 0: 128 */
+} oai_limits;
+
+typedef struct {
+    oai_kind     kind;
+    char        *model;            /* NULL when the request names none */
+    int          stream;
+    int          include_usage;    /* stream_options.include_usage */
+    int          n;                /* choices per prompt */
+    int          echo;             /* completions */
+    int          logprobs;         /* chat: logprobs:true; completions:
+                                      the legacy integer was given */
+    int          top_logprobs;     /* chat: top_logprobs; completions: the
+                                      legacy integer */
+    /* completions: one engine request per prompt and choice */
+    int          n_prompts;
+    oai_prompt  *prompts;
+    /* chat: normalized JSON handed to the engine's template */
+    char        *messages_json;
+    char        *tools_json;
+    char        *kwargs_json;
+    int          add_generation_prompt;
+    /* storage behind params' pointers */
+    char       **stop;
+    int          n_stop;
+    int32_t     *stop_token_ids;
+    int          n_stop_token_ids;
+    llm_logit_bias *logit_bias;
+    int          n_logit_bias;
+    /* everything but the prompt; see oai_request_params() */
+    llm_request_params params;
+} oai_request;
+
+/*
+ * Parses and validates a request body.  Returns 0, or -1 with err filled
+ * (status 400, the offending param).  On -1 the request needs no free.
+ */
+int oai_parse_request(oai_kind kind, const char *body, size_t len,
+                      const oai_limits *lim, oai_request *req, oai_error *err);
+/* Engine parameters for prompt i (chat: i == 0).  Pointers borrow req. */
+void oai_request_params(const oai_request *req, int prompt_index,
+                        llm_request_params *p);
+void oai_request_free(oai_request *req);
+
+/* ---- responses ----------------------------------------------------------- */
+
+/* Raw bytes of a token (may be partial UTF-8); NULL if unknown. */
+typedef const char *(*oai_token_text_fn)(void *ctx, int32_t id, size_t *len);
+
+typedef struct {
+    oai_buf            text;
+    size_t             chars;          /* code points in text so far */
+    void              *logprobs;       /* cJSON: chat content array or
+                                          legacy object (non-stream) */
+    llm_finish_reason  finish;
+    char              *stop_str;
+    int32_t            stop_token;
+    llm_usage          usage;
+    int                started;        /* first chunk (role) sent */
+    int                done;
+} oai_choice;
+
+typedef struct {
+    oai_kind           kind;
+    char               id[48];
+    long               created;
+    char              *model;
+    int                stream;
+    int                include_usage;
+    int                echo;
+    int                logprobs;
+    int                top_logprobs;
+    int                n_per_prompt;
+    int                n_choices;
+    oai_choice        *choices;
+    oai_token_text_fn  token_text;
+    void              *token_ctx;
+} oai_response;
+
+/* n_choices = prompts * n; choice i belongs to prompt i / n. */
+int  oai_response_init(oai_response *rs, const oai_request *req,
+                       const char *model_name, oai_token_text_fn token_text,
+                       void *token_ctx);
+void oai_response_free(oai_response *rs);
+
+/*
+ * Streaming: appends the SSE bytes for one event of one choice to out
+ * ("data: {...}\n\n" lines; nothing for events that carry nothing to send).
+ * An LLM_EV_ERROR event must be handled by the caller (oai_stream_error).
+ * Returns 0 or -1 (out of memory).
+ */
+int oai_stream_event(oai_response *rs, int choice, const llm_event *ev,
+                     oai_buf *out);
+/* After every choice finished: the usage chunk (if asked) and [DONE]. */
+int oai_stream_done(oai_response *rs, oai_buf *out);
+/* An error after the headers went out: data: {"error":...} then [DONE]. */
+int oai_stream_error(const oai_error *e, oai_buf *out);
+
+/* Non-streaming: accumulate, then build the body once all are done. */
+int   oai_collect_event(oai_response *rs, int choice, const llm_event *ev);
+char *oai_response_json(oai_response *rs, size_t *len);
+
+/* Sums usage over choices (the prompt counted once per prompt). */
+void oai_response_usage(const oai_response *rs, llm_usage *u);
+
+/* ---- other endpoints ----------------------------------------------------- */
+
+typedef struct {
+    const char *id;            /* served name */
+    const char *root;          /* model directory */
+    long        created;
+    int         max_model_len;
+} oai_model_entry;
+
+/* {"object":"list","data":[...]}; with one_model, just that object. */
+char *oai_models_json(const oai_model_entry *m, int n, int one_model,
+                      size_t *len);
+
+typedef struct {
+    char *model;
+    /* prompt form */
+    char *prompt;
+    size_t prompt_len;
+    /* messages form */
+    char *messages_json;
+    char *tools_json;
+    char *kwargs_json;
+    int   add_generation_prompt;   /* default 1 */
+    int   add_special_tokens;      /* prompt: default 1; messages: 0 */
+    int   return_token_strs;
+} oai_tokenize_request;
+
+int  oai_parse_tokenize(const char *body, size_t len, oai_tokenize_request *t,
+                        oai_error *err);
+void oai_tokenize_request_free(oai_tokenize_request *t);
+/* {"count":N,"max_model_len":M,"tokens":[...],"token_strs":...} */
+char *oai_tokenize_json(const int32_t *ids, int n, int max_model_len,
+                        oai_token_text_fn token_text, void *token_ctx,
+                        size_t *len);
+
+int   oai_parse_detokenize(const char *body, size_t len, char **model,
+                           int32_t **ids, int *n, oai_error *err);
+/* {"prompt":"..."} */
+char *oai_detokenize_json(const char *text, size_t text_len, size_t *len);
+
+/* A random "prefix-<32 hex>" id into buf. */
+void oai_make_id(const char *prefix, char *buf, size_t size);
+
+/* Replaces invalid UTF-8 by U+FFFD; malloc'ed, NUL-terminated. */
+char *oai_utf8_sanitize(const char *s, size_t len, size_t *out_len);
+
+#endif /* OPENAI_H */
