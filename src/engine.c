@@ -1,0 +1,1392 @@
+/*
+ * The engine: llm.h's implementation.
+ *
+ * Threads
+ *   engine thread  loads the model (async or not), then runs the step loop:
+ *                  schedule -> backend forward -> sample each logits row ->
+ *                  incremental detokenize -> stop checks -> publish events
+ *                  -> notify once per step.
+ *   prep thread    renders chat templates and tokenizes submitted requests
+ *                  (a 1 MB prompt never stalls decoding), checks lengths,
+ *                  publishes STARTED, then hands them to the engine thread.
+ *   caller         llm_submit / llm_engine_ready / llm_request_next_event.
+ *
+ * Locks: e->mu guards the prep and incoming queues, the queue counter and
+ * the stop flag; e->ready_mu guards the ready list; e->stats_mu the stats;
+ * each request's ev_mu its event list.  The scheduler and KV cache are
+ * touched by the engine thread only.
+ */
+#include "engine_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "chat_template.h"
+#include "kv_cache.h"
+#include "model.h"
+
+#ifdef LLM_HAVE_CUDA
+/* Weak: a build whose CUDA backend is not linked in still runs on CPU and
+ * reports "cuda" as unavailable instead of failing to link. */
+extern llm_backend *cuda_backend_create(const model *m, int device,
+                                        char *err, size_t errlen)
+    __attribute__((weak));
+#endif
+
+/* CPU KV pool when the options give no size: 512 MiB holds 4096 tokens of
+ * Qwen3-4B in f32 (36 layers * 2 * 8 heads * 128 * 4 bytes = 288 KiB per
+ * token would be 1820 tokens; bf16/f16 pools hold twice that), and far more
+ * for small models.  kv_cache_bytes overrides it. */
+#define ENGINE_CPU_KV_BYTES      ((int64_t) 512 << 20)
+#define ENGINE_CUDA_KV_FRACTION  0.90
+#define ENGINE_DEFAULT_MAX_LEN   32768
+
+typedef struct {
+    llm_request *head, *tail;
+    int          n;
+} req_queue;
+
+struct llm_engine {
+    llm_engine_options opt;
+    char              *model_dir, *tokenizer_dir, *device;
+    int                cuda_device;          /* -1: cpu */
+
+    pthread_mutex_t    mu;
+    pthread_cond_t     engine_cond;          /* work for the engine thread */
+    pthread_cond_t     prep_cond;            /* work for the prep thread */
+    req_queue          prep_q, incoming;
+    int                n_queued;             /* submitted, not yet running */
+    int                stop;
+    atomic_int         state;
+    char               load_err[LLM_ERR_MAX];
+
+    pthread_mutex_t    ready_mu;
+    pthread_cond_t     ready_cond;
+    llm_request      **ready;
+    int                n_ready, ready_cap;
+
+    pthread_mutex_t    stats_mu;
+    llm_stats          stats;
+
+    pthread_t          engine_thread, prep_thread;
+    int                engine_started, prep_started;
+
+    /* loaded state (engine thread; read-only for others once READY) */
+    model             *m;
+    llm_backend       *be;
+    tokenizer         *tok;
+    chat_template     *ct;
+    char               ct_err[LLM_ERR_MAX];
+    kv_cache          *kv;
+    scheduler         *sched;
+    sampler_scratch   *scratch;
+    float             *logits;
+    size_t             logits_cap;           /* floats */
+    int                max_model_len;
+    int                block_size;
+    int                n_blocks;
+    int                prefix_caching;
+    int                vocab;
+    uint64_t           n_submitted;          /* seeds unseeded requests */
+    char               device_name[32];
+
+    engine_logits_hook logits_hook;
+    void              *logits_hook_ctx;
+};
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0) {
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static char *dup_str(const char *s)
+{
+    size_t n;
+    char *d;
+
+    if (s == NULL) {
+        return NULL;
+    }
+    n = strlen(s) + 1;
+    d = malloc(n);
+    if (d) {
+        memcpy(d, s, n);
+    }
+    return d;
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+void llm_engine_options_init(llm_engine_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->device = "cpu";
+    o->enable_prefix_caching = -1;
+    o->load_format = LLM_LOAD_AUTO;
+}
+
+void llm_request_params_init(llm_request_params *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->kind = LLM_PROMPT_TEXT;
+    p->sampling.temperature = -1;
+    p->sampling.top_p = -1;
+    p->sampling.top_k = -1;
+    p->sampling.min_p = -1;
+    p->sampling.repetition_penalty = -1;
+    p->add_generation_prompt = 1;
+    p->skip_special_tokens = 1;
+}
+
+/* ---- stats --------------------------------------------------------------- */
+
+static void hist_init(llm_histogram *h, const double *le, int n)
+{
+    memset(h, 0, sizeof(*h));
+    h->n = n;
+    memcpy(h->le, le, (size_t) n * sizeof(double));
+}
+
+static void hist_add(llm_histogram *h, double v)
+{
+    int i;
+
+    for (i = 0; i < h->n; i++) {
+        if (v <= h->le[i]) {
+            h->count[i]++;
+        }
+    }
+    h->total++;
+    h->sum += v;
+}
+
+static void stats_init(llm_stats *s)
+{
+    /* vLLM's bucket bounds */
+    static const double ttft[] = { 0.001, 0.005, 0.01, 0.02, 0.04, 0.06,
+        0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0 };
+    static const double itl[] = { 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+        0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0 };
+    static const double e2e[] = { 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
+        10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0 };
+    static const double step[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02,
+        0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0 };
+
+    memset(s, 0, sizeof(*s));
+    hist_init(&s->ttft, ttft, 16);
+    hist_init(&s->itl, itl, 16);
+    hist_init(&s->e2e, e2e, 16);
+    hist_init(&s->step_time, step, 16);
+}
+
+void llm_engine_stats(llm_engine *e, llm_stats *s)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    *s = e->stats;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+/* ---- queues and the ready list --------------------------------------------- */
+
+static void q_push(req_queue *q, llm_request *r)
+{
+    r->qnext = NULL;
+    if (q->tail) q->tail->qnext = r; else q->head = r;
+    q->tail = r;
+    q->n++;
+}
+
+static llm_request *q_pop(req_queue *q)
+{
+    llm_request *r = q->head;
+
+    if (r != NULL) {
+        q->head = r->qnext;
+        if (q->head == NULL) {
+            q->tail = NULL;
+        }
+        r->qnext = NULL;
+        q->n--;
+    }
+    return r;
+}
+
+/* Marks r as having unseen events (at most once until llm_engine_ready
+ * hands it out).  The ready list holds its own reference. */
+static void mark_ready(llm_engine *e, llm_request *r)
+{
+    pthread_mutex_lock(&e->ready_mu);
+    if (!r->in_ready) {
+        if (e->n_ready == e->ready_cap) {
+            int cap = e->ready_cap ? e->ready_cap * 2 : 64;
+            llm_request **nr = realloc(e->ready, (size_t) cap * sizeof(*nr));
+
+            if (nr == NULL) {
+                /* The events stay queued; the caller finds them on its next
+                 * pass over its requests. */
+                pthread_mutex_unlock(&e->ready_mu);
+                return;
+            }
+            e->ready = nr;
+            e->ready_cap = cap;
+        }
+        r->in_ready = 1;
+        atomic_fetch_add(&r->refs, 1);
+        e->ready[e->n_ready++] = r;
+        pthread_cond_broadcast(&e->ready_cond);
+    }
+    pthread_mutex_unlock(&e->ready_mu);
+}
+
+int llm_engine_ready(llm_engine *e, llm_request **out, int max)
+{
+    int n = 0, i, k = 0;
+    llm_request *drop[64];
+    int n_drop = 0;
+
+    pthread_mutex_lock(&e->ready_mu);
+    for (i = 0; i < e->n_ready; i++) {
+        llm_request *r = e->ready[i];
+
+        if (n < max && n_drop < 64) {
+            r->in_ready = 0;
+            if (atomic_load(&r->caller_released)) {
+                drop[n_drop++] = r;           /* nobody to hand it to */
+            } else {
+                out[n++] = r;
+                /* the caller's own reference keeps it alive */
+                drop[n_drop++] = r;
+            }
+        } else {
+            e->ready[k++] = r;
+        }
+    }
+    e->n_ready = k;
+    pthread_mutex_unlock(&e->ready_mu);
+    for (i = 0; i < n_drop; i++) {
+        engine_request_unref(drop[i]);
+    }
+    return n;
+}
+
+void llm_engine_wait(llm_engine *e, int timeout_ms)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->ready_mu);
+    while (e->n_ready == 0 && atomic_load(&e->state) != LLM_STATE_FAILED) {
+        if (pthread_cond_timedwait(&e->ready_cond, &e->ready_mu, &ts)
+            == ETIMEDOUT)
+        {
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->ready_mu);
+}
+
+static void notify(llm_engine *e)
+{
+    if (e->opt.notify) {
+        e->opt.notify(e->opt.notify_ctx);
+    }
+}
+
+/* ---- request endings --------------------------------------------------- */
+
+/* Leaves the "submitted but not yet running" count (once). */
+static void leave_queue(llm_engine *e, llm_request *r)
+{
+    if (r->queued) {
+        r->queued = 0;
+        pthread_mutex_lock(&e->mu);
+        e->n_queued--;
+        pthread_mutex_unlock(&e->mu);
+    }
+}
+
+static void count_finish(llm_engine *e, llm_request *r,
+                         llm_finish_reason reason)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.requests_finished[reason]++;
+    if (reason != LLM_FINISH_ERROR) {
+        hist_add(&e->stats.e2e, engine_now() - r->t_submit);
+    }
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+/* Final error event; drops the engine's reference. */
+static void finish_error(llm_engine *e, llm_request *r, llm_status st,
+                         const char *param, const char *msg)
+{
+    leave_queue(e, r);
+    engine_push_error(r, st, param, msg);
+    count_finish(e, r, LLM_FINISH_ERROR);
+    mark_ready(e, r);
+    engine_request_unref(r);
+}
+
+/* Final FINISH event (after any text still held back); removes the
+ * sequence from the scheduler and drops the engine's reference. */
+static void finish_request(llm_engine *e, llm_request *r,
+                           llm_finish_reason reason, const char *stop_reason,
+                           int32_t stop_token)
+{
+    llm_event ev;
+
+    leave_queue(e, r);
+    if (r->seq_inited && r->seq.state != SEQ_DONE && r->seq.state != SEQ_NEW) {
+        scheduler_remove(e->sched, &r->seq);
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.type = LLM_EV_FINISH;
+    ev.finish_reason = reason;
+    ev.stop_reason = stop_reason;
+    ev.stop_token = stop_token;
+    ev.usage.prompt_tokens = r->seq_inited ? r->seq.n_prompt : 0;
+    ev.usage.completion_tokens = r->n_generated;
+    ev.usage.cached_tokens = r->seq_inited ? r->seq.n_cached : 0;
+    engine_push_event(r, &ev);
+    count_finish(e, r, reason);
+    mark_ready(e, r);
+    engine_request_unref(r);
+}
+
+/* ---- prep thread ---------------------------------------------------------- */
+
+/* Tokenizes r's prompt into r->seq.  Returns 0, or -1 after publishing an
+ * error event (and dropping the engine's reference). */
+static int prep_request(llm_engine *e, llm_request *r)
+{
+    char err[LLM_ERR_MAX];
+    int32_t *ids = NULL;
+    int n = 0, need;
+    const char *what = "prompt";
+
+    err[0] = '\0';
+    if (r->kind == LLM_PROMPT_TOKENS) {
+        ids = r->prompt_ids;
+        n = r->n_prompt_ids;
+        r->prompt_ids = NULL;
+    } else if (r->kind == LLM_PROMPT_TEXT) {
+        n = tokenizer_encode(e->tok, r->text, r->text_len, 1, &ids, err,
+                             sizeof(err));
+        if (n < 0) {
+            finish_error(e, r, LLM_ERR_INVALID, "prompt", err);
+            return -1;
+        }
+    } else {
+        size_t len = 0;
+        char *text;
+
+        what = "messages";
+        if (e->ct == NULL) {
+            finish_error(e, r, LLM_ERR_INVALID, "messages", e->ct_err);
+            return -1;
+        }
+        text = chat_template_render(e->ct, r->messages_json, r->tools_json,
+                                    r->kwargs_json, r->add_generation_prompt,
+                                    &len, err, sizeof(err));
+        if (text == NULL) {
+            finish_error(e, r, LLM_ERR_INVALID, "messages", err);
+            return -1;
+        }
+        n = tokenizer_encode(e->tok, text, len, 0, &ids, err, sizeof(err));
+        free(text);
+        if (n < 0) {
+            finish_error(e, r, LLM_ERR_INVALID, "messages", err);
+            return -1;
+        }
+    }
+    if (n == 0) {
+        free(ids);
+        finish_error(e, r, LLM_ERR_INVALID, "prompt",
+                     "the prompt is empty: at least one token is needed");
+        return -1;
+    }
+    /* Prompt plus completion must fit max_model_len and the KV pool. */
+    need = r->max_tokens_given ? n + r->max_tokens : n + 1;
+    if (need > e->max_model_len) {
+        if (r->max_tokens_given) {
+            snprintf(err, sizeof(err), "This model's maximum context length "
+                     "is %d tokens. However, you requested %d tokens (%d in "
+                     "the %s, %d in the completion). Please reduce the "
+                     "length of the %s or completion.", e->max_model_len,
+                     need, n, what, r->max_tokens, what);
+        } else {
+            snprintf(err, sizeof(err), "This model's maximum context length "
+                     "is %d tokens. However, your %s resulted in %d tokens. "
+                     "Please reduce the length of the %s.", e->max_model_len,
+                     what, n, what);
+        }
+        free(ids);
+        finish_error(e, r, LLM_ERR_TOO_LONG, what, err);
+        return -1;
+    }
+    if ((int64_t) need > (int64_t) e->n_blocks * e->block_size) {
+        snprintf(err, sizeof(err), "The request needs %d tokens of KV cache "
+                 "(%d in the %s, %d in the completion), but the whole KV "
+                 "cache holds only %d tokens (%d blocks of %d); reduce the "
+                 "request or raise the KV cache size.", need, n, what,
+                 need - n, e->n_blocks * e->block_size, e->n_blocks,
+                 e->block_size);
+        free(ids);
+        finish_error(e, r, LLM_ERR_TOO_LONG, what, err);
+        return -1;
+    }
+    if (!r->max_tokens_given) {
+        r->max_tokens = e->max_model_len - n;
+    }
+    if (sched_seq_init(&r->seq, ids, n, r) != 0) {
+        free(ids);
+        finish_error(e, r, LLM_ERR_INTERNAL, NULL, "out of memory");
+        return -1;
+    }
+    free(ids);
+    r->seq_inited = 1;
+    return 0;
+}
+
+/* STARTED: prompt token count, and with echo the prompt itself. */
+static void publish_started(llm_engine *e, llm_request *r)
+{
+    llm_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.type = LLM_EV_STARTED;
+    ev.stop_token = -1;
+    ev.usage.prompt_tokens = r->seq.n_prompt;
+    if (r->echo) {
+        char err[LLM_ERR_MAX];
+        size_t len = 0;
+        int i;
+
+        ev.text = tokenizer_decode(e->tok, r->seq.tokens, r->seq.n_prompt, 0,
+                                   &len, err, sizeof(err));
+        ev.text_len = ev.text ? len : 0;
+        ev.tokens = calloc((size_t) r->seq.n_prompt, sizeof(llm_token_info));
+        if (ev.tokens != NULL) {
+            ev.n_tokens = r->seq.n_prompt;
+            for (i = 0; i < r->seq.n_prompt; i++) {
+                ev.tokens[i].token = r->seq.tokens[i];
+            }
+        }
+    }
+    engine_push_event(r, &ev);
+    mark_ready(e, r);
+}
+
+static void *prep_main(void *arg)
+{
+    llm_engine *e = arg;
+
+    for (;;) {
+        llm_request *r;
+
+        pthread_mutex_lock(&e->mu);
+        while (!e->stop && e->prep_q.head == NULL) {
+            pthread_cond_wait(&e->prep_cond, &e->mu);
+        }
+        if (e->stop) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        r = q_pop(&e->prep_q);
+        pthread_mutex_unlock(&e->mu);
+
+        if (atomic_load(&r->cancelled)) {
+            finish_request(e, r, LLM_FINISH_ABORT, NULL, -1);
+            notify(e);
+            continue;
+        }
+        if (prep_request(e, r) != 0) {
+            notify(e);
+            continue;
+        }
+        publish_started(e, r);
+        pthread_mutex_lock(&e->mu);
+        q_push(&e->incoming, r);
+        pthread_cond_signal(&e->engine_cond);
+        pthread_mutex_unlock(&e->mu);
+        notify(e);
+    }
+    return NULL;
+}
+
+/* ---- loading --------------------------------------------------------------- */
+
+static int parse_device(llm_engine *e, const char *dev, char *err,
+                        size_t errlen)
+{
+    if (dev == NULL || strcmp(dev, "cpu") == 0) {
+        e->cuda_device = -1;
+        snprintf(e->device_name, sizeof(e->device_name), "cpu");
+        return 0;
+    }
+    if (strncmp(dev, "cuda", 4) == 0) {
+        int idx = 0;
+
+        if (dev[4] == ':') {
+            char *end;
+            long v = strtol(dev + 5, &end, 10);
+
+            if (end == dev + 5 || *end != '\0' || v < 0 || v > 64) {
+                seterr(err, errlen, "device \"%s\": expected cuda:N", dev);
+                return -1;
+            }
+            idx = (int) v;
+        } else if (dev[4] != '\0') {
+            seterr(err, errlen, "device \"%s\": expected cpu, cuda or cuda:N",
+                   dev);
+            return -1;
+        }
+        e->cuda_device = idx;
+        snprintf(e->device_name, sizeof(e->device_name), "cuda:%d", idx);
+        return 0;
+    }
+    seterr(err, errlen, "device \"%s\": expected cpu, cuda or cuda:N", dev);
+    return -1;
+}
+
+static int path_join(char *out, size_t cap, const char *dir, const char *file)
+{
+    int n = snprintf(out, cap, "%s/%s", dir, file);
+
+    return n > 0 && (size_t) n < cap ? 0 : -1;
+}
+
+/* Tokenizer and chat template (engine and llm_model_check). */
+static int load_tokenizer(const char *dir, tokenizer **tok,
+                          chat_template **ct, char *ct_err, size_t ct_errlen,
+                          char *err, size_t errlen)
+{
+    char path[4096];
+
+    if (path_join(path, sizeof(path), dir, "tokenizer.json") != 0) {
+        seterr(err, errlen, "tokenizer directory path too long");
+        return -1;
+    }
+    *tok = tokenizer_load(path, err, errlen);
+    if (*tok == NULL) {
+        return -1;
+    }
+    if (path_join(path, sizeof(path), dir, "tokenizer_config.json") != 0) {
+        seterr(err, errlen, "tokenizer directory path too long");
+        return -1;
+    }
+    /* A model without a chat template still serves completions; chat
+     * requests then fail with this message. */
+    *ct = chat_template_load(path, ct_err, ct_errlen);
+    return 0;
+}
+
+static int engine_load(llm_engine *e, char *err, size_t errlen)
+{
+    const model_config *cfg;
+    int64_t kv_bytes;
+    size_t block_bytes;
+    sched_config sc;
+
+    if (load_tokenizer(e->tokenizer_dir, &e->tok, &e->ct, e->ct_err,
+                       sizeof(e->ct_err), err, errlen) != 0)
+    {
+        return -1;
+    }
+    e->m = model_load(e->model_dir, e->opt.load_format == LLM_LOAD_DUMMY,
+                      e->opt.seed, err, errlen);
+    if (e->m == NULL) {
+        return -1;
+    }
+    cfg = &e->m->cfg;
+    e->vocab = cfg->vocab_size;
+
+    if (e->opt.max_model_len > 0) {
+        if (e->opt.max_model_len > cfg->max_position_embeddings) {
+            seterr(err, errlen, "max_model_len %d exceeds the model's "
+                   "max_position_embeddings %d (%s/config.json)",
+                   e->opt.max_model_len, cfg->max_position_embeddings,
+                   e->model_dir);
+            return -1;
+        }
+        e->max_model_len = e->opt.max_model_len;
+    } else {
+        e->max_model_len = cfg->max_position_embeddings < ENGINE_DEFAULT_MAX_LEN
+                         ? cfg->max_position_embeddings : ENGINE_DEFAULT_MAX_LEN;
+    }
+
+    if (e->cuda_device < 0) {
+        e->be = cpu_backend_create(e->m, e->opt.threads, err, errlen);
+    } else {
+#ifdef LLM_HAVE_CUDA
+        if (cuda_backend_create == NULL) {
+            seterr(err, errlen, "device %s: this build has no CUDA backend",
+                   e->device_name);
+            return -1;
+        }
+        e->be = cuda_backend_create(e->m, e->cuda_device, err, errlen);
+#else
+        seterr(err, errlen, "device %s: built without CUDA (rebuild with "
+               "CUDA=1 where nvcc is installed)", e->device_name);
+        return -1;
+#endif
+    }
+    if (e->be == NULL) {
+        return -1;
+    }
+
+    block_bytes = e->be->ops->kv_block_bytes(e->be, e->block_size);
+    if (block_bytes == 0) {
+        seterr(err, errlen, "backend %s reports 0 bytes per KV block",
+               e->be->ops->name);
+        return -1;
+    }
+    if (e->opt.kv_cache_bytes > 0) {
+        kv_bytes = e->opt.kv_cache_bytes;
+    } else if (e->cuda_device >= 0) {
+        double frac = e->opt.kv_cache_fraction > 0 ? e->opt.kv_cache_fraction
+                                                   : ENGINE_CUDA_KV_FRACTION;
+        kv_bytes = (int64_t) (frac * (double) e->be->ops->free_memory(e->be));
+    } else {
+        kv_bytes = ENGINE_CPU_KV_BYTES;
+    }
+    if ((uint64_t) kv_bytes / block_bytes > (uint64_t) INT32_MAX / 2) {
+        kv_bytes = (int64_t) block_bytes * (INT32_MAX / 2);
+    }
+    e->n_blocks = (int) ((uint64_t) kv_bytes / block_bytes);
+    if (e->n_blocks < 1) {
+        seterr(err, errlen, "KV cache of %lld bytes holds no block of %zu "
+               "bytes (%d tokens); raise the KV cache size",
+               (long long) kv_bytes, block_bytes, e->block_size);
+        return -1;
+    }
+    if (e->be->ops->kv_alloc(e->be, e->n_blocks, e->block_size, err, errlen)
+        != 0)
+    {
+        return -1;
+    }
+    e->kv = kv_cache_create(e->n_blocks, e->block_size, e->prefix_caching);
+    sc.max_num_seqs = e->opt.max_num_seqs;
+    sc.max_num_batched_tokens = e->opt.max_num_batched_tokens;
+    e->sched = e->kv ? scheduler_create(&sc, e->kv) : NULL;
+    e->scratch = sampler_scratch_create(e->vocab);
+    if (e->kv == NULL || e->sched == NULL || e->scratch == NULL) {
+        seterr(err, errlen, "out of memory creating the scheduler");
+        return -1;
+    }
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.kv_blocks_total = e->n_blocks;
+    pthread_mutex_unlock(&e->stats_mu);
+    return 0;
+}
+
+/* ---- the step loop ----------------------------------------------------------- */
+
+static int in_list(const int32_t *ids, int n, int32_t t)
+{
+    int i;
+
+    for (i = 0; i < n; i++) {
+        if (ids[i] == t) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Samples one token for r from its logits row and publishes what follows
+ * from it; finishes the request when a stop condition holds. */
+static void process_token(llm_engine *e, llm_request *r, float *logits)
+{
+    sched_seq *seq = &r->seq;
+    sampler_history h;
+    sampler_result res;
+    llm_token_info ti;
+    char piece[512];
+    const char *emit = "", *stop_reason = NULL;
+    size_t emit_len = 0;
+    int n_piece = 0, stop_idx = -1, check;
+    int32_t tok, stop_token = -1;
+    llm_finish_reason reason = LLM_FINISH_NONE;
+    double now;
+
+    if (e->logits_hook) {
+        e->logits_hook(e->logits_hook_ctx, r, r->n_generated, logits, e->vocab);
+    }
+    h.prompt = seq->tokens;
+    h.n_prompt = seq->n_prompt;
+    h.generated = seq->tokens + seq->n_prompt;
+    h.n_generated = r->n_generated;
+    r->sp.suppress_eos = r->n_generated < r->min_tokens;
+    memset(&res, 0, sizeof(res));
+    sampler_sample(logits, e->vocab, &r->sp, &h, &r->rng, e->scratch, &res);
+    tok = res.token;
+    if (sched_seq_append(seq, tok) != 0) {
+        finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
+        return;
+    }
+    r->n_generated++;
+
+    now = engine_now();
+    pthread_mutex_lock(&e->stats_mu);
+    if (r->n_generated == 1) {
+        hist_add(&e->stats.ttft, now - r->t_submit);
+        r->t_first = now;
+    } else {
+        hist_add(&e->stats.itl, now - r->t_last);
+    }
+    e->stats.generation_tokens++;
+    pthread_mutex_unlock(&e->stats_mu);
+    r->t_last = now;
+
+    /* Stop tokens and eos end the text without adding their own. */
+    check = r->n_generated >= r->min_tokens;
+    if (check && !r->ignore_eos && in_list(r->suppress_ids, r->n_eos_ids, tok)) {
+        reason = LLM_FINISH_STOP;
+    } else if (check && in_list(r->stop_ids, r->n_stop_ids, tok)) {
+        reason = LLM_FINISH_STOP;
+        stop_token = tok;
+    } else {
+        n_piece = tokenizer_stream_feed(e->tok, &r->ts, tok, piece,
+                                        sizeof(piece));
+        if (n_piece < 0) {
+            /* An id past the tokenizer's vocabulary (padding rows of the
+             * embedding): it has no text. */
+            n_piece = 0;
+        }
+        stop_idx = engine_stop_feed(r, piece, (size_t) n_piece, check, &emit,
+                                    &emit_len);
+        if (stop_idx == -2) {
+            finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
+            return;
+        }
+        if (stop_idx >= 0) {
+            reason = LLM_FINISH_STOP;
+            stop_reason = r->stop[stop_idx];
+        }
+    }
+    if (reason == LLM_FINISH_NONE
+        && (r->n_generated >= r->max_tokens || seq->n_tokens >= e->max_model_len))
+    {
+        reason = LLM_FINISH_LENGTH;
+    }
+
+    memset(&ti, 0, sizeof(ti));
+    ti.token = tok;
+    if (r->sp.logprobs) {
+        ti.logprob = res.logprob;
+        ti.n_top = res.n_top;
+        ti.top = res.n_top > 0 ? res.top : NULL;
+    }
+    ti.text_off = 0;
+    if (reason != LLM_FINISH_NONE && stop_idx < 0) {
+        /* Finishing without a stop-string match: what the decoder and the
+         * stop matcher still hold is part of the output.  emit points into
+         * the held buffer, so it is copied before the buffer moves. */
+        char tail[16], *joined;
+        int n_tail = tokenizer_stream_flush(e->tok, &r->ts, tail, sizeof(tail));
+        const char *more, *held;
+        size_t more_len = 0, held_len = 0;
+
+        joined = malloc(emit_len + (n_tail > 0 ? (size_t) n_tail : 0)
+                        + r->held_len + 1);
+        if (joined == NULL) {
+            finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
+            return;
+        }
+        memcpy(joined, emit, emit_len);
+        if (n_tail > 0
+            && engine_stop_feed(r, tail, (size_t) n_tail, 0, &more, &more_len)
+               >= -1)
+        {
+            memcpy(joined + emit_len, more, more_len);
+            emit_len += more_len;
+        }
+        engine_stop_flush(r, &held, &held_len);
+        memcpy(joined + emit_len, held, held_len);
+        emit_len += held_len;
+        engine_push_tokens(r, &ti, 1, joined, emit_len);
+        free(joined);
+    } else {
+        engine_push_tokens(r, &ti, 1, emit, emit_len);
+    }
+    if (reason != LLM_FINISH_NONE) {
+        finish_request(e, r, reason, stop_reason, stop_token);
+    } else {
+        mark_ready(e, r);
+    }
+}
+
+/* Takes the prepared requests over into the scheduler. */
+static void admit_incoming(llm_engine *e)
+{
+    llm_request *list, *r;
+
+    pthread_mutex_lock(&e->mu);
+    list = e->incoming.head;
+    e->incoming.head = e->incoming.tail = NULL;
+    e->incoming.n = 0;
+    pthread_mutex_unlock(&e->mu);
+    while ((r = list) != NULL) {
+        list = r->qnext;
+        r->qnext = NULL;
+        scheduler_add(e->sched, &r->seq);
+    }
+}
+
+/* Cancelled requests leave the scheduler and their blocks return now. */
+static int reap_cancelled(llm_engine *e)
+{
+    sched_seq *s, *next;
+    int n = 0, pass;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (s = pass ? scheduler_waiting(e->sched) : scheduler_running(e->sched);
+             s != NULL; s = next)
+        {
+            llm_request *r = s->owner;
+
+            next = s->next;
+            if (atomic_load(&r->cancelled)) {
+                finish_request(e, r, LLM_FINISH_ABORT, NULL, -1);
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+static void update_gauges(llm_engine *e)
+{
+    kv_cache_stats ks;
+    int queued;
+
+    kv_cache_get_stats(e->kv, &ks);
+    pthread_mutex_lock(&e->mu);
+    queued = e->prep_q.n + e->incoming.n;
+    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats.running = scheduler_num_running(e->sched);
+    e->stats.waiting = scheduler_num_waiting(e->sched) + queued;
+    e->stats.kv_blocks_used = ks.blocks_used;
+    e->stats.prefix_cache_queries = ks.queries;
+    e->stats.prefix_cache_hits = ks.hits;
+    e->stats.preemptions = scheduler_num_preemptions(e->sched);
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+/* One engine step.  Returns 1 if work was done, 0 if idle. */
+static int engine_step(llm_engine *e)
+{
+    sched_output out;
+    char err[LLM_ERR_MAX];
+    int n, i, k, events = 0;
+    uint64_t prompt_tok = 0;
+    double t0;
+
+    admit_incoming(e);
+    events += reap_cancelled(e);
+
+    n = scheduler_schedule(e->sched, &out);
+    if (n < 0) {
+        /* Out of memory planning the step: fail what is running rather
+         * than spin. */
+        sched_seq *s;
+
+        while ((s = scheduler_running(e->sched)) != NULL) {
+            finish_request(e, s->owner, LLM_FINISH_ERROR, NULL, -1);
+        }
+        notify(e);
+        return 1;
+    }
+    for (i = 0; i < out.n_failed; i++) {
+        /* It cannot grow even alone in the pool: its length is reached. */
+        finish_request(e, out.failed[i]->owner, LLM_FINISH_LENGTH, NULL, -1);
+        events++;
+    }
+    for (i = 0; i < out.n_entries; i++) {
+        llm_request *r = out.entries[i].seq->owner;
+
+        if (r->queued && out.entries[i].seq->admissions > 0) {
+            leave_queue(e, r);
+        }
+    }
+    if (n == 0) {
+        update_gauges(e);
+        if (events) {
+            notify(e);
+        }
+        return events > 0;
+    }
+
+    if ((size_t) out.batch.n_logits * e->vocab > e->logits_cap) {
+        size_t cap = (size_t) out.batch.n_logits * e->vocab;
+        float *l = realloc(e->logits, cap * sizeof(float));
+
+        if (l == NULL) {
+            for (i = 0; i < out.n_entries; i++) {
+                finish_request(e, out.entries[i].seq->owner,
+                               LLM_FINISH_ERROR, NULL, -1);
+            }
+            notify(e);
+            return 1;
+        }
+        e->logits = l;
+        e->logits_cap = cap;
+    }
+    t0 = engine_now();
+    err[0] = '\0';
+    if (e->be->ops->forward(e->be, &out.batch, e->logits, err, sizeof(err))
+        != 0)
+    {
+        /* A failed forward leaves the batch's KV undefined: end those
+         * requests with the backend's message. */
+        for (i = 0; i < out.n_entries; i++) {
+            llm_request *r = out.entries[i].seq->owner;
+
+            scheduler_remove(e->sched, &r->seq);
+            finish_error(e, r, LLM_ERR_INTERNAL, NULL, err);
+        }
+        update_gauges(e);
+        notify(e);
+        return 1;
+    }
+    scheduler_step_done(e->sched, &out);
+    for (i = 0; i < out.n_entries; i++) {
+        const sched_entry *en = &out.entries[i];
+
+        if (en->start < en->seq->n_prompt) {
+            int end = en->start + en->n;
+
+            prompt_tok += (uint64_t) ((end < en->seq->n_prompt ? end
+                                       : en->seq->n_prompt) - en->start);
+        }
+    }
+    pthread_mutex_lock(&e->stats_mu);
+    hist_add(&e->stats.step_time, engine_now() - t0);
+    e->stats.steps++;
+    e->stats.prompt_tokens += prompt_tok;
+    pthread_mutex_unlock(&e->stats_mu);
+
+    for (i = 0, k = 0; i < out.n_entries; i++) {
+        if (out.entries[i].sample) {
+            process_token(e, out.entries[i].seq->owner,
+                          e->logits + (size_t) k * e->vocab);
+            k++;
+        }
+    }
+    update_gauges(e);
+    notify(e);
+    return 1;
+}
+
+static void *engine_main(void *arg)
+{
+    llm_engine *e = arg;
+
+    if (atomic_load(&e->state) == LLM_STATE_LOADING) {
+        char err[LLM_ERR_MAX];
+
+        err[0] = '\0';
+        if (engine_load(e, err, sizeof(err)) != 0) {
+            pthread_mutex_lock(&e->mu);
+            snprintf(e->load_err, sizeof(e->load_err), "%s", err);
+            pthread_mutex_unlock(&e->mu);
+            atomic_store(&e->state, LLM_STATE_FAILED);
+            pthread_mutex_lock(&e->ready_mu);
+            pthread_cond_broadcast(&e->ready_cond);
+            pthread_mutex_unlock(&e->ready_mu);
+            notify(e);
+            return NULL;
+        }
+        atomic_store(&e->state, LLM_STATE_READY);
+        notify(e);
+    }
+
+    for (;;) {
+        int busy;
+
+        pthread_mutex_lock(&e->mu);
+        while (!e->stop && e->incoming.head == NULL
+               && scheduler_num_running(e->sched) == 0
+               && scheduler_num_waiting(e->sched) == 0)
+        {
+            pthread_cond_wait(&e->engine_cond, &e->mu);
+        }
+        if (e->stop) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        pthread_mutex_unlock(&e->mu);
+        busy = engine_step(e);
+        if (!busy) {
+            /* Sequences exist but none could run (cannot happen with a
+             * sane pool); do not spin. */
+            usleep(1000);
+        }
+    }
+    return NULL;
+}
+
+/* ---- create / destroy --------------------------------------------------------- */
+
+static void engine_free_all(llm_engine *e);
+
+llm_engine *llm_engine_create(const llm_engine_options *o, char *err,
+                              size_t errlen)
+{
+    llm_engine *e;
+
+    if (o == NULL || o->model_dir == NULL) {
+        seterr(err, errlen, "model_dir is required");
+        return NULL;
+    }
+    if (o->max_model_len < 0 || o->max_num_seqs < 0
+        || o->max_num_batched_tokens < 0 || o->block_size < 0
+        || o->kv_cache_bytes < 0 || o->max_queue < 0 || o->threads < 0
+        || o->kv_cache_fraction < 0 || o->kv_cache_fraction > 1)
+    {
+        seterr(err, errlen, "engine options must not be negative "
+               "(kv_cache_fraction in [0, 1])");
+        return NULL;
+    }
+    e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        seterr(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->opt = *o;
+    e->model_dir = dup_str(o->model_dir);
+    e->tokenizer_dir = dup_str(o->tokenizer_dir ? o->tokenizer_dir
+                                                : o->model_dir);
+    e->device = dup_str(o->device ? o->device : "cpu");
+    e->opt.model_dir = e->model_dir;
+    e->opt.tokenizer_dir = e->tokenizer_dir;
+    e->opt.device = e->device;
+    if (e->opt.max_num_seqs == 0) e->opt.max_num_seqs = 256;
+    if (e->opt.max_num_batched_tokens == 0) e->opt.max_num_batched_tokens = 2048;
+    e->block_size = o->block_size ? o->block_size : 16;
+    e->prefix_caching = o->enable_prefix_caching != 0;
+    atomic_init(&e->state, LLM_STATE_LOADING);
+    stats_init(&e->stats);
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->engine_cond, NULL);
+    pthread_cond_init(&e->prep_cond, NULL);
+    pthread_mutex_init(&e->ready_mu, NULL);
+    pthread_cond_init(&e->ready_cond, NULL);
+    pthread_mutex_init(&e->stats_mu, NULL);
+    if (!e->model_dir || !e->tokenizer_dir || !e->device) {
+        seterr(err, errlen, "out of memory");
+        engine_free_all(e);
+        return NULL;
+    }
+    if (parse_device(e, e->device, err, errlen) != 0) {
+        engine_free_all(e);
+        return NULL;
+    }
+    if (!o->load_async) {
+        if (engine_load(e, err, errlen) != 0) {
+            engine_free_all(e);
+            return NULL;
+        }
+        atomic_store(&e->state, LLM_STATE_READY);
+    }
+    if (pthread_create(&e->engine_thread, NULL, engine_main, e) != 0) {
+        seterr(err, errlen, "cannot start the engine thread");
+        engine_free_all(e);
+        return NULL;
+    }
+    e->engine_started = 1;
+    if (pthread_create(&e->prep_thread, NULL, prep_main, e) != 0) {
+        seterr(err, errlen, "cannot start the request preparation thread");
+        llm_engine_destroy(e);
+        return NULL;
+    }
+    e->prep_started = 1;
+    return e;
+}
+
+static void engine_free_all(llm_engine *e)
+{
+    free(e->logits);
+    sampler_scratch_free(e->scratch);
+    scheduler_free(e->sched);
+    kv_cache_free(e->kv);
+    if (e->be) e->be->ops->destroy(e->be);
+    if (e->m) model_free(e->m);
+    if (e->ct) chat_template_free(e->ct);
+    if (e->tok) tokenizer_free(e->tok);
+    free(e->ready);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->engine_cond);
+    pthread_cond_destroy(&e->prep_cond);
+    pthread_mutex_destroy(&e->ready_mu);
+    pthread_cond_destroy(&e->ready_cond);
+    pthread_mutex_destroy(&e->stats_mu);
+    free(e->model_dir);
+    free(e->tokenizer_dir);
+    free(e->device);
+    free(e);
+}
+
+void llm_engine_destroy(llm_engine *e)
+{
+    llm_request *r;
+    sched_seq *s;
+    int i;
+
+    if (e == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&e->mu);
+    e->stop = 1;
+    pthread_cond_broadcast(&e->engine_cond);
+    pthread_cond_broadcast(&e->prep_cond);
+    pthread_mutex_unlock(&e->mu);
+    if (e->engine_started) pthread_join(e->engine_thread, NULL);
+    if (e->prep_started) pthread_join(e->prep_thread, NULL);
+
+    /* Everything still in flight ends with abort, so a caller draining
+     * its requests sees a last event. */
+    while ((r = q_pop(&e->prep_q)) != NULL) {
+        finish_request(e, r, LLM_FINISH_ABORT, NULL, -1);
+    }
+    while ((r = q_pop(&e->incoming)) != NULL) {
+        finish_request(e, r, LLM_FINISH_ABORT, NULL, -1);
+    }
+    if (e->sched) {
+        while ((s = scheduler_running(e->sched)) != NULL) {
+            finish_request(e, s->owner, LLM_FINISH_ABORT, NULL, -1);
+        }
+        while ((s = scheduler_waiting(e->sched)) != NULL) {
+            finish_request(e, s->owner, LLM_FINISH_ABORT, NULL, -1);
+        }
+    }
+    notify(e);
+    for (i = 0; i < e->n_ready; i++) {
+        e->ready[i]->in_ready = 0;
+        engine_request_unref(e->ready[i]);
+    }
+    e->n_ready = 0;
+    engine_free_all(e);
+}
+
+llm_engine_state llm_engine_get_state(llm_engine *e, char *err, size_t errlen)
+{
+    llm_engine_state st = (llm_engine_state) atomic_load(&e->state);
+
+    if (st == LLM_STATE_FAILED) {
+        pthread_mutex_lock(&e->mu);
+        seterr(err, errlen, "%s", e->load_err);
+        pthread_mutex_unlock(&e->mu);
+    }
+    return st;
+}
+
+void llm_engine_model_info(llm_engine *e, llm_model_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    info->device = e->device_name;
+    info->block_size = e->block_size;
+    if (atomic_load(&e->state) != LLM_STATE_READY) {
+        return;
+    }
+    info->model_type = e->m->cfg.model_type;
+    info->max_model_len = e->max_model_len;
+    info->vocab_size = e->m->cfg.vocab_size;
+    info->n_layers = e->m->cfg.n_layers;
+    info->hidden_size = e->m->cfg.hidden_size;
+    info->kv_blocks_total = e->n_blocks;
+}
+
+void engine_set_logits_hook(llm_engine *e, engine_logits_hook fn, void *ctx)
+{
+    e->logits_hook = fn;
+    e->logits_hook_ctx = ctx;
+}
+
+/* ---- submit ------------------------------------------------------------------ */
+
+llm_request *llm_submit(llm_engine *e, const llm_request_params *p,
+                        llm_status *status, char *err, size_t errlen)
+{
+    engine_request_defaults d;
+    llm_request *r;
+    llm_status st_local;
+
+    if (status == NULL) {
+        status = &st_local;
+    }
+    if (p == NULL) {
+        *status = LLM_ERR_INVALID;
+        seterr(err, errlen, "no request parameters");
+        return NULL;
+    }
+    switch (atomic_load(&e->state)) {
+    case LLM_STATE_READY:
+        break;
+    case LLM_STATE_LOADING:
+        *status = LLM_ERR_NOT_READY;
+        seterr(err, errlen, "the model is still loading");
+        return NULL;
+    default:
+        *status = LLM_ERR_NOT_READY;
+        pthread_mutex_lock(&e->mu);
+        seterr(err, errlen, "the model failed to load: %s", e->load_err);
+        pthread_mutex_unlock(&e->mu);
+        return NULL;
+    }
+    memset(&d, 0, sizeof(d));
+    d.gen = e->m->gen;
+    d.eos_ids = e->m->cfg.eos_token_ids;
+    d.n_eos = e->m->cfg.n_eos;
+    d.vocab = e->vocab;
+    d.max_model_len = e->max_model_len;
+
+    pthread_mutex_lock(&e->mu);
+    if (e->opt.max_queue > 0 && e->n_queued >= e->opt.max_queue) {
+        pthread_mutex_unlock(&e->mu);
+        *status = LLM_ERR_QUEUE_FULL;
+        seterr(err, errlen, "too many requests waiting (max_queue %d)",
+               e->opt.max_queue);
+        return NULL;
+    }
+    d.seed = e->opt.seed * 0x9e3779b97f4a7c15ULL + ++e->n_submitted;
+    pthread_mutex_unlock(&e->mu);
+
+    r = engine_request_new(p, &d, status, err, errlen);
+    if (r == NULL) {
+        return NULL;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (e->opt.max_queue > 0 && e->n_queued >= e->opt.max_queue) {
+        /* Someone else took the last slot meanwhile. */
+        pthread_mutex_unlock(&e->mu);
+        engine_request_unref(r);
+        engine_request_unref(r);
+        *status = LLM_ERR_QUEUE_FULL;
+        seterr(err, errlen, "too many requests waiting (max_queue %d)",
+               e->opt.max_queue);
+        return NULL;
+    }
+    r->queued = 1;
+    e->n_queued++;
+    q_push(&e->prep_q, r);
+    pthread_cond_signal(&e->prep_cond);
+    pthread_mutex_unlock(&e->mu);
+    *status = LLM_OK;
+    return r;
+}
+
+/* ---- tokenizer access ------------------------------------------------------- */
+
+static int tok_ready(llm_engine *e, char *err, size_t errlen)
+{
+    if (atomic_load(&e->state) != LLM_STATE_READY) {
+        seterr(err, errlen, "the model is not loaded");
+        return 0;
+    }
+    return 1;
+}
+
+int llm_tokenize(llm_engine *e, const char *text, size_t len,
+                 int add_special_tokens, int32_t *ids, int max,
+                 char *err, size_t errlen)
+{
+    int32_t *all = NULL;
+    int n;
+
+    if (!tok_ready(e, err, errlen)) {
+        return -1;
+    }
+    n = tokenizer_encode(e->tok, text, len, add_special_tokens, &all, err,
+                         errlen);
+    if (n < 0) {
+        return -1;
+    }
+    if (ids != NULL && max > 0) {
+        memcpy(ids, all, (size_t) (n < max ? n : max) * sizeof(int32_t));
+    }
+    free(all);
+    return n;
+}
+
+char *llm_render_chat(llm_engine *e, const char *messages_json,
+                      const char *tools_json, const char *kwargs_json,
+                      int add_generation_prompt, char *err, size_t errlen)
+{
+    size_t len;
+
+    if (!tok_ready(e, err, errlen)) {
+        return NULL;
+    }
+    if (e->ct == NULL) {
+        seterr(err, errlen, "%s", e->ct_err);
+        return NULL;
+    }
+    return chat_template_render(e->ct, messages_json, tools_json, kwargs_json,
+                                add_generation_prompt, &len, err, errlen);
+}
+
+char *llm_detokenize(llm_engine *e, const int32_t *ids, int n,
+                     int skip_special_tokens, size_t *len,
+                     char *err, size_t errlen)
+{
+    if (!tok_ready(e, err, errlen)) {
+        return NULL;
+    }
+    return tokenizer_decode(e->tok, ids, n, skip_special_tokens, len, err,
+                            errlen);
+}
+
+const char *llm_token_text(llm_engine *e, int32_t id, size_t *len)
+{
+    if (atomic_load(&e->state) != LLM_STATE_READY) {
+        return NULL;
+    }
+    return tokenizer_token_bytes(e->tok, id, len);
+}
+
+int llm_model_check(const char *model_dir, const char *tokenizer_dir,
+                    char *err, size_t errlen)
+{
+    model_config cfg;
+    generation_defaults gen;
+    tokenizer *tok = NULL;
+    chat_template *ct = NULL;
+    char ct_err[LLM_ERR_MAX];
+
+    if (model_dir == NULL) {
+        seterr(err, errlen, "model directory is required");
+        return -1;
+    }
+    if (model_config_load(model_dir, &cfg, &gen, err, errlen) != 0) {
+        return -1;
+    }
+    if (load_tokenizer(tokenizer_dir ? tokenizer_dir : model_dir, &tok, &ct,
+                       ct_err, sizeof(ct_err), err, errlen) != 0)
+    {
+        return -1;
+    }
+    if (ct) chat_template_free(ct);
+    tokenizer_free(tok);
+    return 0;
+}
