@@ -2,8 +2,18 @@
  * Byte-level BPE tokenizer loaded from Hugging Face tokenizer.json.
  * Exact parity with the `tokenizers` library is the bar (t/fixtures goldens).
  *
- * A loaded tokenizer is immutable and safe to use from many threads at once
- * (any cache inside is per thread or locked).
+ * A loaded tokenizer is immutable and safe to use from many threads at once:
+ * the regex match state and the BPE piece cache are per thread (made on a
+ * thread's first encode, freed when the thread exits or the tokenizer is
+ * freed).  tokenizer_free must not run while another thread still uses the
+ * tokenizer.
+ *
+ * Supported tokenizer.json: model BPE (merges as "a b" strings or
+ * ["a", "b"] pairs, ignore_merges), normalizer NFC / Sequence of NFC /
+ * null, pre_tokenizer Split(Regex, Isolated) / ByteLevel (add_prefix_space
+ * false) / Sequence of those, decoder ByteLevel, post_processor ByteLevel /
+ * TemplateProcessing / null.  Anything else is a load error naming the
+ * field, never a silently different tokenization.
  */
 #ifndef LLM_TOKENIZER_H
 #define LLM_TOKENIZER_H
@@ -21,6 +31,12 @@ tokenizer *tokenizer_load(const char *tokenizer_json_path,
 void tokenizer_free(tokenizer *t);
 
 int tokenizer_vocab_size(const tokenizer *t);   /* max id + 1 */
+/* bos_token / eos_token of tokenizer_config.json, or -1 (none, or no
+ * such file).  Qwen3: no bos, eos <|im_end|>. */
+int32_t tokenizer_bos_id(const tokenizer *t);
+int32_t tokenizer_eos_id(const tokenizer *t);
+/* Longest tokenizer_token_bytes() of any id (sizes stream buffers). */
+size_t tokenizer_max_token_bytes(const tokenizer *t);
 /* Id of a token string (vocab or added token), or -1. */
 int32_t tokenizer_token_id(const tokenizer *t, const char *token);
 /* Is this id an added token flagged special? */
@@ -29,9 +45,12 @@ int tokenizer_is_special(const tokenizer *t, int32_t id);
 /*
  * Encodes UTF-8 text.  Added tokens are matched first; the rest goes
  * through NFC, the pre-tokenizer regex, byte-level mapping and BPE.
- * Returns a malloc'ed array in *ids and its length, or -1 with err
- * (invalid UTF-8 is an error).  add_special_tokens: prepend/append what
- * the post-processor says (Qwen3: nothing).
+ * Returns a malloc'ed array in *ids and its length, or -1 with err.
+ * Invalid UTF-8 is an error ("invalid UTF-8 at byte N"), never silently
+ * replaced: HF's Python API cannot even receive such text.  Empty text
+ * gives 0 ids (*ids is still a valid malloc'ed pointer to free).
+ * add_special_tokens: prepend/append what the post-processor says
+ * (Qwen3: nothing).
  */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
                      int add_special_tokens, int32_t **ids,
@@ -61,8 +80,11 @@ typedef struct {
 
 void tokenizer_stream_init(tokenizer_stream *s, int skip_special_tokens);
 /* Appends the newly complete text to out (capacity cap) and returns the
- * number of bytes written, or -1 for an unknown id.  cap >= len of the
- * token's bytes + 8 is always enough. */
+ * number of bytes written, or -1 for an unknown id or a too small out
+ * (then the stream is unchanged).  Every invalid byte can become a 3-byte
+ * U+FFFD: cap >= 3 * (token bytes + 3) is always enough, so
+ * TOKENIZER_STREAM_CAP(tokenizer_max_token_bytes(t)) fits any id. */
+#define TOKENIZER_STREAM_CAP(token_bytes) (3 * ((token_bytes) + 3))
 int tokenizer_stream_feed(const tokenizer *t, tokenizer_stream *s,
                           int32_t id, char *out, size_t cap);
 /* Emits what is left (incomplete bytes as U+FFFD). */

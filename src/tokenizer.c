@@ -1,0 +1,1278 @@
+/*
+ * Byte-level BPE tokenizer from Hugging Face tokenizer.json (see
+ * tokenizer.h).  This file loads the JSON and drives the pipeline:
+ *
+ *   text -> added tokens (raw) -> NFC -> added tokens (normalized)
+ *        -> regex pre-tokenizer -> BPE per piece -> ids
+ *   ids  -> token bytes -> UTF-8 repair (U+FFFD) -> text
+ *
+ * The pieces live in tokenizer_unicode.c (UTF-8, byte-level alphabet,
+ * NFC), tokenizer_added.c, tokenizer_pretok.c (PCRE2) and tokenizer_bpe.c.
+ */
+#include "tokenizer.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tokenizer_added.h"
+#include "tokenizer_bpe.h"
+#include "tokenizer_pretok.h"
+#include "tokenizer_unicode.h"
+
+#define TOK_MAX_TEMPLATE 8      /* post-processor ids before / after */
+
+/* What one thread needs to encode: regex match state and BPE scratch. */
+typedef struct tok_thread {
+    struct tok_thread *prev, *next;     /* the tokenizer's registry */
+    tokenizer         *owner;
+    pretok_thread      pt;
+    bpe_scratch       *bpe;
+} tok_thread;
+
+struct tokenizer {
+    /* Per id: the token string of tokenizer.json (byte-level form for
+     * vocab entries, content for added tokens) and the raw bytes it
+     * decodes to; offsets into arena, key_len < 0 for unused ids. */
+    char      *arena;
+    size_t     arena_len;
+    size_t    *key_off;
+    int32_t   *key_len;
+    size_t    *bytes_off;
+    int32_t   *bytes_len;
+    uint8_t   *special;         /* per id: added token flagged special */
+    int        vocab_size;
+    size_t     max_token_bytes;
+
+    /* token string -> id (added tokens shadow the vocab, as in HF). */
+    int32_t   *hash_ids;
+    size_t     hash_mask;
+
+    added_token  *added;
+    int           n_added;
+    added_matcher added_raw;
+    added_matcher added_norm;
+
+    bpe_model  bpe;
+    int        ignore_merges;
+    int        nfc;
+    pretok     pre;
+
+    int32_t    prefix_ids[TOK_MAX_TEMPLATE];
+    int        n_prefix;
+    int32_t    suffix_ids[TOK_MAX_TEMPLATE];
+    int        n_suffix;
+
+    int32_t    bos_id;
+    int32_t    eos_id;
+
+    pthread_key_t   thread_key;
+    int             thread_key_made;
+    pthread_mutex_t thread_lock;
+    tok_thread     *threads;
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0) {
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- token string hash ------------------------------------------------ */
+
+static uint64_t str_hash(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (uint8_t) s[i]) * 0x100000001b3ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static int32_t lookup_key(const tokenizer *t, const char *s, size_t n)
+{
+    size_t i = str_hash(s, n) & t->hash_mask;
+
+    for (;;) {
+        int32_t id = t->hash_ids[i];
+
+        if (id < 0) {
+            return -1;
+        }
+        if ((size_t) t->key_len[id] == n && memcmp(t->arena + t->key_off[id], s, n) == 0) {
+            return id;
+        }
+        i = (i + 1) & t->hash_mask;
+    }
+}
+
+/* Inserts id under its key; an existing entry with the same key is
+ * replaced only when replace is set (added tokens win over the vocab). */
+static void insert_key(tokenizer *t, int32_t id, int replace)
+{
+    const char *s = t->arena + t->key_off[id];
+    size_t n = (size_t) t->key_len[id];
+    size_t i = str_hash(s, n) & t->hash_mask;
+
+    for (;;) {
+        int32_t cur = t->hash_ids[i];
+
+        if (cur < 0) {
+            t->hash_ids[i] = id;
+            return;
+        }
+        if ((size_t) t->key_len[cur] == n && memcmp(t->arena + t->key_off[cur], s, n) == 0) {
+            if (replace) {
+                t->hash_ids[i] = id;
+            }
+            return;
+        }
+        i = (i + 1) & t->hash_mask;
+    }
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+
+    if (f == NULL) {
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        set_err(err, errlen, "%s: cannot determine the size", path);
+        fclose(f);
+        return NULL;
+    }
+    buf = malloc((size_t) n + 1);
+    if (buf == NULL) {
+        set_err(err, errlen, "%s: out of memory (%ld bytes)", path, n);
+    } else if (fread(buf, 1, (size_t) n, f) != (size_t) n) {
+        set_err(err, errlen, "%s: read error", path);
+        free(buf);
+        buf = NULL;
+    } else {
+        buf[n] = '\0';
+        *len = (size_t) n;
+    }
+    fclose(f);
+    return buf;
+}
+
+static cJSON *parse_json(const char *path, char *err, size_t errlen)
+{
+    size_t len = 0;
+    char *text = read_file(path, &len, err, errlen);
+    cJSON *root;
+
+    if (text == NULL) {
+        return NULL;
+    }
+    root = cJSON_ParseWithLength(text, len);
+    if (root == NULL) {
+        const char *at = cJSON_GetErrorPtr();
+        size_t off = at != NULL && at >= text && at <= text + len ? (size_t) (at - text) : 0;
+
+        set_err(err, errlen, "%s: invalid JSON near byte %zu", path, off);
+    }
+    free(text);
+    return root;
+}
+
+static const char *type_of(const cJSON *node)
+{
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(node, "type");
+
+    return cJSON_IsString(type) ? type->valuestring : NULL;
+}
+
+/* Stores key and raw bytes of id in the arena (sized by the caller). */
+static void store_token(tokenizer *t, int32_t id, const char *key, size_t key_len,
+                        const uint8_t *bytes, size_t bytes_len)
+{
+    t->key_off[id] = t->arena_len;
+    t->key_len[id] = (int32_t) key_len;
+    memcpy(t->arena + t->arena_len, key, key_len);
+    t->arena_len += key_len;
+    t->bytes_off[id] = t->arena_len;
+    t->bytes_len[id] = (int32_t) bytes_len;
+    memcpy(t->arena + t->arena_len, bytes, bytes_len);
+    t->arena_len += bytes_len;
+    if (bytes_len > t->max_token_bytes) {
+        t->max_token_bytes = bytes_len;
+    }
+}
+
+static int load_vocab_and_added(tokenizer *t, const char *path, const cJSON *vocab,
+                                const cJSON *added, char *err, size_t errlen)
+{
+    const cJSON *item;
+    size_t arena_cap = 0, hash_n = 1024;
+    int32_t max_id = -1;
+    int n_vocab = 0, n_added = 0;
+
+    if (!cJSON_IsObject(vocab)) {
+        set_err(err, errlen, "%s: model.vocab is missing or not an object", path);
+        return -1;
+    }
+    cJSON_ArrayForEach(item, vocab) {
+        if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble > 1e9
+            || item->valuedouble != (double) item->valueint) {
+            set_err(err, errlen, "%s: model.vocab[\"%s\"] is not a token id", path,
+                    item->string);
+            return -1;
+        }
+        if (item->valueint > max_id) {
+            max_id = item->valueint;
+        }
+        arena_cap += 2 * strlen(item->string);
+        n_vocab++;
+    }
+    if (added != NULL && !cJSON_IsNull(added) && !cJSON_IsArray(added)) {
+        set_err(err, errlen, "%s: added_tokens is not an array", path);
+        return -1;
+    }
+    cJSON_ArrayForEach(item, added) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(item, "id");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(item, "content");
+
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > 1e9
+            || !cJSON_IsString(content)) {
+            set_err(err, errlen, "%s: added_tokens[%d] lacks a numeric id or a content string",
+                    path, n_added);
+            return -1;
+        }
+        if (id->valueint > max_id) {
+            max_id = id->valueint;
+        }
+        arena_cap += 2 * strlen(content->valuestring);
+        n_added++;
+    }
+    if (max_id < 0) {
+        set_err(err, errlen, "%s: model.vocab is empty", path);
+        return -1;
+    }
+    t->vocab_size = max_id + 1;
+    t->arena = malloc(arena_cap + 1);
+    t->key_off = calloc((size_t) t->vocab_size, sizeof(size_t));
+    t->key_len = malloc((size_t) t->vocab_size * sizeof(int32_t));
+    t->bytes_off = calloc((size_t) t->vocab_size, sizeof(size_t));
+    t->bytes_len = calloc((size_t) t->vocab_size, sizeof(int32_t));
+    t->special = calloc((size_t) t->vocab_size, 1);
+    t->added = calloc((size_t) (n_added > 0 ? n_added : 1), sizeof(added_token));
+    while (hash_n < 2 * (size_t) (n_vocab + n_added)) {
+        hash_n *= 2;
+    }
+    t->hash_ids = malloc(hash_n * sizeof(int32_t));
+    if (t->arena == NULL || t->key_off == NULL || t->key_len == NULL || t->bytes_off == NULL
+        || t->bytes_len == NULL || t->special == NULL || t->added == NULL
+        || t->hash_ids == NULL) {
+        set_err(err, errlen, "%s: out of memory for a vocabulary of %d ids", path,
+                t->vocab_size);
+        return -1;
+    }
+    t->hash_mask = hash_n - 1;
+    memset(t->hash_ids, 0xff, hash_n * sizeof(int32_t));
+    for (int i = 0; i < t->vocab_size; i++) {
+        t->key_len[i] = -1;
+    }
+
+    cJSON_ArrayForEach(item, vocab) {
+        size_t klen = strlen(item->string);
+        uint8_t stack[512];
+        uint8_t *raw = klen <= sizeof(stack) ? stack : malloc(klen);
+        long rlen;
+        int32_t id = item->valueint;
+
+        if (raw == NULL) {
+            set_err(err, errlen, "%s: out of memory", path);
+            return -1;
+        }
+        rlen = t->key_len[id] >= 0 ? -2 : bytelevel_decode(item->string, klen, raw);
+        if (rlen >= 0) {
+            store_token(t, id, item->string, klen, raw, (size_t) rlen);
+        }
+        if (raw != stack) {
+            free(raw);
+        }
+        if (rlen == -2) {
+            set_err(err, errlen, "%s: model.vocab gives id %d to both \"%s\" and another token",
+                    path, id, item->string);
+            return -1;
+        }
+        if (rlen < 0) {
+            set_err(err, errlen, "%s: model.vocab token \"%s\" (id %d) is not in the "
+                    "byte-level alphabet", path, item->string, id);
+            return -1;
+        }
+        insert_key(t, id, 0);
+    }
+
+    t->n_added = n_added;
+    n_added = 0;
+    cJSON_ArrayForEach(item, added) {
+        added_token *a = &t->added[n_added];
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(item, "content");
+        int32_t id = cJSON_GetObjectItemCaseSensitive(item, "id")->valueint;
+        size_t clen = strlen(content->valuestring);
+        uint8_t *raw = malloc(clen + 1);
+        long rlen;
+
+        if (raw == NULL || (a->content = strdup(content->valuestring)) == NULL) {
+            free(raw);
+            set_err(err, errlen, "%s: out of memory", path);
+            return -1;
+        }
+        if (utf8_first_invalid((const uint8_t *) a->content, clen) != clen) {
+            free(raw);
+            set_err(err, errlen, "%s: added_tokens[%d].content is not UTF-8", path, n_added);
+            return -1;
+        }
+        a->len = clen;
+        a->id = id;
+        a->special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "special"));
+        a->lstrip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "lstrip"));
+        a->rstrip = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "rstrip"));
+        a->single_word = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "single_word"));
+        a->normalized = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "normalized"));
+        /* HF's ByteLevel decoder maps every token, added ones included,
+         * through the byte-level alphabet, keeping the text as is when a
+         * character is outside it. */
+        rlen = bytelevel_decode(a->content, clen, raw);
+        if (rlen < 0) {
+            memcpy(raw, a->content, clen);
+            rlen = (long) clen;
+        }
+        /* An added token may repeat a vocab id; the added form wins. */
+        store_token(t, id, a->content, clen, raw, (size_t) rlen);
+        free(raw);
+        t->special[id] = a->special;
+        insert_key(t, id, 1);
+        n_added++;
+    }
+    return 0;
+}
+
+static int load_merges(tokenizer *t, const char *path, const cJSON *merges,
+                       char *err, size_t errlen)
+{
+    const cJSON *item;
+    int rank = 0;
+
+    if (!cJSON_IsArray(merges)) {
+        set_err(err, errlen, "%s: model.merges is missing or not an array", path);
+        return -1;
+    }
+    if (bpe_merges_init(&t->bpe.merges, (size_t) cJSON_GetArraySize(merges)) != 0) {
+        set_err(err, errlen, "%s: out of memory for the merges", path);
+        return -1;
+    }
+    cJSON_ArrayForEach(item, merges) {
+        const char *a, *b;
+        size_t alen, blen;
+        char joined[1024];
+        int32_t ida, idb, idab;
+
+        if (cJSON_IsString(item)) {
+            /* "a b": split at the first space (byte-level tokens hold no
+             * literal space). */
+            const char *sp = strchr(item->valuestring, ' ');
+
+            if (sp == NULL) {
+                set_err(err, errlen, "%s: model.merges[%d] \"%s\" is not \"a b\"", path,
+                        rank, item->valuestring);
+                return -1;
+            }
+            a = item->valuestring;
+            alen = (size_t) (sp - a);
+            b = sp + 1;
+            blen = strlen(b);
+        } else if (cJSON_IsArray(item) && cJSON_GetArraySize(item) == 2
+                   && cJSON_IsString(cJSON_GetArrayItem(item, 0))
+                   && cJSON_IsString(cJSON_GetArrayItem(item, 1))) {
+            a = cJSON_GetArrayItem(item, 0)->valuestring;
+            b = cJSON_GetArrayItem(item, 1)->valuestring;
+            alen = strlen(a);
+            blen = strlen(b);
+        } else {
+            set_err(err, errlen, "%s: model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]",
+                    path, rank);
+            return -1;
+        }
+        if (alen + blen >= sizeof(joined)) {
+            set_err(err, errlen, "%s: model.merges[%d] is too long", path, rank);
+            return -1;
+        }
+        memcpy(joined, a, alen);
+        memcpy(joined + alen, b, blen);
+        ida = lookup_key(t, a, alen);
+        idb = lookup_key(t, b, blen);
+        idab = lookup_key(t, joined, alen + blen);
+        if (ida < 0 || idb < 0 || idab < 0) {
+            set_err(err, errlen, "%s: model.merges[%d] \"%.*s\" + \"%.*s\": %s not in the "
+                    "vocabulary", path, rank, (int) alen, a, (int) blen, b,
+                    ida < 0 ? "the first token is" : idb < 0 ? "the second token is"
+                                                   : "the merged token is");
+            return -1;
+        }
+        if (bpe_merges_put(&t->bpe.merges, ida, idb, rank, idab) != 0) {
+            set_err(err, errlen, "%s: merge table overflow", path);
+            return -1;
+        }
+        rank++;
+    }
+    return 0;
+}
+
+static int load_model(tokenizer *t, const char *path, const cJSON *root,
+                      char *err, size_t errlen)
+{
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *v;
+    const char *type;
+
+    if (!cJSON_IsObject(model)) {
+        set_err(err, errlen, "%s: \"model\" is missing", path);
+        return -1;
+    }
+    type = type_of(model);
+    if (type != NULL && strcmp(type, "BPE") != 0) {
+        set_err(err, errlen, "%s: model.type \"%s\" is not supported (only BPE)", path, type);
+        return -1;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+    if (cJSON_IsNumber(v) && v->valuedouble > 0) {
+        set_err(err, errlen, "%s: model.dropout is set; BPE dropout is for training only",
+                path);
+        return -1;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(model, "byte_fallback");
+    if (cJSON_IsTrue(v)) {
+        set_err(err, errlen, "%s: model.byte_fallback is not supported (byte-level BPE only)",
+                path);
+        return -1;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(model, "continuing_subword_prefix");
+    if (cJSON_IsString(v) && v->valuestring[0] != '\0') {
+        set_err(err, errlen, "%s: model.continuing_subword_prefix is not supported", path);
+        return -1;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(model, "end_of_word_suffix");
+    if (cJSON_IsString(v) && v->valuestring[0] != '\0') {
+        set_err(err, errlen, "%s: model.end_of_word_suffix is not supported", path);
+        return -1;
+    }
+    t->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
+    if (load_vocab_and_added(t, path, cJSON_GetObjectItemCaseSensitive(model, "vocab"),
+                             cJSON_GetObjectItemCaseSensitive(root, "added_tokens"),
+                             err, errlen) != 0) {
+        return -1;
+    }
+    for (int b = 0; b < 256; b++) {
+        char key[4];
+        size_t klen = bytelevel_encode((const uint8_t *) &(uint8_t) { (uint8_t) b }, 1, key);
+        int32_t id = lookup_key(t, key, klen);
+
+        if (id < 0) {
+            set_err(err, errlen, "%s: model.vocab lacks the byte-level token of byte 0x%02x",
+                    path, b);
+            return -1;
+        }
+        t->bpe.byte_ids[b] = id;
+    }
+    return load_merges(t, path, cJSON_GetObjectItemCaseSensitive(model, "merges"), err, errlen);
+}
+
+static int load_normalizer(tokenizer *t, const char *path, const cJSON *n,
+                           char *err, size_t errlen)
+{
+    const char *type;
+
+    if (n == NULL || cJSON_IsNull(n)) {
+        return 0;
+    }
+    type = type_of(n);
+    if (type != NULL && strcmp(type, "NFC") == 0) {
+        t->nfc = 1;
+        return 0;
+    }
+    if (type != NULL && strcmp(type, "Sequence") == 0) {
+        const cJSON *item;
+
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) {
+            if (load_normalizer(t, path, item, err, errlen) != 0) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    set_err(err, errlen, "%s: normalizer type \"%s\" is not supported (NFC, Sequence)", path,
+            type ? type : "?");
+    return -1;
+}
+
+static int load_pre_tokenizer(tokenizer *t, const char *path, const cJSON *p,
+                              char *err, size_t errlen)
+{
+    const char *type;
+    char why[256];
+
+    if (p == NULL || cJSON_IsNull(p)) {
+        return 0;
+    }
+    type = type_of(p);
+    if (type != NULL && strcmp(type, "Sequence") == 0) {
+        const cJSON *item;
+
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) {
+            if (load_pre_tokenizer(t, path, item, err, errlen) != 0) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (type != NULL && strcmp(type, "Split") == 0) {
+        const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(p, "pattern");
+        const cJSON *regex = cJSON_GetObjectItemCaseSensitive(pattern, "Regex");
+        const cJSON *behavior = cJSON_GetObjectItemCaseSensitive(p, "behavior");
+
+        if (!cJSON_IsString(regex)) {
+            set_err(err, errlen, "%s: pre_tokenizer Split: only pattern.Regex is supported",
+                    path);
+            return -1;
+        }
+        if (!cJSON_IsString(behavior) || strcmp(behavior->valuestring, "Isolated") != 0) {
+            set_err(err, errlen, "%s: pre_tokenizer Split: only behavior \"Isolated\" is "
+                    "supported", path);
+            return -1;
+        }
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "invert"))) {
+            set_err(err, errlen, "%s: pre_tokenizer Split: invert is not supported", path);
+            return -1;
+        }
+        if (pretok_add_regex(&t->pre, regex->valuestring, why, sizeof(why)) != 0) {
+            set_err(err, errlen, "%s: pre_tokenizer Split: %s", path, why);
+            return -1;
+        }
+        return 0;
+    }
+    if (type != NULL && strcmp(type, "ByteLevel") == 0) {
+        const cJSON *use_regex = cJSON_GetObjectItemCaseSensitive(p, "use_regex");
+
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "add_prefix_space"))) {
+            set_err(err, errlen, "%s: pre_tokenizer ByteLevel add_prefix_space is not "
+                    "supported", path);
+            return -1;
+        }
+        /* use_regex defaults to true in tokenizers. */
+        if (use_regex == NULL || cJSON_IsTrue(use_regex)) {
+            if (pretok_add_regex(&t->pre, PRETOK_GPT2_PATTERN, why, sizeof(why)) != 0) {
+                set_err(err, errlen, "%s: pre_tokenizer ByteLevel: %s", path, why);
+                return -1;
+            }
+        }
+        /* The byte-level mapping itself happens inside BPE, on raw bytes. */
+        return 0;
+    }
+    set_err(err, errlen, "%s: pre_tokenizer type \"%s\" is not supported (Sequence, Split, "
+            "ByteLevel)", path, type ? type : "?");
+    return -1;
+}
+
+static int load_decoder(const char *path, const cJSON *d, char *err, size_t errlen)
+{
+    const char *type;
+
+    if (d == NULL || cJSON_IsNull(d)) {
+        set_err(err, errlen, "%s: decoder is missing (ByteLevel expected)", path);
+        return -1;
+    }
+    type = type_of(d);
+    if (type != NULL && strcmp(type, "ByteLevel") == 0) {
+        return 0;
+    }
+    if (type != NULL && strcmp(type, "Sequence") == 0) {
+        const cJSON *item;
+        int n = 0;
+
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(d, "decoders")) {
+            if (load_decoder(path, item, err, errlen) != 0) {
+                return -1;
+            }
+            n++;
+        }
+        if (n > 0) {
+            return 0;
+        }
+    }
+    set_err(err, errlen, "%s: decoder type \"%s\" is not supported (ByteLevel)", path,
+            type ? type : "?");
+    return -1;
+}
+
+static int load_post_processor(tokenizer *t, const char *path, const cJSON *p,
+                               char *err, size_t errlen)
+{
+    const char *type;
+    const cJSON *item;
+    int seen_sequence = 0;
+
+    if (p == NULL || cJSON_IsNull(p)) {
+        return 0;
+    }
+    type = type_of(p);
+    if (type != NULL && strcmp(type, "ByteLevel") == 0) {
+        return 0;       /* only offsets; no ids */
+    }
+    if (type != NULL && strcmp(type, "Sequence") == 0) {
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(p, "processors")) {
+            if (load_post_processor(t, path, item, err, errlen) != 0) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (type == NULL || strcmp(type, "TemplateProcessing") != 0) {
+        set_err(err, errlen, "%s: post_processor type \"%s\" is not supported (ByteLevel, "
+                "TemplateProcessing)", path, type ? type : "?");
+        return -1;
+    }
+    /* The single-sequence template: special tokens around "$A". */
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(p, "single")) {
+        const cJSON *sp = cJSON_GetObjectItemCaseSensitive(item, "SpecialToken");
+        const cJSON *name;
+        const cJSON *ids;
+        const cJSON *id;
+
+        if (cJSON_GetObjectItemCaseSensitive(item, "Sequence") != NULL) {
+            seen_sequence = 1;
+            continue;
+        }
+        name = cJSON_GetObjectItemCaseSensitive(sp, "id");
+        if (!cJSON_IsString(name)) {
+            set_err(err, errlen, "%s: post_processor.single has an item that is neither "
+                    "Sequence nor SpecialToken", path);
+            return -1;
+        }
+        ids = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(p, "special_tokens"), name->valuestring),
+            "ids");
+        if (!cJSON_IsArray(ids)) {
+            set_err(err, errlen, "%s: post_processor.special_tokens lacks \"%s\"", path,
+                    name->valuestring);
+            return -1;
+        }
+        cJSON_ArrayForEach(id, ids) {
+            int32_t *arr = seen_sequence ? t->suffix_ids : t->prefix_ids;
+            int *n = seen_sequence ? &t->n_suffix : &t->n_prefix;
+
+            if (!cJSON_IsNumber(id) || id->valueint < 0 || id->valueint >= t->vocab_size) {
+                set_err(err, errlen, "%s: post_processor.special_tokens[\"%s\"] has a bad id",
+                        path, name->valuestring);
+                return -1;
+            }
+            if (*n >= TOK_MAX_TEMPLATE) {
+                set_err(err, errlen, "%s: post_processor.single adds too many tokens", path);
+                return -1;
+            }
+            arr[(*n)++] = id->valueint;
+        }
+    }
+    return 0;
+}
+
+/* bos_token / eos_token: a string, {"content": ...} or null. */
+static int32_t config_token_id(const tokenizer *t, const cJSON *cfg, const char *field)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, field);
+
+    if (cJSON_IsObject(v)) {
+        v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    }
+    if (!cJSON_IsString(v)) {
+        return -1;
+    }
+    return lookup_key(t, v->valuestring, strlen(v->valuestring));
+}
+
+static int load_config(tokenizer *t, const char *json_path, char *err, size_t errlen)
+{
+    const char *slash = strrchr(json_path, '/');
+    size_t dir_len = slash ? (size_t) (slash - json_path + 1) : 0;
+    char *cfg_path = malloc(dir_len + sizeof("tokenizer_config.json"));
+    FILE *probe;
+    cJSON *cfg;
+
+    t->bos_id = -1;
+    t->eos_id = -1;
+    if (cfg_path == NULL) {
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    memcpy(cfg_path, json_path, dir_len);
+    strcpy(cfg_path + dir_len, "tokenizer_config.json");
+    probe = fopen(cfg_path, "rb");
+    if (probe == NULL) {
+        free(cfg_path);
+        return 0;           /* optional */
+    }
+    fclose(probe);
+    cfg = parse_json(cfg_path, err, errlen);
+    free(cfg_path);
+    if (cfg == NULL) {
+        return -1;
+    }
+    t->bos_id = config_token_id(t, cfg, "bos_token");
+    t->eos_id = config_token_id(t, cfg, "eos_token");
+    cJSON_Delete(cfg);
+    return 0;
+}
+
+static void tok_thread_destroy(void *p);
+
+tokenizer *tokenizer_load(const char *tokenizer_json_path, char *err, size_t errlen)
+{
+    const char *path = tokenizer_json_path;
+    tokenizer *t = calloc(1, sizeof(*t));
+    cJSON *root;
+    int ok;
+
+    if (t == NULL) {
+        set_err(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    if (pthread_mutex_init(&t->thread_lock, NULL) != 0) {
+        free(t);
+        set_err(err, errlen, "%s: cannot create a mutex", path);
+        return NULL;
+    }
+    if (pthread_key_create(&t->thread_key, tok_thread_destroy) != 0) {
+        pthread_mutex_destroy(&t->thread_lock);
+        free(t);
+        set_err(err, errlen, "%s: no thread-local key left", path);
+        return NULL;
+    }
+    t->thread_key_made = 1;
+    root = parse_json(path, err, errlen);
+    if (root == NULL) {
+        tokenizer_free(t);
+        return NULL;
+    }
+    ok = load_model(t, path, root, err, errlen) == 0
+         && load_normalizer(t, path, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
+                            err, errlen) == 0
+         && load_pre_tokenizer(t, path, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"),
+                               err, errlen) == 0
+         && load_decoder(path, cJSON_GetObjectItemCaseSensitive(root, "decoder"),
+                         err, errlen) == 0
+         && load_post_processor(t, path,
+                                cJSON_GetObjectItemCaseSensitive(root, "post_processor"),
+                                err, errlen) == 0;
+    cJSON_Delete(root);
+    if (ok && (added_matcher_init(&t->added_raw, t->added, t->n_added, 0) != 0
+               || added_matcher_init(&t->added_norm, t->added, t->n_added, 1) != 0)) {
+        set_err(err, errlen, "%s: out of memory", path);
+        ok = 0;
+    }
+    if (ok && load_config(t, path, err, errlen) != 0) {
+        ok = 0;
+    }
+    if (!ok) {
+        tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void tokenizer_free(tokenizer *t)
+{
+    tok_thread *th, *next;
+
+    if (t == NULL) {
+        return;
+    }
+    if (t->thread_key_made) {
+        /* After this no destructor runs; free every thread's state here. */
+        pthread_key_delete(t->thread_key);
+    }
+    pthread_mutex_lock(&t->thread_lock);
+    for (th = t->threads; th != NULL; th = next) {
+        next = th->next;
+        pretok_thread_free(&th->pt);
+        bpe_scratch_free(th->bpe);
+        free(th);
+    }
+    t->threads = NULL;
+    pthread_mutex_unlock(&t->thread_lock);
+    pthread_mutex_destroy(&t->thread_lock);
+    for (int i = 0; i < t->n_added; i++) {
+        free(t->added[i].content);
+    }
+    free(t->added);
+    added_matcher_free(&t->added_raw);
+    added_matcher_free(&t->added_norm);
+    bpe_merges_free(&t->bpe.merges);
+    pretok_free(&t->pre);
+    free(t->arena);
+    free(t->key_off);
+    free(t->key_len);
+    free(t->bytes_off);
+    free(t->bytes_len);
+    free(t->special);
+    free(t->hash_ids);
+    free(t);
+}
+
+/* ---- per-thread state --------------------------------------------------- */
+
+static void tok_thread_destroy(void *p)
+{
+    tok_thread *th = p;
+    tokenizer *t = th->owner;
+
+    pthread_mutex_lock(&t->thread_lock);
+    if (th->prev) {
+        th->prev->next = th->next;
+    } else {
+        t->threads = th->next;
+    }
+    if (th->next) {
+        th->next->prev = th->prev;
+    }
+    pthread_mutex_unlock(&t->thread_lock);
+    pretok_thread_free(&th->pt);
+    bpe_scratch_free(th->bpe);
+    free(th);
+}
+
+static tok_thread *tok_thread_get(const tokenizer *tc)
+{
+    /* The registry is bookkeeping, not tokenizer state: casting away
+     * const keeps the public API honest about what encoding changes. */
+    tokenizer *t = (tokenizer *) tc;
+    tok_thread *th = pthread_getspecific(t->thread_key);
+
+    if (th != NULL) {
+        return th;
+    }
+    th = calloc(1, sizeof(*th));
+    if (th == NULL) {
+        return NULL;
+    }
+    th->owner = t;
+    th->bpe = bpe_scratch_new();
+    if (th->bpe == NULL || pretok_thread_init(&th->pt) != 0) {
+        bpe_scratch_free(th->bpe);
+        free(th);
+        return NULL;
+    }
+    if (pthread_setspecific(t->thread_key, th) != 0) {
+        pretok_thread_free(&th->pt);
+        bpe_scratch_free(th->bpe);
+        free(th);
+        return NULL;
+    }
+    pthread_mutex_lock(&t->thread_lock);
+    th->next = t->threads;
+    if (t->threads) {
+        t->threads->prev = th;
+    }
+    t->threads = th;
+    pthread_mutex_unlock(&t->thread_lock);
+    return th;
+}
+
+/* ---- encoding ----------------------------------------------------------- */
+
+typedef struct {
+    const tokenizer *t;
+    tok_thread      *th;
+    int32_t         *ids;
+    size_t           n;
+    size_t           cap;
+    char            *err;
+    size_t           errlen;
+} encode_ctx;
+
+static int ids_reserve(encode_ctx *c, size_t more)
+{
+    int32_t *grown;
+    size_t cap = c->cap ? c->cap : 256;
+
+    if (c->n + more <= c->cap) {
+        return 0;
+    }
+    while (cap < c->n + more) {
+        cap *= 2;
+    }
+    grown = realloc(c->ids, cap * sizeof(int32_t));
+    if (grown == NULL) {
+        set_err(c->err, c->errlen, "out of memory for %zu token ids", cap);
+        return -1;
+    }
+    c->ids = grown;
+    c->cap = cap;
+    return 0;
+}
+
+static int encode_piece(void *ctx, const uint8_t *p, size_t n)
+{
+    encode_ctx *c = ctx;
+    long got;
+
+    if (ids_reserve(c, n) != 0) {
+        return -1;
+    }
+    if (c->t->ignore_merges && n > 1) {
+        /* ignore_merges: a piece that is a whole vocab token is that
+         * token, whatever the merges would make of it. */
+        char stack[256];
+        char *key = 2 * n <= sizeof(stack) ? stack : malloc(2 * n);
+        int32_t id;
+
+        if (key == NULL) {
+            set_err(c->err, c->errlen, "out of memory");
+            return -1;
+        }
+        id = lookup_key(c->t, key, bytelevel_encode(p, n, key));
+        if (key != stack) {
+            free(key);
+        }
+        if (id >= 0) {
+            c->ids[c->n++] = id;
+            return 0;
+        }
+    }
+    got = bpe_encode_piece(&c->t->bpe, c->th->bpe, p, n, c->ids + c->n);
+    if (got < 0) {
+        set_err(c->err, c->errlen, "out of memory in BPE");
+        return -1;
+    }
+    c->n += (size_t) got;
+    return 0;
+}
+
+static int encode_pretokenized(encode_ctx *c, const uint8_t *s, size_t n)
+{
+    int rc;
+
+    if (n == 0) {
+        return 0;
+    }
+    if (c->t->pre.n_stages == 0) {
+        return encode_piece(c, s, n);
+    }
+    rc = pretok_split(&c->t->pre, &c->th->pt, s, n, encode_piece, c, c->err, c->errlen);
+    return rc == 0 ? 0 : -1;
+}
+
+static int push_added(encode_ctx *c, int token)
+{
+    if (ids_reserve(c, 1) != 0) {
+        return -1;
+    }
+    c->ids[c->n++] = c->t->added[token].id;
+    return 0;
+}
+
+/* Text between raw added tokens: normalize, then normalized added tokens,
+ * then the pre-tokenizer. */
+static int encode_text(encode_ctx *c, const uint8_t *s, size_t n)
+{
+    const uint8_t *norm = s;
+    size_t norm_len = n, pos = 0, text_start = 0;
+    added_split sp;
+    int rc = 0;
+
+    if (n == 0) {
+        return 0;
+    }
+    if (c->t->nfc) {
+        norm = nfc_normalize(s, n, &norm_len);
+        if (norm == NULL) {
+            set_err(c->err, c->errlen, "out of memory in NFC normalization");
+            return -1;
+        }
+    }
+    while (rc == 0 && added_next(&c->t->added_norm, norm, norm_len, text_start, &pos, &sp)) {
+        rc = encode_pretokenized(c, norm + text_start, sp.start - text_start);
+        if (rc == 0) {
+            rc = push_added(c, sp.token);
+        }
+        text_start = sp.end;
+    }
+    if (rc == 0) {
+        rc = encode_pretokenized(c, norm + text_start, norm_len - text_start);
+    }
+    if (norm != s) {
+        free((void *) norm);
+    }
+    return rc;
+}
+
+int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
+                     int add_special_tokens, int32_t **ids,
+                     char *err, size_t errlen)
+{
+    const uint8_t *s = (const uint8_t *) text;
+    encode_ctx c = { .t = t, .err = err, .errlen = errlen };
+    size_t bad, pos = 0, text_start = 0;
+    added_split sp;
+    int rc = 0;
+
+    *ids = NULL;
+    if (len > 0 && text == NULL) {
+        set_err(err, errlen, "text is NULL");
+        return -1;
+    }
+    bad = utf8_first_invalid(s, len);
+    if (bad != len) {
+        set_err(err, errlen, "invalid UTF-8 at byte %zu of %zu", bad, len);
+        return -1;
+    }
+    if (len > (size_t) INT32_MAX) {
+        set_err(err, errlen, "text of %zu bytes is too long", len);
+        return -1;
+    }
+    c.th = tok_thread_get(t);
+    if (c.th == NULL) {
+        set_err(err, errlen, "out of memory for the tokenizer's thread state");
+        return -1;
+    }
+    /* A capacity guess (about 4 bytes a token) avoids most regrowth. */
+    if (ids_reserve(&c, len / 3 + 16) != 0) {
+        return -1;
+    }
+    if (add_special_tokens) {
+        for (int i = 0; i < t->n_prefix; i++) {
+            c.ids[c.n++] = t->prefix_ids[i];
+        }
+    }
+    while (rc == 0 && added_next(&t->added_raw, s, len, text_start, &pos, &sp)) {
+        rc = encode_text(&c, s + text_start, sp.start - text_start);
+        if (rc == 0) {
+            rc = push_added(&c, sp.token);
+        }
+        text_start = sp.end;
+    }
+    if (rc == 0) {
+        rc = encode_text(&c, s + text_start, len - text_start);
+    }
+    if (rc == 0 && add_special_tokens) {
+        rc = ids_reserve(&c, (size_t) t->n_suffix);
+        for (int i = 0; rc == 0 && i < t->n_suffix; i++) {
+            c.ids[c.n++] = t->suffix_ids[i];
+        }
+    }
+    if (rc != 0) {
+        free(c.ids);
+        return -1;
+    }
+    if (c.n > (size_t) INT32_MAX) {
+        free(c.ids);
+        set_err(err, errlen, "too many tokens");
+        return -1;
+    }
+    *ids = c.ids;
+    return (int) c.n;
+}
+
+/* ---- lookups ------------------------------------------------------------ */
+
+int tokenizer_vocab_size(const tokenizer *t)
+{
+    return t->vocab_size;
+}
+
+int32_t tokenizer_bos_id(const tokenizer *t)
+{
+    return t->bos_id;
+}
+
+int32_t tokenizer_eos_id(const tokenizer *t)
+{
+    return t->eos_id;
+}
+
+size_t tokenizer_max_token_bytes(const tokenizer *t)
+{
+    return t->max_token_bytes;
+}
+
+int32_t tokenizer_token_id(const tokenizer *t, const char *token)
+{
+    return token ? lookup_key(t, token, strlen(token)) : -1;
+}
+
+int tokenizer_is_special(const tokenizer *t, int32_t id)
+{
+    return id >= 0 && id < t->vocab_size && t->special[id];
+}
+
+const char *tokenizer_token_bytes(const tokenizer *t, int32_t id, size_t *len)
+{
+    if (id < 0 || id >= t->vocab_size || t->key_len[id] < 0) {
+        return NULL;
+    }
+    if (len) {
+        *len = (size_t) t->bytes_len[id];
+    }
+    return t->arena + t->bytes_off[id];
+}
+
+/* ---- decoding ----------------------------------------------------------- */
+
+char *tokenizer_decode(const tokenizer *t, const int32_t *ids, int n,
+                       int skip_special_tokens, size_t *out_len,
+                       char *err, size_t errlen)
+{
+    size_t total = 0, o = 0, bad;
+    uint8_t *raw, *out;
+
+    for (int i = 0; i < n; i++) {
+        int32_t id = ids[i];
+
+        if (id < 0 || id >= t->vocab_size || t->key_len[id] < 0) {
+            set_err(err, errlen, "unknown token id %d at position %d (vocabulary has %d)",
+                    id, i, t->vocab_size);
+            return NULL;
+        }
+        if (!(skip_special_tokens && t->special[id])) {
+            total += (size_t) t->bytes_len[id];
+        }
+    }
+    raw = malloc(total + 1);
+    if (raw == NULL) {
+        set_err(err, errlen, "out of memory for %zu decoded bytes", total);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        int32_t id = ids[i];
+
+        if (!(skip_special_tokens && t->special[id])) {
+            memcpy(raw + o, t->arena + t->bytes_off[id], (size_t) t->bytes_len[id]);
+            o += (size_t) t->bytes_len[id];
+        }
+    }
+    /* HF joins all bytes and then applies from_utf8_lossy once. */
+    bad = utf8_first_invalid(raw, total);
+    if (bad == total) {
+        raw[total] = '\0';
+        if (out_len) {
+            *out_len = total;
+        }
+        return (char *) raw;
+    }
+    out = malloc(bad + UTF8_LOSSY_MAX(total - bad) + 1);
+    if (out == NULL) {
+        free(raw);
+        set_err(err, errlen, "out of memory for %zu decoded bytes", total);
+        return NULL;
+    }
+    memcpy(out, raw, bad);
+    o = bad + utf8_lossy(raw + bad, total - bad, out + bad);
+    out[o] = '\0';
+    free(raw);
+    if (out_len) {
+        *out_len = o;
+    }
+    return (char *) out;
+}
+
+void tokenizer_stream_init(tokenizer_stream *s, int skip_special_tokens)
+{
+    memset(s, 0, sizeof(*s));
+    s->skip_special_tokens = skip_special_tokens;
+}
+
+int tokenizer_stream_feed(const tokenizer *t, tokenizer_stream *s,
+                          int32_t id, char *out, size_t cap)
+{
+    uint8_t stack[512];
+    uint8_t *buf;
+    const char *bytes;
+    size_t blen = 0, n, i = 0, o = 0;
+    int n_pending = 0;
+
+    bytes = tokenizer_token_bytes(t, id, &blen);
+    if (bytes == NULL) {
+        return -1;
+    }
+    if (s->skip_special_tokens && t->special[id]) {
+        return 0;
+    }
+    n = (size_t) s->n_pending + blen;
+    buf = n <= sizeof(stack) ? stack : malloc(n);
+    if (buf == NULL) {
+        return -1;
+    }
+    memcpy(buf, s->pending, (size_t) s->n_pending);
+    memcpy(buf + s->n_pending, bytes, blen);
+    /* Emit what is final; keep a trailing unfinished sequence, which the
+     * next token may complete (or turn into U+FFFD). */
+    while (i < n) {
+        uint32_t cp;
+        int r = buf[i] < 0x80 ? 1 : utf8_scan(buf + i, n - i, &cp);
+        size_t need = r > 0 ? (size_t) r : 3;
+
+        if (r == 0) {
+            n_pending = (int) (n - i);
+            break;
+        }
+        if (o + need > cap) {
+            if (buf != stack) {
+                free(buf);
+            }
+            return -1;
+        }
+        if (r > 0) {
+            memcpy(out + o, buf + i, (size_t) r);
+            i += (size_t) r;
+        } else {
+            memcpy(out + o, UTF8_REPLACEMENT, 3);
+            i += (size_t) -r;
+        }
+        o += need;
+    }
+    memcpy(s->pending, buf + (n - (size_t) n_pending), (size_t) n_pending);
+    s->n_pending = n_pending;
+    if (buf != stack) {
+        free(buf);
+    }
+    return (int) o;
+}
+
+int tokenizer_stream_flush(const tokenizer *t, tokenizer_stream *s,
+                           char *out, size_t cap)
+{
+    (void) t;
+    if (s->n_pending == 0) {
+        return 0;
+    }
+    /* A pending sequence is a valid prefix: one maximal subpart. */
+    if (cap < 3) {
+        return -1;
+    }
+    memcpy(out, UTF8_REPLACEMENT, 3);
+    s->n_pending = 0;
+    return 3;
+}

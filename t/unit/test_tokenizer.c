@@ -1,0 +1,547 @@
+/*
+ * Tokenizer: exact parity with Hugging Face `tokenizers` on the goldens,
+ * decoding (one-shot and streaming), errors, and the edge cases found by
+ * the differential fuzz (t/e2e/tokenizer_fuzz.test.mjs).
+ */
+#include <cJSON.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <utf8proc.h>
+
+#include "unit.h"
+#include "tokenizer.h"
+#include "tokenizer_unicode.h"
+
+#define TOKENIZER_JSON "t/fixtures/qwen3-tokenizer/tokenizer.json"
+#define GOLDENS        "t/fixtures/tokenizer_goldens.jsonl"
+
+static tokenizer *tok;
+
+/* Streams ids one at a time and returns the concatenated text. */
+static char *stream_decode(const int32_t *ids, int n, int skip, size_t *len)
+{
+    size_t cap = TOKENIZER_STREAM_CAP(tokenizer_max_token_bytes(tok));
+    char *out = malloc((size_t) n * cap + 8);
+    size_t o = 0;
+    tokenizer_stream s;
+    int r;
+
+    if (out == NULL) {
+        return NULL;
+    }
+    tokenizer_stream_init(&s, skip);
+    for (int i = 0; i < n; i++) {
+        r = tokenizer_stream_feed(tok, &s, ids[i], out + o, cap);
+        if (r < 0) {
+            free(out);
+            return NULL;
+        }
+        o += (size_t) r;
+    }
+    r = tokenizer_stream_flush(tok, &s, out + o, 8);
+    if (r < 0) {
+        free(out);
+        return NULL;
+    }
+    o += (size_t) r;
+    out[o] = '\0';
+    *len = o;
+    return out;
+}
+
+static void test_load(void)
+{
+    char err[512] = "";
+    double t0 = unit_now();
+
+    tok = tokenizer_load(TOKENIZER_JSON, err, sizeof(err));
+    REQUIRE(tok != NULL, "load failed: %s", err);
+    printf("# tokenizer.json loaded in %.0f ms\n", (unit_now() - t0) * 1e3);
+    CHECK(tokenizer_vocab_size(tok) == 151669, "vocab size %d", tokenizer_vocab_size(tok));
+    CHECK(tokenizer_token_id(tok, "<|im_start|>") == 151644, "im_start");
+    CHECK(tokenizer_token_id(tok, "<|endoftext|>") == 151643, "endoftext");
+    CHECK(tokenizer_token_id(tok, "\xC4\xA0the") == 279, "Ġthe is %d",
+          tokenizer_token_id(tok, "\xC4\xA0the"));
+    CHECK(tokenizer_token_id(tok, "no such token at all") == -1, "unknown string");
+    CHECK(tokenizer_is_special(tok, 151645), "im_end is special");
+    CHECK(!tokenizer_is_special(tok, 151667), "<think> is not special");
+    CHECK(!tokenizer_is_special(tok, 279), "a vocab token is not special");
+    CHECK(tokenizer_bos_id(tok) == -1, "Qwen3 has no bos, got %d", tokenizer_bos_id(tok));
+    CHECK(tokenizer_eos_id(tok) == 151645, "eos %d", tokenizer_eos_id(tok));
+}
+
+static void test_goldens(void)
+{
+    size_t len = 0;
+    char *text = unit_read_file(GOLDENS, &len);
+    char *line, *save = NULL;
+    int cases = 0, id_fail = 0, dec_fail = 0, stream_fail = 0;
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    REQUIRE(text != NULL, "cannot read %s", GOLDENS);
+    for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *c = cJSON_Parse(line);
+        cJSON *jt = cJSON_GetObjectItem(c, "text");
+        cJSON *jids = cJSON_GetObjectItem(c, "ids");
+        cJSON *jdec = cJSON_GetObjectItem(c, "decoded");
+        int32_t *ids = NULL;
+        char err[256] = "";
+        int n, want_n;
+        size_t dlen = 0, slen = 0;
+        char *dec, *streamed;
+
+        if (!cJSON_IsString(jt) || !cJSON_IsArray(jids) || !cJSON_IsString(jdec)) {
+            CHECK(0, "bad golden line %d", cases + 1);
+            cJSON_Delete(c);
+            continue;
+        }
+        cases++;
+        want_n = cJSON_GetArraySize(jids);
+        n = tokenizer_encode(tok, jt->valuestring, strlen(jt->valuestring), 0, &ids,
+                             err, sizeof(err));
+        if (n != want_n) {
+            id_fail++;
+            CHECK(0, "case %d: %d ids, want %d: %s", cases, n, want_n, jt->valuestring);
+        } else {
+            for (int i = 0; i < n; i++) {
+                if (ids[i] != cJSON_GetArrayItem(jids, i)->valueint) {
+                    id_fail++;
+                    CHECK(0, "case %d: id[%d] = %d, want %d: %s", cases, i, ids[i],
+                          cJSON_GetArrayItem(jids, i)->valueint, jt->valuestring);
+                    break;
+                }
+            }
+        }
+        free(ids);
+        /* Decode the golden ids (not ours), so decode is tested alone. */
+        ids = malloc(((size_t) want_n + 1) * sizeof(int32_t));
+        for (int i = 0; i < want_n; i++) {
+            ids[i] = cJSON_GetArrayItem(jids, i)->valueint;
+        }
+        dec = tokenizer_decode(tok, ids, want_n, 0, &dlen, err, sizeof(err));
+        if (dec == NULL || dlen != strlen(jdec->valuestring)
+            || memcmp(dec, jdec->valuestring, dlen) != 0) {
+            dec_fail++;
+            CHECK(0, "case %d: decode differs: %s", cases, dec ? dec : err);
+        }
+        streamed = stream_decode(ids, want_n, 0, &slen);
+        if (dec == NULL || streamed == NULL || slen != dlen || memcmp(streamed, dec, dlen) != 0) {
+            stream_fail++;
+            CHECK(0, "case %d: streaming decode differs", cases);
+        }
+        free(streamed);
+        free(dec);
+        free(ids);
+        cJSON_Delete(c);
+    }
+    free(text);
+    printf("# %d golden cases: %d id mismatches, %d decode mismatches, %d stream mismatches\n",
+           cases, id_fail, dec_fail, stream_fail);
+    CHECK(cases == 1558, "expected 1558 golden cases, read %d", cases);
+}
+
+/* Fixed cases: text and the ids Hugging Face gives (cases the goldens do
+ * not cover, found by the differential fuzz or by reading the regex). */
+static void test_fixed_cases(void)
+{
+    static const struct {
+        const char *text;
+        int32_t ids[16];
+        int n;
+    } cases[] = {
+        { "", { 0 }, 0 },
+        { "<|im_start|>user\nhi<|im_end|>", { 151644, 872, 198, 6023, 151645 }, 5 },
+        /* A special token glued to letters is still one token. */
+        { "a<|endoftext|>b", { 64, 151643, 65 }, 3 },
+        /* Not quite a special token: plain text. */
+        { "<|im_start>", { 27, 91, 318, 4906, 29 }, 5 },
+        { "<think></think>", { 151667, 151668 }, 2 },
+    };
+    char err[256];
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        int32_t *ids = NULL;
+        int n = tokenizer_encode(tok, cases[k].text, strlen(cases[k].text), 0, &ids,
+                                 err, sizeof(err));
+        int same = n == cases[k].n;
+
+        for (int i = 0; same && i < n; i++) {
+            same = ids[i] == cases[k].ids[i];
+        }
+        if (!same) {
+            fprintf(stderr, "  got:");
+            for (int i = 0; i < n; i++) {
+                fprintf(stderr, " %d", ids[i]);
+            }
+            fprintf(stderr, "\n");
+        }
+        CHECK(same, "fixed case %zu (\"%s\"): %d ids", k, cases[k].text, n);
+        CHECK(ids != NULL, "ids must be a freeable pointer even for empty text");
+        free(ids);
+    }
+}
+
+static void test_special_tokens_decode(void)
+{
+    int32_t ids[] = { 151644, 872, 198, 6023, 151645, 151667, 151668 };
+    char err[256];
+    size_t len = 0, slen = 0;
+    char *s;
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    s = tokenizer_decode(tok, ids, 7, 0, &len, err, sizeof(err));
+    REQUIRE(s != NULL, "%s", err);
+    CHECK(strcmp(s, "<|im_start|>user\nhi<|im_end|><think></think>") == 0, "got %s", s);
+    free(s);
+    /* skip_special_tokens drops only tokens flagged special. */
+    s = tokenizer_decode(tok, ids, 7, 1, &len, err, sizeof(err));
+    REQUIRE(s != NULL, "%s", err);
+    CHECK(strcmp(s, "user\nhi<think></think>") == 0, "got %s", s);
+    free(s);
+    s = stream_decode(ids, 7, 1, &slen);
+    REQUIRE(s != NULL, "stream decode failed");
+    CHECK(strcmp(s, "user\nhi<think></think>") == 0, "stream got %s", s);
+    free(s);
+    /* add_special_tokens: Qwen3's post-processor adds nothing. */
+    {
+        int32_t *out = NULL;
+        int n = tokenizer_encode(tok, "hi", 2, 1, &out, err, sizeof(err));
+
+        CHECK(n == 1 && out[0] == 6023, "add_special_tokens adds nothing, n=%d", n);
+        free(out);
+    }
+}
+
+static void test_invalid_utf8(void)
+{
+    static const char *bad[] = {
+        "abc\xff", "\xc3", "\xe4\xb8", "\xed\xa0\x80", "\xc0\xaf", "ok\x80ok",
+        "\xf4\x90\x80\x80",
+    };
+    char err[256];
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int32_t *ids = (int32_t *) 1;
+        int n;
+
+        err[0] = '\0';
+        n = tokenizer_encode(tok, bad[i], strlen(bad[i]), 0, &ids, err, sizeof(err));
+        CHECK(n == -1, "invalid UTF-8 case %zu accepted", i);
+        CHECK(ids == NULL, "ids set on error");
+        CHECK(strstr(err, "invalid UTF-8 at byte") != NULL, "message: %s", err);
+    }
+    /* A NUL inside the text is valid UTF-8 and a token of its own. */
+    {
+        int32_t *ids = NULL;
+        int n = tokenizer_encode(tok, "a\0b", 3, 0, &ids, err, sizeof(err));
+
+        CHECK(n == 3 && ids[1] == tokenizer_token_id(tok, "\xC4\x80"), "NUL: n=%d", n);
+        free(ids);
+    }
+}
+
+static void test_unknown_ids(void)
+{
+    int32_t ids[] = { 9707, 151669 };
+    int32_t neg[] = { -1 };
+    char err[256] = "", out[64];
+    size_t len;
+    tokenizer_stream s;
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    CHECK(tokenizer_decode(tok, ids, 2, 0, &len, err, sizeof(err)) == NULL, "id 151669");
+    CHECK(strstr(err, "unknown token id 151669") != NULL, "message: %s", err);
+    CHECK(tokenizer_decode(tok, neg, 1, 0, &len, err, sizeof(err)) == NULL, "id -1");
+    CHECK(tokenizer_token_bytes(tok, 151669, &len) == NULL, "token_bytes of unknown id");
+    CHECK(tokenizer_token_bytes(tok, -5, &len) == NULL, "token_bytes of -5");
+    tokenizer_stream_init(&s, 0);
+    CHECK(tokenizer_stream_feed(tok, &s, 200000, out, sizeof(out)) == -1, "stream unknown");
+    CHECK(tokenizer_stream_feed(tok, &s, 9707, out, sizeof(out)) == 5, "stream goes on");
+}
+
+/* Ids whose bytes are pieces of UTF-8: the streaming decoder holds them
+ * back, and broken sequences become U+FFFD exactly as from_utf8_lossy. */
+static void test_partial_utf8(void)
+{
+    char err[256];
+    int32_t lead = -1, cont = -1, e4 = -1;
+    size_t len = 0, slen = 0;
+    char *one, *streamed;
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    /* Single-byte tokens: 0xE4, 0xB8, 0xAD make U+4E2D. */
+    for (int32_t id = 0; id < 151643 && (lead < 0 || cont < 0 || e4 < 0); id++) {
+        size_t n;
+        const char *b = tokenizer_token_bytes(tok, id, &n);
+
+        if (n == 1 && (uint8_t) b[0] == 0xE4) {
+            e4 = id;
+        } else if (n == 1 && (uint8_t) b[0] == 0xB8) {
+            lead = id;
+        } else if (n == 1 && (uint8_t) b[0] == 0xAD) {
+            cont = id;
+        }
+    }
+    REQUIRE(e4 >= 0 && lead >= 0 && cont >= 0, "byte tokens not found");
+    {
+        int32_t whole[] = { e4, lead, cont };
+        int32_t cut[] = { e4, lead, 9707, cont, e4 };
+        size_t cap = TOKENIZER_STREAM_CAP(1);
+        char out[64];
+        tokenizer_stream s;
+
+        tokenizer_stream_init(&s, 0);
+        CHECK(tokenizer_stream_feed(tok, &s, e4, out, cap) == 0, "lead byte held back");
+        CHECK(tokenizer_stream_feed(tok, &s, lead, out, cap) == 0, "2nd byte held back");
+        CHECK(tokenizer_stream_feed(tok, &s, cont, out, cap) == 3, "complete char emitted");
+        CHECK(memcmp(out, "\xe4\xb8\xad", 3) == 0, "U+4E2D");
+
+        one = tokenizer_decode(tok, whole, 3, 0, &len, err, sizeof(err));
+        CHECK(one && strcmp(one, "\xe4\xb8\xad") == 0, "one-shot U+4E2D");
+        free(one);
+        /* E4 B8 'Hello' AD E4: FFFD Hello FFFD FFFD (maximal subparts). */
+        one = tokenizer_decode(tok, cut, 5, 0, &len, err, sizeof(err));
+        REQUIRE(one != NULL, "%s", err);
+        CHECK(strcmp(one, "\xEF\xBF\xBDHello\xEF\xBF\xBD\xEF\xBF\xBD") == 0, "lossy: %s", one);
+        streamed = stream_decode(cut, 5, 0, &slen);
+        CHECK(streamed && slen == len && memcmp(streamed, one, len) == 0, "stream = one-shot");
+        free(streamed);
+        free(one);
+        /* A too small buffer is refused and leaves the stream as it was. */
+        tokenizer_stream_init(&s, 0);
+        CHECK(tokenizer_stream_feed(tok, &s, e4, out, 0) == 0, "held back, nothing written");
+        CHECK(tokenizer_stream_feed(tok, &s, 9707, out, 4) == -1, "cap 4 too small");
+        CHECK(tokenizer_stream_feed(tok, &s, 9707, out, 8) == 8, "FFFD + Hello");
+    }
+}
+
+/* Every token id decodes one at a time in the stream exactly as at once. */
+static void test_stream_all_ids(void)
+{
+    int n = 151669;
+    int32_t *ids = malloc((size_t) n * sizeof(int32_t));
+    char err[256];
+    size_t len = 0, slen = 0;
+    char *one, *streamed;
+
+    REQUIRE(tok != NULL && ids != NULL, "setup");
+    /* A fixed shuffle so partial sequences meet odd neighbours. */
+    for (int i = 0; i < n; i++) {
+        ids[i] = i;
+    }
+    for (uint64_t i = (uint64_t) n - 1, x = 88172645463325252ull; i > 0; i--) {
+        int32_t tmp;
+        uint64_t j;
+
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        j = x % (i + 1);
+        tmp = ids[i];
+        ids[i] = ids[j];
+        ids[j] = tmp;
+    }
+    one = tokenizer_decode(tok, ids, n, 0, &len, err, sizeof(err));
+    streamed = stream_decode(ids, n, 0, &slen);
+    CHECK(one != NULL && streamed != NULL, "decode all ids");
+    CHECK(one && streamed && slen == len && memcmp(one, streamed, len) == 0,
+          "stream of all ids differs from one-shot (%zu vs %zu bytes)", slen, len);
+    CHECK(one && utf8_first_invalid((const uint8_t *) one, len) == len, "output is UTF-8");
+    free(one);
+    free(streamed);
+    free(ids);
+}
+
+/* The NFC quick-check set agrees with utf8proc: each code point alone is
+ * NFC, has combining class 0, and never composes with what precedes. */
+static void test_nfc_quick_set(void)
+{
+    int bad = 0;
+
+    for (uint32_t cp = 0; cp < 0x20000; cp++) {
+        const utf8proc_property_t *p;
+        utf8proc_uint8_t buf[8], *norm;
+        utf8proc_ssize_t n;
+
+        if (!nfc_quick_safe(cp) || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            continue;
+        }
+        p = utf8proc_get_property((utf8proc_int32_t) cp);
+        n = utf8proc_encode_char((utf8proc_int32_t) cp, buf);
+        if (utf8proc_map(buf, n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE) != n
+            || memcmp(norm, buf, (size_t) n) != 0 || p->combining_class != 0) {
+            bad++;
+        }
+        free(norm);
+        /* "e" + cp must stay as it is (cp is no second half). */
+        {
+            utf8proc_uint8_t two[8] = { 'e' };
+            utf8proc_ssize_t m = 1 + utf8proc_encode_char((utf8proc_int32_t) cp, two + 1);
+
+            if (utf8proc_map(two, m, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE) != m
+                || memcmp(norm, two, (size_t) m) != 0) {
+                bad++;
+            }
+            free(norm);
+        }
+    }
+    CHECK(bad == 0, "%d quick-safe code points are not", bad);
+    /* Normalization around the fast path: a composed and a decomposed
+     * "é" in ASCII and CJK context give the same ids. */
+    {
+        const char *a = "caf\xC3\xA9 \xE4\xB8\xAD\xC3\xA9";
+        const char *b = "cafe\xCC\x81 \xE4\xB8\xAD" "e\xCC\x81";
+        int32_t *ia = NULL, *ib = NULL;
+        char err[256];
+        int na = tokenizer_encode(tok, a, strlen(a), 0, &ia, err, sizeof(err));
+        int nb = tokenizer_encode(tok, b, strlen(b), 0, &ib, err, sizeof(err));
+
+        CHECK(na > 0 && na == nb && memcmp(ia, ib, (size_t) na * sizeof(int32_t)) == 0,
+              "NFC: %d vs %d ids", na, nb);
+        free(ia);
+        free(ib);
+    }
+}
+
+/* A megabyte prompt: linear time (the time is printed, not asserted) and
+ * the same ids as encoding its repeated unit piecewise would give. */
+static void test_megabyte_prompt(void)
+{
+    const char *unit = "The quick brown fox jumps over the lazy dog. \xE4\xBD\xA0\xE5\xA5\xBD"
+                       "\xE4\xB8\x96\xE7\x95\x8C\xEF\xBC\x81 int main(void) { return 0; }\n";
+    size_t ulen = strlen(unit), len = 0;
+    size_t total = 1 << 20;
+    char *text = malloc(total + ulen);
+    int32_t *ids = NULL, *one = NULL;
+    char err[256];
+    double t0;
+    int n, n1;
+
+    REQUIRE(tok != NULL && text != NULL, "setup");
+    while (len + ulen <= total) {
+        memcpy(text + len, unit, ulen);
+        len += ulen;
+    }
+    t0 = unit_now();
+    n = tokenizer_encode(tok, text, len, 0, &ids, err, sizeof(err));
+    printf("# 1 MB prompt (%zu bytes): %d tokens in %.3f s\n", len, n, unit_now() - t0);
+    n1 = tokenizer_encode(tok, unit, ulen, 0, &one, err, sizeof(err));
+    REQUIRE(n > 0 && n1 > 0, "%s", err);
+    /* The unit ends in "\n" and starts with a letter, so pieces never
+     * cross unit borders: the ids are the unit's ids repeated. */
+    CHECK(n == n1 * (int) (len / ulen), "%d tokens, want %d", n, n1 * (int) (len / ulen));
+    for (int i = 0; i < n && n == n1 * (int) (len / ulen); i++) {
+        if (ids[i] != one[i % n1]) {
+            CHECK(0, "id %d differs", i);
+            break;
+        }
+    }
+    free(ids);
+    free(one);
+    /* One megabyte of a single letter is one BPE piece: the heap keeps
+     * it O(n log n). */
+    memset(text, 'a', total);
+    t0 = unit_now();
+    n = tokenizer_encode(tok, text, total, 0, &ids, err, sizeof(err));
+    printf("# 1 MB of 'a' (one piece): %d tokens in %.3f s\n", n, unit_now() - t0);
+    CHECK(n > 0, "%s", err);
+    {
+        char *back = tokenizer_decode(tok, ids, n, 0, &len, err, sizeof(err));
+
+        CHECK(back && len == total && memcmp(back, text, total) == 0, "round trip");
+        free(back);
+    }
+    free(ids);
+    /* And a megabyte of spaces before a letter (regex backtracking). */
+    memset(text, ' ', total);
+    text[total - 1] = 'x';
+    t0 = unit_now();
+    n = tokenizer_encode(tok, text, total, 0, &ids, err, sizeof(err));
+    printf("# 1 MB of spaces + 'x': %d tokens in %.3f s\n", n, unit_now() - t0);
+    CHECK(n > 0, "%s", err);
+    free(ids);
+    free(text);
+}
+
+typedef struct {
+    const char *text;
+    int         n;
+    int32_t    *ids;
+    int         mismatches;
+} thread_job;
+
+static void *encode_thread(void *arg)
+{
+    thread_job *job = arg;
+    char err[256];
+
+    for (int round = 0; round < 50; round++) {
+        int32_t *ids = NULL;
+        int n = tokenizer_encode(tok, job->text, strlen(job->text), 0, &ids, err, sizeof(err));
+
+        if (n != job->n || memcmp(ids, job->ids, (size_t) n * sizeof(int32_t)) != 0) {
+            job->mismatches++;
+        }
+        free(ids);
+    }
+    return NULL;
+}
+
+/* Threads share one tokenizer (each gets its own cache and match state). */
+static void test_threads(void)
+{
+    const char *text = "Threads share the tokenizer: \xE4\xBD\xA0\xE5\xA5\xBD, don't they? 12345";
+    thread_job jobs[4];
+    pthread_t th[4];
+    char err[256];
+    int32_t *ids = NULL;
+    int n;
+
+    REQUIRE(tok != NULL, "no tokenizer");
+    n = tokenizer_encode(tok, text, strlen(text), 0, &ids, err, sizeof(err));
+    REQUIRE(n > 0, "%s", err);
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (thread_job) { text, n, ids, 0 };
+        REQUIRE(pthread_create(&th[i], NULL, encode_thread, &jobs[i]) == 0, "thread");
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(jobs[i].mismatches == 0, "thread %d: %d mismatches", i, jobs[i].mismatches);
+    }
+    free(ids);
+}
+
+static void test_load_errors(void)
+{
+    char err[512] = "";
+    tokenizer *t = tokenizer_load("t/fixtures/no-such-dir/tokenizer.json", err, sizeof(err));
+
+    CHECK(t == NULL, "missing file loaded");
+    CHECK(strstr(err, "no-such-dir/tokenizer.json") != NULL, "message names the file: %s", err);
+    t = tokenizer_load("t/fixtures/tokenizer_goldens.jsonl", err, sizeof(err));
+    CHECK(t == NULL, "a JSON-lines file loaded as tokenizer.json");
+    CHECK(strstr(err, "tokenizer_goldens.jsonl") != NULL, "message: %s", err);
+    t = tokenizer_load("t/fixtures/qwen3-tokenizer/tokenizer_config.json", err, sizeof(err));
+    CHECK(t == NULL, "tokenizer_config.json loaded as tokenizer.json");
+    CHECK(strstr(err, "model") != NULL, "message names the field: %s", err);
+}
+
+int main(void)
+{
+    RUN(test_load);
+    RUN(test_goldens);
+    RUN(test_fixed_cases);
+    RUN(test_special_tokens_decode);
+    RUN(test_invalid_utf8);
+    RUN(test_unknown_ids);
+    RUN(test_partial_utf8);
+    RUN(test_stream_all_ids);
+    RUN(test_nfc_quick_set);
+    RUN(test_megabyte_prompt);
+    RUN(test_threads);
+    RUN(test_load_errors);
+    tokenizer_free(tok);
+    return unit_done();
+}
