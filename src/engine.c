@@ -94,6 +94,8 @@ struct llm_engine {
     int                vocab;
     uint64_t           n_submitted;          /* seeds unseeded requests */
     char               device_name[32];
+    char              *out;                  /* one token's output text */
+    size_t             out_len, out_cap;
 
     engine_logits_hook logits_hook;
     void              *logits_hook_ctx;
@@ -310,6 +312,8 @@ static void notify(llm_engine *e)
     }
 }
 
+static void update_gauges(llm_engine *e);
+
 /* ---- request endings --------------------------------------------------- */
 
 /* Leaves the "submitted but not yet running" count (once). */
@@ -339,8 +343,8 @@ static void finish_error(llm_engine *e, llm_request *r, llm_status st,
                          const char *param, const char *msg)
 {
     leave_queue(e, r);
-    engine_push_error(r, st, param, msg);
     count_finish(e, r, LLM_FINISH_ERROR);
+    engine_push_error(r, st, param, msg);
     mark_ready(e, r);
     engine_request_unref(r);
 }
@@ -354,8 +358,13 @@ static void finish_request(llm_engine *e, llm_request *r,
     llm_event ev;
 
     leave_queue(e, r);
+    count_finish(e, r, reason);
     if (r->seq_inited && r->seq.state != SEQ_DONE && r->seq.state != SEQ_NEW) {
+        /* Only the engine thread (or destroy, after joining it) gets here:
+         * the sequence is in the scheduler.  Gauges first, so a caller
+         * woken by this event sees its blocks returned. */
         scheduler_remove(e->sched, &r->seq);
+        update_gauges(e);
     }
     memset(&ev, 0, sizeof(ev));
     ev.type = LLM_EV_FINISH;
@@ -366,7 +375,6 @@ static void finish_request(llm_engine *e, llm_request *r,
     ev.usage.completion_tokens = r->n_generated;
     ev.usage.cached_tokens = r->seq_inited ? r->seq.n_cached : 0;
     engine_push_event(r, &ev);
-    count_finish(e, r, reason);
     mark_ready(e, r);
     engine_request_unref(r);
 }
@@ -712,6 +720,45 @@ static int in_list(const int32_t *ids, int n, int32_t t)
     return 0;
 }
 
+/* Appends to the engine's per-token output buffer. */
+static int out_append(llm_engine *e, const char *text, size_t len)
+{
+    if (e->out_len + len + 1 > e->out_cap) {
+        size_t cap = (e->out_len + len + 1) * 2;
+        char *o = realloc(e->out, cap);
+
+        if (o == NULL) {
+            return -1;
+        }
+        e->out = o;
+        e->out_cap = cap;
+    }
+    memcpy(e->out + e->out_len, text, len);
+    e->out_len += len;
+    return 0;
+}
+
+/* New text of r through its stop matcher (when it has one and check is
+ * set) into the output buffer; *stop_reason is set on a match. */
+static int out_text(llm_engine *e, llm_request *r, const char *text,
+                    size_t len, int check, const char **stop_reason)
+{
+    stop_output so;
+
+    if (r->sm == NULL || !check) {
+        return out_append(e, text, len);
+    }
+    if (stop_matcher_feed(r->sm, text, len, &so) != 0
+        || out_append(e, so.text, so.len) != 0)
+    {
+        return -1;
+    }
+    if (so.stopped) {
+        *stop_reason = stop_matcher_string(r->sm, so.stop_index);
+    }
+    return 0;
+}
+
 /* Samples one token for r from its logits row and publishes what follows
  * from it; finishes the request when a stop condition holds. */
 static void process_token(llm_engine *e, llm_request *r, float *logits)
@@ -721,9 +768,8 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
     sampler_result res;
     llm_token_info ti;
     char piece[512];
-    const char *emit = "", *stop_reason = NULL;
-    size_t emit_len = 0;
-    int n_piece = 0, stop_idx = -1, check;
+    const char *stop_reason = NULL;
+    int n_piece = 0, check;
     int32_t tok, stop_token = -1;
     llm_finish_reason reason = LLM_FINISH_NONE;
     double now;
@@ -758,6 +804,7 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
     r->t_last = now;
 
     /* Stop tokens and eos end the text without adding their own. */
+    e->out_len = 0;
     check = r->n_generated >= r->min_tokens;
     if (check && !r->ignore_eos && in_list(r->suppress_ids, r->n_eos_ids, tok)) {
         reason = LLM_FINISH_STOP;
@@ -772,21 +819,44 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
              * embedding): it has no text. */
             n_piece = 0;
         }
-        stop_idx = engine_stop_feed(r, piece, (size_t) n_piece, check, &emit,
-                                    &emit_len);
-        if (stop_idx == -2) {
+        /* Stop strings count only from min_tokens on (as vLLM). */
+        if (out_text(e, r, piece, (size_t) n_piece, check, &stop_reason) != 0) {
             finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
             return;
         }
-        if (stop_idx >= 0) {
+        if (stop_reason != NULL) {
             reason = LLM_FINISH_STOP;
-            stop_reason = r->stop[stop_idx];
         }
     }
     if (reason == LLM_FINISH_NONE
         && (r->n_generated >= r->max_tokens || seq->n_tokens >= e->max_model_len))
     {
         reason = LLM_FINISH_LENGTH;
+    }
+    if (reason != LLM_FINISH_NONE && stop_reason == NULL) {
+        /* Finishing without a stop-string match: what the decoder and the
+         * stop matcher still hold is part of the output. */
+        char tail[16];
+        int n_tail = tokenizer_stream_flush(e->tok, &r->ts, tail, sizeof(tail));
+
+        if (n_tail > 0
+            && out_text(e, r, tail, (size_t) n_tail, check, &stop_reason) != 0)
+        {
+            finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
+            return;
+        }
+        if (r->sm != NULL && stop_reason == NULL) {
+            stop_output so;
+
+            stop_matcher_flush(r->sm, &so);
+            if (out_append(e, so.text, so.len) != 0) {
+                finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
+                return;
+            }
+        }
+        if (stop_reason != NULL) {
+            reason = LLM_FINISH_STOP;
+        }
     }
 
     memset(&ti, 0, sizeof(ti));
@@ -797,37 +867,7 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
         ti.top = res.n_top > 0 ? res.top : NULL;
     }
     ti.text_off = 0;
-    if (reason != LLM_FINISH_NONE && stop_idx < 0) {
-        /* Finishing without a stop-string match: what the decoder and the
-         * stop matcher still hold is part of the output.  emit points into
-         * the held buffer, so it is copied before the buffer moves. */
-        char tail[16], *joined;
-        int n_tail = tokenizer_stream_flush(e->tok, &r->ts, tail, sizeof(tail));
-        const char *more, *held;
-        size_t more_len = 0, held_len = 0;
-
-        joined = malloc(emit_len + (n_tail > 0 ? (size_t) n_tail : 0)
-                        + r->held_len + 1);
-        if (joined == NULL) {
-            finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
-            return;
-        }
-        memcpy(joined, emit, emit_len);
-        if (n_tail > 0
-            && engine_stop_feed(r, tail, (size_t) n_tail, 0, &more, &more_len)
-               >= -1)
-        {
-            memcpy(joined + emit_len, more, more_len);
-            emit_len += more_len;
-        }
-        engine_stop_flush(r, &held, &held_len);
-        memcpy(joined + emit_len, held, held_len);
-        emit_len += held_len;
-        engine_push_tokens(r, &ti, 1, joined, emit_len);
-        free(joined);
-    } else {
-        engine_push_tokens(r, &ti, 1, emit, emit_len);
-    }
+    engine_push_tokens(r, &ti, 1, e->out, e->out_len);
     if (reason != LLM_FINISH_NONE) {
         finish_request(e, r, reason, stop_reason, stop_token);
     } else {
@@ -960,12 +1000,13 @@ static int engine_step(llm_engine *e)
         /* A failed forward leaves the batch's KV undefined: end those
          * requests with the backend's message. */
         for (i = 0; i < out.n_entries; i++) {
-            llm_request *r = out.entries[i].seq->owner;
-
-            scheduler_remove(e->sched, &r->seq);
-            finish_error(e, r, LLM_ERR_INTERNAL, NULL, err);
+            scheduler_remove(e->sched, out.entries[i].seq);
         }
         update_gauges(e);
+        for (i = 0; i < out.n_entries; i++) {
+            finish_error(e, out.entries[i].seq->owner, LLM_ERR_INTERNAL, NULL,
+                         err);
+        }
         notify(e);
         return 1;
     }
@@ -1127,6 +1168,7 @@ llm_engine *llm_engine_create(const llm_engine_options *o, char *err,
 static void engine_free_all(llm_engine *e)
 {
     free(e->logits);
+    free(e->out);
     sampler_scratch_free(e->scratch);
     scheduler_free(e->sched);
     kv_cache_free(e->kv);

@@ -14,6 +14,7 @@
 #include "model.h"
 #include "sampler.h"
 #include "scheduler.h"
+#include "stop_matcher.h"
 #include "tokenizer.h"
 
 typedef struct engine_event_node {
@@ -46,10 +47,7 @@ struct llm_request {
     int                max_tokens_given; /* caller asked for a limit */
     int                min_tokens;
     int                ignore_eos;
-    char             **stop;
-    size_t            *stop_len;
-    int                n_stop;
-    size_t             max_stop_len;
+    stop_matcher      *sm;               /* NULL without stop strings */
     int32_t           *stop_ids;
     int                n_stop_ids;
     int32_t           *suppress_ids;     /* eos ids, then stop ids */
@@ -66,8 +64,6 @@ struct llm_request {
     int                queued;           /* counted in the engine's queue */
     sampler_rng        rng;
     tokenizer_stream   ts;
-    char              *held;             /* text not yet sent: held[start..len) */
-    size_t             held_start, held_len, held_cap;
     int                n_generated;
     double             t_submit, t_first, t_last;
 };
@@ -100,20 +96,6 @@ int  engine_push_tokens(llm_request *r, const llm_token_info *tok, int n,
                         const char *text, size_t len);
 int  engine_push_error(llm_request *r, llm_status st, const char *param,
                        const char *msg);
-
-/*
- * Stop strings over streamed text.  Feeds new text; writes into *emit the
- * text that can be sent now (stop strings held back while they might still
- * match).  Returns the index of a matched stop string (text after it is
- * dropped; the stop string itself is in *emit only with
- * include_stop_str_in_output), -1 if none matched, -2 out of memory.
- * check: 0 while min_tokens are not reached (text passes, no matching).
- * *emit points into the request's buffer, valid until the next call.
- */
-int  engine_stop_feed(llm_request *r, const char *text, size_t len, int check,
-                      const char **emit, size_t *emit_len);
-/* Everything still held back (at finish without a stop-string match). */
-void engine_stop_flush(llm_request *r, const char **emit, size_t *emit_len);
 
 double engine_now(void);
 

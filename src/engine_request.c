@@ -51,7 +51,6 @@ static char *dup_str(const char *s)
 static void request_free(llm_request *r)
 {
     engine_event_node *n, *next;
-    int i;
 
     for (n = r->ev_head; n != NULL; n = next) {
         next = n->next;
@@ -65,14 +64,9 @@ static void request_free(llm_request *r)
     free(r->tools_json);
     free(r->kwargs_json);
     free(r->logit_bias);
-    for (i = 0; i < r->n_stop; i++) {
-        free(r->stop[i]);
-    }
-    free(r->stop);
-    free(r->stop_len);
+    stop_matcher_free(r->sm);
     free(r->stop_ids);
     free(r->suppress_ids);
-    free(r->held);
     if (r->seq_inited) {
         sched_seq_destroy(&r->seq);
     }
@@ -248,16 +242,12 @@ llm_request *engine_request_new(const llm_request_params *p,
     r->skip_special = p->skip_special_tokens;
 
     if (p->n_stop > 0) {
-        r->stop = calloc((size_t) p->n_stop, sizeof(char *));
-        r->stop_len = calloc((size_t) p->n_stop, sizeof(size_t));
-        if (r->stop == NULL || r->stop_len == NULL) goto oom;
-        r->n_stop = p->n_stop;
-        for (i = 0; i < p->n_stop; i++) {
-            if ((r->stop[i] = dup_str(p->stop[i])) == NULL) goto oom;
-            r->stop_len[i] = strlen(r->stop[i]);
-            if (r->stop_len[i] > r->max_stop_len) {
-                r->max_stop_len = r->stop_len[i];
-            }
+        r->sm = stop_matcher_create(p->stop, p->n_stop,
+                                    p->include_stop_str_in_output, err, errlen);
+        if (r->sm == NULL) {
+            request_free(r);
+            *status = LLM_ERR_INVALID;
+            return NULL;
         }
     }
     if (p->n_stop_token_ids > 0) {
@@ -453,78 +443,4 @@ int engine_push_error(llm_request *r, llm_status st, const char *param,
     ev.message = dup_str(msg);
     engine_push_event(r, &ev);
     return 0;
-}
-
-/* ---- stop strings ------------------------------------------------------- */
-
-int engine_stop_feed(llm_request *r, const char *text, size_t len, int check,
-                     const char **emit, size_t *emit_len)
-{
-    size_t keep = 0, best_pos = (size_t) -1;
-    int best = -1, i;
-
-    if (r->held_start > 0) {
-        memmove(r->held, r->held + r->held_start, r->held_len - r->held_start);
-        r->held_len -= r->held_start;
-        r->held_start = 0;
-    }
-    if (r->held_len + len + 1 > r->held_cap) {
-        size_t cap = (r->held_len + len + 1) * 2;
-        char *h = realloc(r->held, cap < 256 ? 256 : cap);
-
-        if (h == NULL) {
-            return -2;
-        }
-        r->held = h;
-        r->held_cap = cap < 256 ? 256 : cap;
-    }
-    memcpy(r->held + r->held_len, text, len);
-    r->held_len += len;
-    *emit = r->held;
-
-    if (!check || r->n_stop == 0) {
-        *emit_len = r->held_len;
-        r->held_start = r->held_len;
-        return -1;
-    }
-    for (i = 0; i < r->n_stop; i++) {
-        const char *m = memmem(r->held, r->held_len, r->stop[i], r->stop_len[i]);
-
-        if (m != NULL && (size_t) (m - r->held) < best_pos) {
-            best_pos = (size_t) (m - r->held);
-            best = i;
-        }
-    }
-    if (best >= 0) {
-        *emit_len = best_pos + (r->include_stop_str ? r->stop_len[best] : 0);
-        r->held_start = r->held_len;      /* the rest is dropped */
-        return best;
-    }
-    /* Hold back the longest tail that is a prefix of some stop string:
-     * it may still become a match with the next tokens. */
-    for (keep = r->max_stop_len - 1 < r->held_len ? r->max_stop_len - 1
-                                                   : r->held_len;
-         keep > 0; keep--)
-    {
-        const char *tail = r->held + r->held_len - keep;
-
-        for (i = 0; i < r->n_stop; i++) {
-            if (r->stop_len[i] > keep && memcmp(r->stop[i], tail, keep) == 0) {
-                break;
-            }
-        }
-        if (i < r->n_stop) {
-            break;
-        }
-    }
-    *emit_len = r->held_len - keep;
-    r->held_start = *emit_len;
-    return -1;
-}
-
-void engine_stop_flush(llm_request *r, const char **emit, size_t *emit_len)
-{
-    *emit = r->held ? r->held + r->held_start : "";
-    *emit_len = r->held_len - r->held_start;
-    r->held_start = r->held_len;
 }
