@@ -1,0 +1,168 @@
+/*
+ * ngx_http_llm_module: types shared by the module's files.
+ *
+ *   ngx_http_llm_module.c       directives, configuration, lifecycle, dispatch
+ *   src/ngx_http_llm_bridge.c   engine -> event loop: eventfd, ready requests,
+ *                               orphaned engine requests
+ *   src/ngx_http_llm_generate.c chat/completions: body, submit, streaming,
+ *                               backpressure, keepalive, timeouts, cleanup
+ *   src/ngx_http_llm_endpoints.c models, health, metrics, tokenize, detokenize
+ *   src/ngx_http_llm_reply.c    JSON replies and OpenAI errors, including the
+ *                               filter that turns nginx's own HTML error
+ *                               pages (413, ...) into JSON in llm locations
+ */
+#ifndef NGX_HTTP_LLM_MODULE_H
+#define NGX_HTTP_LLM_MODULE_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "llm.h"
+#include "openai.h"
+
+typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
+
+/* One llm_model directive; the engine exists in worker processes only. */
+typedef struct {
+    ngx_str_t               name;            /* llm_model NAME */
+    ngx_str_t               path;            /* model directory */
+    ngx_str_t               tokenizer;       /* "" = path */
+    ngx_str_t               device;          /* cpu | cuda | cuda:N */
+    ngx_str_t               served_name;     /* "model" in the API */
+    ngx_int_t               threads;
+    ngx_int_t               max_model_len;
+    ngx_int_t               max_num_seqs;
+    ngx_int_t               max_num_batched_tokens;
+    int64_t                 kv_cache_bytes;
+    double                  kv_cache_fraction;
+    ngx_int_t               prefix_caching;  /* -1 default, 0, 1 */
+    ngx_uint_t              dummy;           /* load_format=dummy */
+    ngx_int_t               seed;
+    time_t                  created;
+
+    /* per worker */
+    llm_engine             *engine;
+    char                    error[LLM_ERR_MAX]; /* why engine is NULL */
+    ngx_int_t               active;          /* engine requests in flight */
+} ngx_http_llm_model_t;
+
+typedef struct {
+    ngx_array_t             models;          /* ngx_http_llm_model_t */
+
+    /* per worker: the engines' wake-up channel */
+    int                     efd;
+    ngx_connection_t       *efd_conn;
+    ngx_queue_t             orphans;         /* ngx_http_llm_slot_t */
+    ngx_event_t             reaper;          /* releases finished orphans */
+} ngx_http_llm_main_conf_t;
+
+typedef struct {
+    ngx_str_t               pass_name;       /* llm_pass NAME */
+    ngx_http_llm_model_t   *model;           /* resolved at merge */
+    ngx_array_t            *api_keys;        /* ngx_str_t; NULL: unset,
+                                                empty: off */
+    ngx_int_t               max_tokens;
+    ngx_int_t               queue_size;
+    ngx_msec_t              request_timeout;
+    ngx_msec_t              sse_keepalive;
+    ngx_int_t               max_n;
+} ngx_http_llm_loc_conf_t;
+
+/*
+ * One engine request.  malloc'ed, not from the request pool: it outlives the
+ * HTTP request when the client goes away before the engine has published the
+ * final event (then ctx is NULL and the slot waits in mcf->orphans).
+ */
+typedef struct {
+    ngx_http_llm_ctx_t     *ctx;
+    llm_request            *req;
+    ngx_http_llm_model_t   *model;
+    ngx_uint_t              index;           /* choice index */
+    ngx_queue_t             queue;           /* in mcf->orphans */
+    unsigned                done:1;          /* final event popped */
+} ngx_http_llm_slot_t;
+
+typedef enum {
+    NGX_HTTP_LLM_ROUTE_NONE = 0,
+    NGX_HTTP_LLM_ROUTE_CHAT,
+    NGX_HTTP_LLM_ROUTE_COMPLETIONS,
+    NGX_HTTP_LLM_ROUTE_MODELS,
+    NGX_HTTP_LLM_ROUTE_MODEL,                /* /models/{id} */
+    NGX_HTTP_LLM_ROUTE_HEALTH,
+    NGX_HTTP_LLM_ROUTE_METRICS,
+    NGX_HTTP_LLM_ROUTE_TOKENIZE,
+    NGX_HTTP_LLM_ROUTE_DETOKENIZE,
+    NGX_HTTP_LLM_ROUTE_VERSION
+} ngx_http_llm_route_e;
+
+/* Per HTTP request of the chat/completions endpoints (request pool). */
+struct ngx_http_llm_ctx_s {
+    ngx_http_request_t       *request;
+    ngx_http_llm_loc_conf_t  *lcf;
+    ngx_http_llm_main_conf_t *mcf;
+    ngx_http_llm_route_e      route;
+    oai_request               oreq;
+    oai_response              oresp;
+    ngx_uint_t                n_slots;
+    ngx_http_llm_slot_t     **slots;
+    ngx_uint_t                n_done;
+    oai_buf                   out;           /* SSE bytes not yet passed on */
+    ngx_chain_t              *free;
+    ngx_chain_t              *busy;
+    ngx_event_t               tick;          /* keepalive comments */
+    ngx_event_t               timeout;       /* llm_request_timeout */
+    oai_error                 error;         /* the request's failure */
+    unsigned                  parsed:1;
+    unsigned                  headers_sent:1;
+    unsigned                  blocked:1;     /* nginx holds unsent output */
+    unsigned                  failed:1;      /* error is set */
+    unsigned                  completed:1;   /* final response passed on */
+    unsigned                  sent_since_tick:1;
+    unsigned                  in_drain:1;
+};
+
+extern ngx_module_t  ngx_http_llm_module;
+
+/* ngx_http_llm_bridge.c */
+ngx_int_t ngx_http_llm_bridge_init(ngx_cycle_t *cycle,
+    ngx_http_llm_main_conf_t *mcf);
+void ngx_http_llm_bridge_exit(ngx_cycle_t *cycle,
+    ngx_http_llm_main_conf_t *mcf);
+void ngx_http_llm_engine_notify(void *data);
+void ngx_http_llm_orphan(ngx_http_llm_main_conf_t *mcf,
+    ngx_http_llm_slot_t *slot);
+
+/* ngx_http_llm_generate.c */
+ngx_int_t ngx_http_llm_generate(ngx_http_request_t *r,
+    ngx_http_llm_route_e route);
+void ngx_http_llm_drain(ngx_http_llm_ctx_t *ctx);
+const char *ngx_http_llm_token_text(void *engine, int32_t id, size_t *len);
+
+/* ngx_http_llm_endpoints.c */
+ngx_int_t ngx_http_llm_models(ngx_http_request_t *r, ngx_str_t *id);
+ngx_int_t ngx_http_llm_health(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_metrics(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_version(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_tokenize(ngx_http_request_t *r,
+    ngx_http_llm_route_e route);
+/* Body of a request as one NUL-terminated buffer (memory or temp file). */
+ngx_int_t ngx_http_llm_read_body(ngx_http_request_t *r, u_char **body,
+    size_t *len);
+/* The model the request names, or the location's; an error if unknown. */
+ngx_int_t ngx_http_llm_check_model(ngx_http_request_t *r, const char *name,
+    oai_error *err);
+
+/* ngx_http_llm_reply.c */
+ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    const char *body, size_t len);
+ngx_int_t ngx_http_llm_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    const char *content_type, const char *body, size_t len);
+ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, const oai_error *e);
+ngx_int_t ngx_http_llm_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, const char *code, const char *fmt, ...);
+ngx_int_t ngx_http_llm_add_header(ngx_http_request_t *r, const char *name,
+    const char *value);
+ngx_int_t ngx_http_llm_filter_init(ngx_conf_t *cf);
+
+#endif /* NGX_HTTP_LLM_MODULE_H */
