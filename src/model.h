@@ -40,6 +40,8 @@ typedef struct {
     double rope_factor;
     int    rope_original_max_pos;
     double yarn_beta_fast, yarn_beta_slow;
+    double rope_attention_factor; /* yarn: cos/sin scale; 0 = derived from
+                                     rope_factor as transformers does */
     int    tie_word_embeddings;
     int    attention_bias;        /* qwen2: q/k/v bias */
     int    qk_norm;               /* qwen3: q_norm / k_norm per head */

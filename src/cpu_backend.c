@@ -1,0 +1,852 @@
+/*
+ * CPU backend: the decoder forward pass over a paged f32 KV cache.
+ *
+ * A batch (decode tokens and prefill chunks of several sequences) runs in
+ * chunks of at most CPU_CHUNK_TOKENS tokens; per chunk and layer the
+ * projections are matrix-matrix products over all the chunk's tokens,
+ * split over the thread pool by blocks of output rows (each block of
+ * weights stays in cache while every token passes over it).  Element-wise
+ * steps run on the calling thread for small chunks and over the pool for
+ * large ones.  Only the rows in batch.logit_rows go through the LM head.
+ *
+ * Exactness: activations, accumulations and the KV cache are f32 (the KV
+ * cache in f32 costs 2x the memory of bf16 but keeps step-by-step decode
+ * equal to a full prefill and both equal to transformers' f32 forward).
+ *
+ * Memory besides weights and the KV pool ("scratch"): per chunk token
+ * (4 * hidden + 3 * q_dim + 2 * kv_dim + 2 * intermediate) floats plus a
+ * bf16 hi/lo pair of the widest activation; for Qwen3-0.6B about 80 KB a
+ * token, 40 MB at the 512-token chunk cap, for Qwen3-4B about 190 KB a
+ * token (96 MB).  It grows to the largest chunk seen, so decode-only use
+ * stays small.  Attention scores take n_rep * context floats per thread;
+ * logit rows keep one hidden vector each until the LM head.
+ */
+#include "backend.h"
+#include "cpu_kernels.h"
+#include "thread_pool.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CPU_CHUNK_TOKENS 512
+
+typedef struct {
+    float      *input_norm, *post_norm, *q_norm, *k_norm;
+    float      *q_bias, *k_bias, *v_bias;
+    kern_matrix q, k, v, o, gate, up, down;
+} cpu_layer;
+
+typedef struct {
+    llm_backend  base;
+    thread_pool *pool;
+    int          n_threads;
+    /* shape */
+    int          H, Q, KV, I, hd, n_heads, n_kv, n_rep, vocab, n_layers;
+    float        eps;
+    /* weights: matrices in place, small vectors widened to f32 */
+    cpu_layer   *layers;
+    float       *final_norm;
+    float       *small;          /* one allocation for all small vectors */
+    kern_matrix  embed, lm_head;
+    /* rope */
+    float       *inv_freq;       /* [hd / 2] */
+    float        rope_mscale;
+    /* KV pool: [layer][K|V][n_blocks * block_size][KV] */
+    float       *kv;
+    size_t       kv_bytes;
+    int          n_blocks, block_size;
+    /* scratch, grown on demand */
+    int          cap;            /* tokens */
+    float       *x, *xn, *tmp, *q, *k, *v, *att, *g, *u;
+    uint16_t    *hi, *lo;
+    float       *rope_cos, *rope_sin;
+    int32_t     *tok_seq;
+    int          tok_cap;
+    float       *scores;
+    size_t       scores_per_thread;
+    int          logit_cap;
+    float       *final_rows;
+    uint16_t    *final_hi, *final_lo;
+} cpu_backend;
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void *xrealloc(void *p, size_t n, int *failed)
+{
+    void *q;
+
+    if (*failed) {
+        return p;
+    }
+    q = realloc(p, n ? n : 1);
+    if (q == NULL) {
+        *failed = 1;
+        return p;
+    }
+    return q;
+}
+
+static kern_matrix mat_of(const tensor_ref *t)
+{
+    kern_matrix m;
+    m.dtype = t->dtype;
+    m.data = t->data;
+    m.rows = (int) t->shape[0];
+    m.cols = (int) t->shape[1];
+    return m;
+}
+
+/* ---- rope tables ---------------------------------------------------------- */
+
+/* inv_freq exactly as transformers computes it in float32:
+ * 1 / base ** (arange(0, dim, 2) / dim). */
+static void rope_default_inv_freq(double base, int hd, float *inv)
+{
+    for (int i = 0; i < hd / 2; i++) {
+        float e = (float) (2 * i) / (float) hd;
+        inv[i] = 1.0f / powf((float) base, e);
+    }
+}
+
+static float round_to_dtype(float f, llm_dtype t)
+{
+    uint32_t u;
+
+    memcpy(&u, &f, 4);
+    if (t == DTYPE_BF16) {
+        u += 0x7fffu + ((u >> 16) & 1u);
+        u &= 0xffff0000u;
+    } else if (t == DTYPE_F16) {
+        /* inv_freq lies in (0, 1]: round the mantissa to 10 bits; values
+         * below f16's normal range keep f16's absolute resolution */
+        float r = f < 6.103515625e-05f
+                  ? nearbyintf(f * 16777216.0f) / 16777216.0f : f;
+        memcpy(&u, &r, 4);
+        if (r >= 6.103515625e-05f) {
+            u += 0xfffu + ((u >> 13) & 1u);
+            u &= 0xffffe000u;
+        }
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static double yarn_correction_dim(double rot, int hd, double base, int max_pos)
+{
+    return (hd * log(max_pos / (rot * 2 * M_PI))) / (2 * log(base));
+}
+
+static void rope_init(cpu_backend *b, const model_config *c)
+{
+    int half = b->hd / 2;
+
+    b->rope_mscale = 1.0f;
+    rope_default_inv_freq(c->rope_theta, b->hd, b->inv_freq);
+    switch (c->rope_scaling) {
+    case ROPE_SCALING_LINEAR:
+        for (int i = 0; i < half; i++) {
+            b->inv_freq[i] = (float) (b->inv_freq[i] / c->rope_factor);
+        }
+        break;
+    case ROPE_SCALING_YARN: {
+        /* transformers' _compute_yarn_parameters */
+        double low = floor(yarn_correction_dim(c->yarn_beta_fast, b->hd,
+                                               c->rope_theta,
+                                               c->rope_original_max_pos));
+        double high = ceil(yarn_correction_dim(c->yarn_beta_slow, b->hd,
+                                               c->rope_theta,
+                                               c->rope_original_max_pos));
+        if (low < 0) low = 0;
+        if (high > b->hd - 1) high = b->hd - 1;
+        if (low == high) high += 0.001;
+        for (int i = 0; i < half; i++) {
+            float pos_freq = powf((float) c->rope_theta,
+                                  (float) (2 * i) / (float) b->hd);
+            float extra = 1.0f / pos_freq;
+            float inter = 1.0f / ((float) c->rope_factor * pos_freq);
+            double ramp = (i - low) / (high - low);
+            float extra_factor;
+            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+            extra_factor = (float) (1.0 - ramp);
+            b->inv_freq[i] = inter * (1 - extra_factor) + extra * extra_factor;
+        }
+        if (c->rope_attention_factor > 0) {
+            b->rope_mscale = (float) c->rope_attention_factor;
+        } else if (c->rope_factor > 1) {
+            b->rope_mscale = (float) (0.1 * log(c->rope_factor) + 1.0);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    /* transformers keeps inv_freq as a float buffer of the module, so a
+     * model loaded in its checkpoint dtype (bf16 for Qwen3) rounds it to
+     * that dtype before the float32 cos/sin are taken.  The reference
+     * logits (and the model as trained and served by transformers) use
+     * these rounded frequencies; with exact ones the logits drift by ~5e-4
+     * relative over 64 positions. */
+    for (int i = 0; i < half; i++) {
+        b->inv_freq[i] = round_to_dtype(b->inv_freq[i], c->torch_dtype);
+    }
+}
+
+/* cos/sin [hd/2] of one token.  Dynamic NTK scaling grows the base with
+ * the sequence's length, per sequence (transformers uses the batch's
+ * longest; per sequence keeps a request independent of its neighbours). */
+static void rope_token(const cpu_backend *b, int pos, int seq_len,
+                       float *cos_, float *sin_)
+{
+    const model_config *c = &b->base.m->cfg;
+    int half = b->hd / 2;
+    float inv_dyn[512];
+    const float *inv = b->inv_freq;
+
+    if (c->rope_scaling == ROPE_SCALING_DYNAMIC
+        && seq_len > c->rope_original_max_pos && half <= 512) {
+        double f = c->rope_factor;
+        double base = c->rope_theta
+            * pow(f * seq_len / c->rope_original_max_pos - (f - 1),
+                  (double) b->hd / (b->hd - 2));
+        rope_default_inv_freq(base, b->hd, inv_dyn);
+        inv = inv_dyn;
+    }
+    for (int i = 0; i < half; i++) {
+        float ang = (float) pos * inv[i];
+        cos_[i] = cosf(ang) * b->rope_mscale;
+        sin_[i] = sinf(ang) * b->rope_mscale;
+    }
+}
+
+/* ---- matmul jobs over the pool ---------------------------------------------- */
+
+typedef struct {
+    const kern_matrix *w;
+    float             *y;
+    size_t             ldy;
+} mm_target;
+
+typedef struct {
+    mm_target   t[3];
+    int         n;
+    int         block;           /* rows per task */
+    int         tasks[4];        /* cumulative task counts */
+    kern_acts   a;
+    /* gate/up fusion: after the up block, y_gate = silu(y_gate) * y_up */
+    int         fuse_silu;
+} mm_job;
+
+static void mm_task(void *ctx, int task, int thread)
+{
+    mm_job *j = ctx;
+    int m = 0, r0, r1;
+
+    (void) thread;
+    while (task >= j->tasks[m + 1]) {
+        m++;
+    }
+    if (j->fuse_silu) {
+        /* one task = the same rows of gate and up, then the product */
+        const kern_matrix *g = j->t[0].w;
+        r0 = task * j->block;
+        r1 = r0 + j->block < g->rows ? r0 + j->block : g->rows;
+        kern_matmul(g, r0, r1, &j->a, 0, j->a.n, j->t[0].y, j->t[0].ldy);
+        kern_matmul(j->t[1].w, r0, r1, &j->a, 0, j->a.n, j->t[1].y,
+                    j->t[1].ldy);
+        for (int t = 0; t < j->a.n; t++) {
+            float *gy = j->t[0].y + (size_t) t * j->t[0].ldy;
+            const float *uy = j->t[1].y + (size_t) t * j->t[1].ldy;
+            kern_silu_mul(gy + r0, uy + r0, gy + r0, r1 - r0);
+        }
+        return;
+    }
+    r0 = (task - j->tasks[m]) * j->block;
+    r1 = r0 + j->block < j->t[m].w->rows ? r0 + j->block : j->t[m].w->rows;
+    kern_matmul(j->t[m].w, r0, r1, &j->a, 0, j->a.n, j->t[m].y, j->t[m].ldy);
+}
+
+/* Rows per task: for one token, small blocks spread the weight stream
+ * over all threads with room for dynamic balance; for many tokens, a block
+ * whose weights fit in L2 (~256 KB) while every token passes over it. */
+static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
+                         int total_rows)
+{
+    int blk;
+
+    if (n_tok <= 1) {
+        blk = total_rows / (b->n_threads * 8);
+        blk = blk < 16 ? 16 : blk;
+        return (blk + 7) & ~7;
+    }
+    blk = (int) (256 * 1024 / ((size_t) w->cols * llm_dtype_size(w->dtype)));
+    blk = blk < 16 ? 16 : blk > 128 ? 128 : blk;
+    blk &= ~3;
+    while (blk > 16 && total_rows / blk < 4 * b->n_threads) {
+        blk /= 2;
+    }
+    return blk;
+}
+
+static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
+                        const float *x, int n_tok, int cols, int fuse_silu)
+{
+    mm_job j;
+    int total_rows = 0, want_split = 0;
+
+    memset(&j, 0, sizeof(j));
+    for (int i = 0; i < n; i++) {
+        j.t[i] = targets[i];
+        total_rows += targets[i].w->rows;
+        want_split |= kern_wants_split(targets[i].w->dtype);
+    }
+    j.n = n;
+    j.fuse_silu = fuse_silu;
+    j.a.x = x;
+    j.a.n = n_tok;
+    j.a.cols = cols;
+    if (want_split) {
+        kern_split_bf16(x, (size_t) n_tok * (size_t) cols, b->hi, b->lo);
+        j.a.hi = b->hi;
+        j.a.lo = b->lo;
+    }
+    j.block = mm_block_rows(b, targets[0].w, n_tok, total_rows);
+    j.tasks[0] = 0;
+    if (fuse_silu) {
+        j.tasks[1] = (targets[0].w->rows + j.block - 1) / j.block;
+    } else {
+        for (int i = 0; i < n; i++) {
+            j.tasks[i + 1] = j.tasks[i]
+                + (targets[i].w->rows + j.block - 1) / j.block;
+        }
+    }
+    thread_pool_run(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n], mm_task, &j);
+}
+
+/* ---- per-token passes --------------------------------------------------------- */
+
+typedef struct {
+    cpu_backend     *b;
+    const llm_batch *batch;
+    int              c0;         /* chunk's first batch token */
+    int              n;          /* chunk tokens */
+    int              layer;
+    int              per_task;
+    int              what;
+} tok_job;
+
+enum { TOK_INPUT_NORM, TOK_QKV_POST, TOK_POST_NORM, TOK_ATTN };
+
+static size_t kv_offset(const cpu_backend *b, int layer, int is_v)
+{
+    return ((size_t) layer * 2 + (size_t) is_v) * (size_t) b->n_blocks
+           * (size_t) b->block_size * (size_t) b->KV;
+}
+
+static void tok_one(tok_job *j, int t, int thread)
+{
+    cpu_backend *b = j->b;
+    const cpu_layer *L = &b->layers[j->layer];
+    const llm_batch *bt = j->batch;
+    int bi = j->c0 + t;                      /* index in the batch */
+    int s = b->tok_seq[bi];
+    int pos = bt->positions[bi];
+    const int32_t *table = bt->block_tables + (size_t) s * bt->max_blocks;
+
+    switch (j->what) {
+    case TOK_INPUT_NORM:
+        kern_rmsnorm(b->x + (size_t) t * b->H, L->input_norm, b->H, b->eps,
+                     b->xn + (size_t) t * b->H);
+        break;
+    case TOK_POST_NORM:
+        kern_rmsnorm(b->x + (size_t) t * b->H, L->post_norm, b->H, b->eps,
+                     b->xn + (size_t) t * b->H);
+        break;
+    case TOK_QKV_POST: {
+        float *q = b->q + (size_t) t * b->Q, *k = b->k + (size_t) t * b->KV;
+        float *v = b->v + (size_t) t * b->KV;
+        const float *cs = b->rope_cos + (size_t) t * (b->hd / 2);
+        const float *sn = b->rope_sin + (size_t) t * (b->hd / 2);
+        size_t slot = (size_t) table[pos / b->block_size] * b->block_size
+                      + (size_t) (pos % b->block_size);
+        if (L->q_bias) {
+            for (int i = 0; i < b->Q; i++) q[i] += L->q_bias[i];
+            for (int i = 0; i < b->KV; i++) k[i] += L->k_bias[i];
+            for (int i = 0; i < b->KV; i++) v[i] += L->v_bias[i];
+        }
+        if (L->q_norm) {
+            for (int h = 0; h < b->n_heads; h++) {
+                kern_rmsnorm(q + (size_t) h * b->hd, L->q_norm, b->hd, b->eps,
+                             q + (size_t) h * b->hd);
+            }
+            for (int h = 0; h < b->n_kv; h++) {
+                kern_rmsnorm(k + (size_t) h * b->hd, L->k_norm, b->hd, b->eps,
+                             k + (size_t) h * b->hd);
+            }
+        }
+        kern_rope(q, b->n_heads, b->hd, cs, sn);
+        kern_rope(k, b->n_kv, b->hd, cs, sn);
+        memcpy(b->kv + kv_offset(b, j->layer, 0) + slot * b->KV, k,
+               (size_t) b->KV * sizeof(float));
+        memcpy(b->kv + kv_offset(b, j->layer, 1) + slot * b->KV, v,
+               (size_t) b->KV * sizeof(float));
+        break;
+    }
+    default:
+        break;
+    }
+    (void) thread;
+}
+
+static void tok_task(void *ctx, int task, int thread)
+{
+    tok_job *j = ctx;
+    int t0 = task * j->per_task, t1 = t0 + j->per_task;
+
+    if (j->what == TOK_ATTN) {
+        /* task = (token, kv head): the group's query heads share the keys */
+        cpu_backend *b = j->b;
+        const llm_batch *bt = j->batch;
+        int t = task / b->n_kv, g = task % b->n_kv;
+        int bi = j->c0 + t, s = b->tok_seq[bi];
+        const int32_t *table = bt->block_tables + (size_t) s * bt->max_blocks;
+        kern_attention(b->q + (size_t) t * b->Q + (size_t) g * b->n_rep * b->hd,
+                       b->n_rep, b->hd, 1.0f / sqrtf((float) b->hd),
+                       b->kv + kv_offset(b, j->layer, 0) + (size_t) g * b->hd,
+                       b->kv + kv_offset(b, j->layer, 1) + (size_t) g * b->hd,
+                       (size_t) b->KV, table, b->block_size,
+                       bt->positions[bi] + 1,
+                       b->scores + (size_t) thread * b->scores_per_thread,
+                       b->att + (size_t) t * b->Q
+                           + (size_t) g * b->n_rep * b->hd);
+        return;
+    }
+    if (t1 > j->n) {
+        t1 = j->n;
+    }
+    for (int t = t0; t < t1; t++) {
+        tok_one(j, t, thread);
+    }
+}
+
+/* Runs a per-token pass; small chunks stay on this thread (a fork costs
+ * more than normalizing one vector). */
+static void run_tokens(cpu_backend *b, tok_job *j, int what)
+{
+    int tasks;
+
+    j->what = what;
+    if (what == TOK_ATTN) {
+        thread_pool_run(b->pool, j->n * b->n_kv, tok_task, j);
+        return;
+    }
+    j->per_task = j->n < 16 ? j->n : (j->n + b->n_threads * 4 - 1)
+                                       / (b->n_threads * 4);
+    tasks = (j->n + j->per_task - 1) / j->per_task;
+    if (j->n < 16) {
+        for (int t = 0; t < tasks; t++) {
+            tok_task(j, t, 0);
+        }
+        return;
+    }
+    thread_pool_run(b->pool, tasks, tok_task, j);
+}
+
+/* ---- forward -------------------------------------------------------------------- */
+
+static int ensure_scratch(cpu_backend *b, int n_tok, int max_ctx,
+                          int n_logits)
+{
+    int failed = 0;
+    size_t widest = (size_t) b->H;
+
+    if (n_tok > b->cap) {
+        size_t n = (size_t) n_tok;
+        widest = widest > (size_t) b->Q ? widest : (size_t) b->Q;
+        widest = widest > (size_t) b->I ? widest : (size_t) b->I;
+        b->x = xrealloc(b->x, n * b->H * sizeof(float), &failed);
+        b->xn = xrealloc(b->xn, n * b->H * sizeof(float), &failed);
+        b->tmp = xrealloc(b->tmp, n * b->H * sizeof(float), &failed);
+        b->q = xrealloc(b->q, n * b->Q * sizeof(float), &failed);
+        b->k = xrealloc(b->k, n * b->KV * sizeof(float), &failed);
+        b->v = xrealloc(b->v, n * b->KV * sizeof(float), &failed);
+        b->att = xrealloc(b->att, n * b->Q * sizeof(float), &failed);
+        b->g = xrealloc(b->g, n * b->I * sizeof(float), &failed);
+        b->u = xrealloc(b->u, n * b->I * sizeof(float), &failed);
+        b->hi = xrealloc(b->hi, n * widest * sizeof(uint16_t), &failed);
+        b->lo = xrealloc(b->lo, n * widest * sizeof(uint16_t), &failed);
+        b->rope_cos = xrealloc(b->rope_cos, n * (b->hd / 2) * sizeof(float),
+                               &failed);
+        b->rope_sin = xrealloc(b->rope_sin, n * (b->hd / 2) * sizeof(float),
+                               &failed);
+        if (failed) {
+            return -1;
+        }
+        b->cap = n_tok;
+    }
+    if ((size_t) b->n_rep * (size_t) max_ctx > b->scores_per_thread) {
+        size_t per = (size_t) b->n_rep * (size_t) max_ctx;
+        b->scores = xrealloc(b->scores, per * b->n_threads * sizeof(float),
+                             &failed);
+        if (failed) {
+            return -1;
+        }
+        b->scores_per_thread = per;
+    }
+    if (n_logits > b->logit_cap) {
+        size_t n = (size_t) n_logits * b->H;
+        b->final_rows = xrealloc(b->final_rows, n * sizeof(float), &failed);
+        b->final_hi = xrealloc(b->final_hi, n * sizeof(uint16_t), &failed);
+        b->final_lo = xrealloc(b->final_lo, n * sizeof(uint16_t), &failed);
+        if (failed) {
+            return -1;
+        }
+        b->logit_cap = n_logits;
+    }
+    return 0;
+}
+
+static int tok_seq_ensure(cpu_backend *b, int n)
+{
+    int32_t *p;
+
+    if (b->tok_seq != NULL && n <= b->tok_cap) {
+        return 0;
+    }
+    p = realloc(b->tok_seq, (size_t) (n > 0 ? n : 1) * sizeof(int32_t));
+    if (p == NULL) {
+        return -1;
+    }
+    b->tok_seq = p;
+    b->tok_cap = n;
+    return 0;
+}
+
+/* Every index the forward will use, checked before any work: a bad batch
+ * is an error, never an out-of-bounds access. */
+static int validate_batch(cpu_backend *b, const llm_batch *bt, int *max_ctx,
+                          char *err, size_t errlen)
+{
+    *max_ctx = 1;
+    if (b->kv == NULL) {
+        snprintf(err, errlen, "cpu backend: forward before kv_alloc");
+        return -1;
+    }
+    if (bt->n_tokens < 0 || bt->n_seqs < 0 || bt->n_logits < 0
+        || (bt->n_tokens > 0 && bt->n_seqs < 1)
+        || bt->seq_start[0] != 0 || bt->seq_start[bt->n_seqs] != bt->n_tokens
+        || bt->max_blocks < 1) {
+        snprintf(err, errlen, "cpu backend: malformed batch (%d tokens, %d "
+                 "sequences)", bt->n_tokens, bt->n_seqs);
+        return -1;
+    }
+    if (tok_seq_ensure(b, bt->n_tokens) != 0) {
+        snprintf(err, errlen, "cpu backend: out of memory");
+        return -1;
+    }
+    for (int s = 0; s < bt->n_seqs; s++) {
+        int a = bt->seq_start[s], e = bt->seq_start[s + 1];
+        const int32_t *table = bt->block_tables + (size_t) s * bt->max_blocks;
+        if (e < a || e > bt->n_tokens) {
+            snprintf(err, errlen, "cpu backend: sequence %d has a bad token "
+                     "range [%d, %d)", s, a, e);
+            return -1;
+        }
+        for (int i = a; i < e; i++) {
+            int pos = bt->positions[i];
+            b->tok_seq[i] = s;
+            if (pos < 0 || pos >= bt->seq_len[s]
+                || pos / b->block_size >= bt->max_blocks) {
+                snprintf(err, errlen, "cpu backend: token %d of sequence %d "
+                         "has position %d (context %d, %d blocks)", i, s, pos,
+                         bt->seq_len[s], bt->max_blocks);
+                return -1;
+            }
+            if (bt->token_ids[i] < 0 || bt->token_ids[i] >= b->vocab) {
+                snprintf(err, errlen, "cpu backend: token id %d out of the "
+                         "vocabulary", bt->token_ids[i]);
+                return -1;
+            }
+            for (int k = 0; k <= pos / b->block_size; k++) {
+                if (table[k] < 0 || table[k] >= b->n_blocks) {
+                    snprintf(err, errlen, "cpu backend: sequence %d block "
+                             "table entry %d is %d (pool has %d blocks)", s,
+                             k, table[k], b->n_blocks);
+                    return -1;
+                }
+            }
+            if (pos + 1 > *max_ctx) {
+                *max_ctx = pos + 1;
+            }
+        }
+    }
+    for (int i = 0; i < bt->n_logits; i++) {
+        if (bt->logit_rows[i] < 0 || bt->logit_rows[i] >= bt->n_tokens) {
+            snprintf(err, errlen, "cpu backend: logit row %d out of the "
+                     "batch", bt->logit_rows[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void layer_forward(cpu_backend *b, tok_job *j)
+{
+    const cpu_layer *L = &b->layers[j->layer];
+    int n = j->n;
+    mm_target t[3];
+
+    run_tokens(b, j, TOK_INPUT_NORM);
+    t[0] = (mm_target) { &L->q, b->q, (size_t) b->Q };
+    t[1] = (mm_target) { &L->k, b->k, (size_t) b->KV };
+    t[2] = (mm_target) { &L->v, b->v, (size_t) b->KV };
+    run_matmuls(b, t, 3, b->xn, n, b->H, 0);
+    run_tokens(b, j, TOK_QKV_POST);
+    run_tokens(b, j, TOK_ATTN);
+    t[0] = (mm_target) { &L->o, b->tmp, (size_t) b->H };
+    run_matmuls(b, t, 1, b->att, n, b->Q, 0);
+    for (size_t i = 0; i < (size_t) n * b->H; i++) {
+        b->x[i] += b->tmp[i];
+    }
+    run_tokens(b, j, TOK_POST_NORM);
+    t[0] = (mm_target) { &L->gate, b->g, (size_t) b->I };
+    t[1] = (mm_target) { &L->up, b->u, (size_t) b->I };
+    run_matmuls(b, t, 2, b->xn, n, b->H, 1);
+    t[0] = (mm_target) { &L->down, b->tmp, (size_t) b->H };
+    run_matmuls(b, t, 1, b->g, n, b->I, 0);
+    for (size_t i = 0; i < (size_t) n * b->H; i++) {
+        b->x[i] += b->tmp[i];
+    }
+}
+
+static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
+                       char *err, size_t errlen)
+{
+    cpu_backend *b = (cpu_backend *) base;
+    int max_ctx, chunk;
+
+    if (validate_batch(b, bt, &max_ctx, err, errlen) != 0) {
+        return -1;
+    }
+    if (bt->n_tokens == 0) {
+        return 0;
+    }
+    chunk = bt->n_tokens < CPU_CHUNK_TOKENS ? bt->n_tokens : CPU_CHUNK_TOKENS;
+    if (ensure_scratch(b, chunk, max_ctx, bt->n_logits) != 0) {
+        snprintf(err, errlen, "cpu backend: out of memory for a %d-token "
+                 "batch", bt->n_tokens);
+        return -1;
+    }
+    for (int c0 = 0; c0 < bt->n_tokens; c0 += chunk) {
+        tok_job j;
+        int n = bt->n_tokens - c0 < chunk ? bt->n_tokens - c0 : chunk;
+
+        memset(&j, 0, sizeof(j));
+        j.b = b;
+        j.batch = bt;
+        j.c0 = c0;
+        j.n = n;
+        for (int t = 0; t < n; t++) {
+            int bi = c0 + t;
+            kern_row_to_f32(&b->embed, bt->token_ids[bi], b->x + (size_t) t * b->H);
+            rope_token(b, bt->positions[bi], bt->seq_len[b->tok_seq[bi]],
+                       b->rope_cos + (size_t) t * (b->hd / 2),
+                       b->rope_sin + (size_t) t * (b->hd / 2));
+        }
+        for (int l = 0; l < b->n_layers; l++) {
+            j.layer = l;
+            layer_forward(b, &j);
+        }
+        for (int i = 0; i < bt->n_logits; i++) {
+            int r = bt->logit_rows[i];
+            if (r >= c0 && r < c0 + n) {
+                kern_rmsnorm(b->x + (size_t) (r - c0) * b->H, b->final_norm,
+                             b->H, b->eps, b->final_rows + (size_t) i * b->H);
+            }
+        }
+    }
+    if (bt->n_logits > 0) {
+        mm_job j;
+        memset(&j, 0, sizeof(j));
+        j.t[0] = (mm_target) { &b->lm_head, logits, (size_t) b->vocab };
+        j.n = 1;
+        j.a.x = b->final_rows;
+        j.a.n = bt->n_logits;
+        j.a.cols = b->H;
+        if (kern_wants_split(b->lm_head.dtype)) {
+            kern_split_bf16(b->final_rows, (size_t) bt->n_logits * b->H,
+                            b->final_hi, b->final_lo);
+            j.a.hi = b->final_hi;
+            j.a.lo = b->final_lo;
+        }
+        j.block = mm_block_rows(b, &b->lm_head, bt->n_logits, b->vocab);
+        j.tasks[1] = (b->vocab + j.block - 1) / j.block;
+        thread_pool_run(b->pool, j.tasks[1], mm_task, &j);
+    }
+    return 0;
+}
+
+/* ---- KV pool and lifetime ---------------------------------------------------- */
+
+static size_t cpu_kv_block_bytes(llm_backend *base, int block_size)
+{
+    cpu_backend *b = (cpu_backend *) base;
+    return (size_t) b->n_layers * 2 * (size_t) block_size * (size_t) b->KV
+           * sizeof(float);
+}
+
+static int cpu_kv_alloc(llm_backend *base, int n_blocks, int block_size,
+                        char *err, size_t errlen)
+{
+    cpu_backend *b = (cpu_backend *) base;
+    size_t per = cpu_kv_block_bytes(base, block_size);
+
+    if (n_blocks < 1 || block_size < 1 || b->kv != NULL
+        || per == 0 || (size_t) n_blocks > SIZE_MAX / per) {
+        snprintf(err, errlen, "cpu backend: bad KV pool request (%d blocks "
+                 "of %d tokens%s)", n_blocks, block_size,
+                 b->kv ? ", already allocated" : "");
+        return -1;
+    }
+    b->kv_bytes = per * (size_t) n_blocks;
+    /* calloc: untouched pages of a large pool cost no memory until used */
+    b->kv = calloc(1, b->kv_bytes);
+    if (b->kv == NULL) {
+        snprintf(err, errlen, "cpu backend: cannot allocate %zu bytes of KV "
+                 "cache (%d blocks)", b->kv_bytes, n_blocks);
+        return -1;
+    }
+    b->n_blocks = n_blocks;
+    b->block_size = block_size;
+    return 0;
+}
+
+static size_t cpu_free_memory(llm_backend *base)
+{
+    (void) base;
+    return 0;
+}
+
+static void cpu_destroy(llm_backend *base)
+{
+    cpu_backend *b = (cpu_backend *) base;
+
+    if (b == NULL) {
+        return;
+    }
+    thread_pool_destroy(b->pool);
+    free(b->layers);
+    free(b->small);
+    free(b->inv_freq);
+    free(b->kv);
+    free(b->x); free(b->xn); free(b->tmp); free(b->q); free(b->k);
+    free(b->v); free(b->att); free(b->g); free(b->u);
+    free(b->hi); free(b->lo); free(b->rope_cos); free(b->rope_sin);
+    free(b->tok_seq); free(b->scores);
+    free(b->final_rows); free(b->final_hi); free(b->final_lo);
+    free(b);
+}
+
+static const llm_backend_ops cpu_ops = {
+    .name = "cpu",
+    .kv_block_bytes = cpu_kv_block_bytes,
+    .kv_alloc = cpu_kv_alloc,
+    .forward = cpu_forward,
+    .free_memory = cpu_free_memory,
+    .destroy = cpu_destroy,
+};
+
+/* Widens a small vector (norm weight, bias) into *cursor; NULL if absent. */
+static float *widen(const tensor_ref *t, float **cursor)
+{
+    float *dst;
+
+    if (t->data == NULL) {
+        return NULL;
+    }
+    dst = *cursor;
+    kern_to_f32(t->dtype, t->data, (size_t) t->shape[0], dst);
+    *cursor += t->shape[0];
+    return dst;
+}
+
+llm_backend *cpu_backend_create(const model *m, int threads, char *err,
+                                size_t errlen)
+{
+    const model_config *c = &m->cfg;
+    cpu_backend *b;
+    size_t small_n;
+    float *cur;
+
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int) n : 1;
+    }
+    if (threads > 256) {
+        snprintf(err, errlen, "cpu backend: threads=%d is more than 256",
+                 threads);
+        return NULL;
+    }
+    b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        snprintf(err, errlen, "cpu backend: out of memory");
+        return NULL;
+    }
+    b->base.ops = &cpu_ops;
+    b->base.m = m;
+    b->H = c->hidden_size;
+    b->hd = c->head_dim;
+    b->n_heads = c->n_heads;
+    b->n_kv = c->n_kv_heads;
+    b->n_rep = c->n_heads / c->n_kv_heads;
+    b->Q = c->n_heads * c->head_dim;
+    b->KV = c->n_kv_heads * c->head_dim;
+    b->I = c->intermediate_size;
+    b->vocab = c->vocab_size;
+    b->n_layers = c->n_layers;
+    b->eps = c->rms_norm_eps;
+    b->embed = mat_of(&m->embed);
+    b->lm_head = mat_of(&m->lm_head);
+    small_n = (size_t) b->H
+              + (size_t) c->n_layers * (2 * (size_t) b->H + 2 * (size_t) b->hd
+                                        + (size_t) b->Q + 2 * (size_t) b->KV);
+    b->small = malloc(small_n * sizeof(float));
+    b->layers = calloc((size_t) c->n_layers, sizeof(*b->layers));
+    b->inv_freq = malloc((size_t) (b->hd / 2) * sizeof(float));
+    if (b->small == NULL || b->layers == NULL || b->inv_freq == NULL) {
+        snprintf(err, errlen, "cpu backend: out of memory");
+        cpu_destroy(&b->base);
+        return NULL;
+    }
+    cur = b->small;
+    b->final_norm = widen(&m->final_norm, &cur);
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *w = &m->layers[l];
+        cpu_layer *L = &b->layers[l];
+        L->input_norm = widen(&w->input_norm, &cur);
+        L->post_norm = widen(&w->post_norm, &cur);
+        L->q_norm = c->qk_norm ? widen(&w->q_norm, &cur) : NULL;
+        L->k_norm = c->qk_norm ? widen(&w->k_norm, &cur) : NULL;
+        L->q_bias = c->attention_bias ? widen(&w->q_bias, &cur) : NULL;
+        L->k_bias = c->attention_bias ? widen(&w->k_bias, &cur) : NULL;
+        L->v_bias = c->attention_bias ? widen(&w->v_bias, &cur) : NULL;
+        L->q = mat_of(&w->q_proj);
+        L->k = mat_of(&w->k_proj);
+        L->v = mat_of(&w->v_proj);
+        L->o = mat_of(&w->o_proj);
+        L->gate = mat_of(&w->gate_proj);
+        L->up = mat_of(&w->up_proj);
+        L->down = mat_of(&w->down_proj);
+    }
+    rope_init(b, c);
+    b->pool = thread_pool_create(threads, err, errlen);
+    if (b->pool == NULL) {
+        cpu_destroy(&b->base);
+        return NULL;
+    }
+    b->n_threads = thread_pool_size(b->pool);
+    return &b->base;
+}
