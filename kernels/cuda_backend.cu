@@ -23,6 +23,7 @@ extern "C" {
 #include "backend.h"
 }
 #include "cuda_kernels.cuh"
+#include "cuda_tools.cuh"
 
 #include <cublas_v2.h>
 #include <math.h>
@@ -47,7 +48,7 @@ typedef struct {
 } dev_layer;
 
 typedef struct {
-    int             n_tokens, n_logits, split_tokens;
+    int             n_tokens, n_logits, split_tokens, bt_stride;
     cudaGraphExec_t exec;
     unsigned long   last_use;
 } graph_entry;
@@ -380,8 +381,10 @@ static int rope_setup(cuda_backend *b, char *err, size_t errlen)
         return -1;
     }
     b->attn_factor = 1.0f;
+    /* In float, as transformers computes 1 / base ** (arange(0, d, 2) / d)
+     * (and as the CPU backend does). */
     for (int i = 0; i < half; i++)
-        inv[i] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / b->D));
+        inv[i] = 1.0f / powf((float)c->rope_theta, (float)(2 * i) / (float)b->D);
     if (c->rope_scaling == ROPE_SCALING_LINEAR) {
         for (int i = 0; i < half; i++)
             inv[i] = (float)(inv[i] / c->rope_factor);
@@ -401,12 +404,13 @@ static int rope_setup(cuda_backend *b, char *err, size_t errlen)
         if (low == high)
             high += 0.001;
         for (int i = 0; i < half; i++) {
-            const double pos_freq = pow(base, (double)(2 * i) / dim);
+            const float pos_freq = powf((float)base, (float)(2 * i) / (float)dim);
             double ramp = ((double)i - low) / (high - low);
             ramp = ramp < 0 ? 0 : (ramp > 1 ? 1 : ramp);
-            const double extrap = 1.0 - ramp;
-            inv[i] = (float)((1.0 / (factor * pos_freq)) * (1 - extrap) +
-                             (1.0 / pos_freq) * extrap);
+            const float extrap = (float)(1.0 - ramp);
+            const float extra = 1.0f / pos_freq;
+            const float inter = 1.0f / ((float)factor * pos_freq);
+            inv[i] = inter * (1 - extrap) + extra * extrap;
         }
         b->attn_factor = (float)(factor > 1 ? 0.1 * log(factor) + 1.0 : 1.0);
     } else if (c->rope_scaling != ROPE_SCALING_NONE) {
@@ -562,6 +566,7 @@ static int project(cuda_backend *b, const bf16 *W, int N, int K, const bf16 *x,
 typedef struct {
     int T, n_seqs, n_dec, n_pf, n_logits;
     int split_tokens, n_splits;
+    int bt_stride;                /* block-table row stride of this step */
 } step_plan;
 
 /* Queues the whole forward on b->stream (capturable). */
@@ -597,7 +602,7 @@ static int enqueue_forward(cuda_backend *b, const step_plan *p, char *err,
         qa.tok_seq = b->dev.tok_seq;
         qa.positions = b->dev.positions;
         qa.block_tables = b->dev.block_tables;
-        qa.bt_stride = b->cap_stride;
+        qa.bt_stride = p->bt_stride;
         qa.block_size = b->block_size;
         qa.q_out = b->q;
         qa.k_cache = kc;
@@ -611,7 +616,7 @@ static int enqueue_forward(cuda_backend *b, const step_plan *p, char *err,
         aa.tok_seq = b->dev.tok_seq;
         aa.positions = b->dev.positions;
         aa.block_tables = b->dev.block_tables;
-        aa.bt_stride = b->cap_stride;
+        aa.bt_stride = p->bt_stride;
         aa.block_size = b->block_size;
         aa.n_heads = b->nq;
         aa.n_kv = b->nkv;
@@ -676,6 +681,18 @@ static int plan_step(cuda_backend *b, const llm_batch *bt, step_plan *p,
         snprintf(err, errlen, "cuda: batch seq_start does not cover its %d tokens", T);
         return -1;
     }
+    /* Block tables go up packed at the smallest power-of-two stride that
+     * holds this step's longest sequence, not the engine's max_blocks: a
+     * decode step of 256 sequences then moves kilobytes, not megabytes. */
+    int max_nb = 1;
+    for (int s = 0; s < bt->n_seqs; s++) {
+        const int nb = (bt->seq_len[s] + b->block_size - 1) / b->block_size;
+        if (nb > max_nb)
+            max_nb = nb;
+    }
+    p->bt_stride = round_cap(max_nb, 16);
+    if (p->bt_stride > b->cap_stride)
+        p->bt_stride = b->cap_stride;
     int max_ctx = 1;
     for (int s = 0; s < bt->n_seqs; s++) {
         const int a = bt->seq_start[s], e = bt->seq_start[s + 1];
@@ -698,7 +715,7 @@ static int plan_step(cuda_backend *b, const llm_batch *bt, step_plan *p,
                 return -1;
             }
         }
-        memcpy(tables + (size_t)s * b->cap_stride, row, (size_t)nb * sizeof(int32_t));
+        memcpy(tables + (size_t)s * p->bt_stride, row, (size_t)nb * sizeof(int32_t));
         for (int t = a; t < e; t++) {
             if (bt->token_ids[t] < 0 || bt->token_ids[t] >= b->V ||
                 bt->positions[t] != ctx - (e - t)) {
@@ -764,7 +781,7 @@ static int run_graph(cuda_backend *b, const step_plan *p, char *err, size_t errl
     for (int i = 0; i < b->n_graphs; i++) {
         graph_entry *e = &b->graphs[i];
         if (e->n_tokens == p->T && e->n_logits == p->n_logits &&
-            e->split_tokens == p->split_tokens) {
+            e->split_tokens == p->split_tokens && e->bt_stride == p->bt_stride) {
             g = e;
             break;
         }
@@ -800,6 +817,7 @@ static int run_graph(cuda_backend *b, const step_plan *p, char *err, size_t errl
         g->n_tokens = p->T;
         g->n_logits = p->n_logits;
         g->split_tokens = p->split_tokens;
+        g->bt_stride = p->bt_stride;
         g->exec = exec;
     }
     g->last_use = ++b->use_clock;
@@ -827,9 +845,7 @@ static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
     step_plan p;
     if (plan_step(b, bt, &p, err, errlen))
         return -1;
-    /* Only the used prefix of the block-table region matters, but graph
-     * kernels read rows by sequence, so copy the whole arena prefix. */
-    const size_t n_ints = b->off_bt + (size_t)bt->n_seqs * b->cap_stride;
+    const size_t n_ints = b->off_bt + (size_t)bt->n_seqs * p.bt_stride;
     CU_TRY("upload step inputs",
            cudaMemcpyAsync(b->d_ints, b->h_ints, n_ints * sizeof(int32_t),
                            cudaMemcpyHostToDevice, b->stream));

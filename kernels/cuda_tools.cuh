@@ -1,0 +1,45 @@
+/*
+ * C-callable extras of the CUDA backend for tools (tools/llm-cuda-check.c):
+ * memory accounting and the attention self-test.  Not part of the engine's
+ * contract (src/backend.h); included from C with a relative path.
+ */
+#ifndef LLM_CUDA_TOOLS_CUH
+#define LLM_CUDA_TOOLS_CUH
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct llm_backend;
+
+/* Number of usable CUDA devices; 0 with err when none (no driver, no GPU). */
+int cuda_device_count(char *err, size_t errlen);
+
+/* Device bytes held for weights, the KV pool, and step buffers/workspaces. */
+void cuda_backend_memory(struct llm_backend *b, size_t *weights, size_t *kv,
+                         size_t *scratch);
+
+typedef struct {
+    int ctx_len;        /* context of the last query token */
+    int q_len;          /* query tokens (the last q_len positions) */
+    int n_heads, n_kv, head_dim, block_size;
+    int split_tokens;   /* decode kernel split length; 0: no split */
+    uint64_t seed;
+} cuda_attn_test;
+
+/* Runs the decode kernel (and, for head_dim <= 128, the prefill kernel) on
+ * random q/K/V in a shuffled paged cache against a plain float reference
+ * on the device; returns 0 and the relative errors ||out-ref||/||ref||
+ * (prefill: -1 when not run), or -1 with err. */
+int cuda_attention_selftest(int device, const cuda_attn_test *t,
+                            double *rel_decode, double *rel_prefill,
+                            char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
