@@ -3,7 +3,10 @@
  * the CPU backend, then benchmarks of a random model of Qwen3-4B's shape.
  *
  *   llm-cuda-check [--device N] [--fixtures DIR] [--no-bench] [--no-cpu-0.6b]
- *                  [--bench-model DIR] [--long]
+ *                  [--bench-model DIR] [--long] [--quick] [--bench-only]
+ *
+ * --quick: the tiny fixtures with the default kernels and short attention
+ * cases only (for compute-sanitizer); --bench-only: skip the checks.
  *
  * Correctness (bars of issue 7):
  *   - tiny-qwen3 / tiny-qwen3-untied: full last-position logits vs
@@ -48,6 +51,7 @@ int main(void)
 #define CLEAR_MARGIN 0.05f
 
 static int g_failed;
+static int g_quick;
 
 static void report(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void report(int ok, const char *fmt, ...)
@@ -343,7 +347,8 @@ static void check_tiny(const char *dir, int device)
         goto done;
     }
 
-    for (size_t vi = 0; vi < sizeof VARIANTS / sizeof VARIANTS[0]; vi++) {
+    const size_t n_variants = g_quick ? 1 : sizeof VARIANTS / sizeof VARIANTS[0];
+    for (size_t vi = 0; vi < n_variants; vi++) {
         const variant *v = &VARIANTS[vi];
         llm_backend *be = create_variant(m, device, v, err);
         runner r;
@@ -493,6 +498,8 @@ static void check_attention(int device)
         { 4096, 100, 512 }, { 65536, 1, 2048 }, { 65536, 64, 4096 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (g_quick && cases[i].ctx > 4096)
+            continue;
         cuda_attn_test t = { cases[i].ctx, cases[i].q, 32, 8, 128, 16,
                              cases[i].split, 1234 + i };
         double rd, rp;
@@ -749,7 +756,7 @@ out:
 
 int main(int argc, char **argv)
 {
-    int device = 0, do_bench = 1, do_06b = 1, long_ctx = 0;
+    int device = 0, do_bench = 1, do_06b = 1, long_ctx = 0, do_checks = 1;
     const char *fixtures = "t/fixtures";
     const char *bench_model = NULL;
     for (int i = 1; i < argc; i++) {
@@ -765,9 +772,13 @@ int main(int argc, char **argv)
             do_06b = 0;
         else if (!strcmp(argv[i], "--long"))
             long_ctx = 1;
+        else if (!strcmp(argv[i], "--quick"))
+            g_quick = 1, do_06b = 0, do_bench = 0;
+        else if (!strcmp(argv[i], "--bench-only"))
+            do_checks = 0;
         else {
             fprintf(stderr, "usage: %s [--device N] [--fixtures DIR] [--bench-model DIR] "
-                    "[--no-bench] [--no-cpu-0.6b] [--long]\n", argv[0]);
+                    "[--no-bench] [--no-cpu-0.6b] [--long] [--quick] [--bench-only]\n", argv[0]);
             return 2;
         }
     }
@@ -776,17 +787,19 @@ int main(int argc, char **argv)
         printf("llm-cuda-check: no CUDA device %d here (%s): skipped\n", device, path);
         return 77;
     }
-    snprintf(path, sizeof path, "%s/tiny-qwen3", fixtures);
-    check_tiny(path, device);
-    snprintf(path, sizeof path, "%s/tiny-qwen3-untied", fixtures);
-    check_tiny(path, device);
-    check_attention(device);
-    if (do_06b) {
-        snprintf(path, sizeof path, "%s/configs/qwen3-0.6b", fixtures);
-        check_vs_cpu(path, device, 64);
+    if (do_checks) {
+        snprintf(path, sizeof path, "%s/tiny-qwen3", fixtures);
+        check_tiny(path, device);
+        snprintf(path, sizeof path, "%s/tiny-qwen3-untied", fixtures);
+        check_tiny(path, device);
+        check_attention(device);
+        if (do_06b) {
+            snprintf(path, sizeof path, "%s/configs/qwen3-0.6b", fixtures);
+            check_vs_cpu(path, device, 64);
+        }
+        printf("correctness: %s (%d failed)\n", g_failed ? "FAILED" : "passed", g_failed);
+        fflush(stdout);
     }
-    printf("correctness: %s (%d failed)\n", g_failed ? "FAILED" : "passed", g_failed);
-    fflush(stdout);
     if (do_bench) {
         char bpath[1024];
         if (!bench_model) {
