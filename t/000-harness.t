@@ -6,9 +6,15 @@
 # body, header, log line, timeout, nginx that does not die) and honours
 # --- ONLY / --- LAST, plan counts, master_on/workers and
 # TEST_NGINX_LOAD_MODULES.
+
+# The harness is tested on plain nginx: the LLM module that make test loads
+# into every other test file stays out, so its bugs cannot fail these tests.
+BEGIN { delete $ENV{TEST_NGINX_LOAD_MODULES} }
+
 use Test::Nginx::Socket 'no_plan';
 use IO::Socket::INET;
 use File::Temp qw(tempdir);
+use File::Spec;
 
 # A listening socket that never accepts: nginx's connection to it completes
 # in the kernel backlog and then waits forever for a response.
@@ -29,6 +35,7 @@ run_tests();
 # ---- failure reporting and selection, in subprocesses ----------------------
 
 my $tmp = tempdir(CLEANUP => 1);
+my $lib = File::Spec->rel2abs('t/lib');
 
 # Runs a test file (text) under this harness with its own random port and
 # server root; returns its stdout and stderr together.
@@ -40,7 +47,10 @@ sub run_file {
     close $out;
     local $ENV{TEST_NGINX_RANDOMIZE} = 1;
     local @ENV{keys %env} = values %env;
-    my $output = `$^X -It/lib $file 2>&1`;
+    # Run from the temporary directory: server roots kept by failing files
+    # (t/servroot_PORT) go away with it.
+    mkdir "$tmp/t";
+    my $output = `cd $tmp && $^X -I$lib $file 2>&1`;
     return ($output, $? >> 8);
 }
 
@@ -268,6 +278,32 @@ ok
 _EOF_
     like($out, qr{^# curl .*-H 'X-Foo: bar'.* http://127\.0\.0\.1:\d+/t$}m,
          "--- curl prints a curl command line") or diag $out;
+}
+
+SKIP: {
+    skip "valgrind is not installed", 3 if system('valgrind --version >/dev/null 2>&1') != 0;
+    my $file = <<'_EOF_';
+use Test::Nginx::Socket 'no_plan';
+run_tests();
+__DATA__
+
+=== TEST 1: under valgrind
+--- config
+    location = /t { return 200 "ok\n"; }
+--- request
+GET /t
+--- response_body
+ok
+_EOF_
+    my ($out) = run_file('valgrind-clean', $file, TEST_NGINX_USE_VALGRIND => 1);
+    like($out, qr/^ok \d+ .* - response_body/m, "valgrind mode: nginx serves");
+    unlike($out, qr/^not ok/m, "valgrind mode: nginx's own exit leaks are suppressed")
+        or diag $out;
+    # Reporting reachable blocks makes valgrind print something at exit.
+    ($out) = run_file('valgrind-report', $file, TEST_NGINX_USE_VALGRIND =>
+                      '--tool=memcheck --leak-check=full --show-leak-kinds=all');
+    like($out, qr/^not ok \d+ .* - valgrind reported errors/m,
+         "valgrind mode: valgrind's report fails the block") or diag $out;
 }
 
 __DATA__

@@ -607,8 +607,6 @@ sub check_valgrind_log ($) {
         unlink $log;
     }
     if ($report ne '') {
-        my $tb = Test::More->builder;
-        $tb->no_ending(1);
         Test::More::fail("$name - valgrind reported errors");
         Test::More::diag($report);
     }
@@ -626,6 +624,9 @@ sub nginx_command () {
         my $opts = $UseValgrind =~ /^\d+$/
             ? '--tool=memcheck --leak-check=full --show-possibly-lost=no'
             : $UseValgrind;
+        # nginx's own exit-time leaks, then the project's if it has any.
+        (my $own = $INC{'Test/Nginx/Util.pm'}) =~ s{Util\.pm$}{valgrind.suppress};
+        $opts .= " --suppressions=$own" if -f $own;
         $opts .= ' --suppressions=valgrind.suppress' if -f 'valgrind.suppress';
         $cmd = "valgrind -q --num-callers=100 $opts"
              . " --log-file=$LogDir/valgrind.%p.log $cmd";
@@ -727,8 +728,13 @@ sub start_nginx ($$$) {
             $waited += 0.2;
             next;
         }
+        # TAP shows only the first line of a bail-out reason: put nginx's
+        # own complaint there, and the whole stderr in a diagnostic.
+        Test::More::diag("nginx stderr:\n$stderr") if $stderr ne '';
+        my ($why) = $stderr =~ /^(.*\[(?:emerg|alert|crit)\].*)$/m;
+        ($why) = $stderr =~ /(\S.*)\s*\z/ unless defined $why;
         bail_out("$name - Cannot start nginx using command \"$cmd\" "
-                 . "(status code $status):\n$stderr");
+                 . "(status code $status): " . ($why // 'no message'));
     }
 }
 
@@ -846,10 +852,17 @@ END {
     if (!$ENV{TEST_NGINX_NO_CLEAN} || $UseValgrind) {
         stop_nginx('END') if -f $PidFile;
     }
+    # A random server root is removed, unless something failed: then its
+    # logs are what one wants to read.
     if ($Randomize && $ServRoot =~ m{/t/servroot_\d+$} && -d $ServRoot
         && !$ENV{TEST_NGINX_NO_CLEAN})
     {
-        remove_tree($ServRoot);
+        my $tb = Test::More->builder;
+        if (grep { !$_ } $tb->summary) {
+            Test::More::diag("server root kept for inspection: $ServRoot");
+        } else {
+            remove_tree($ServRoot);
+        }
     }
     $? = $exit;
 }
