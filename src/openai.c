@@ -1272,6 +1272,8 @@ static int legacy_logprobs_add(oai_response *rs, oai_choice *c, cJSON *lp,
     cJSON *off = cJSON_GetObjectItem(lp, "text_offset");
     int i, k;
 
+    size_t prompt_chars = 0;
+
     for (i = 0; i < ev->n_tokens; i++) {
         const llm_token_info *t = &ev->tokens[i];
         size_t n = 0, before = t->text_off <= ev->text_len ? t->text_off
@@ -1280,14 +1282,22 @@ static int legacy_logprobs_add(oai_response *rs, oai_choice *c, cJSON *lp,
                                                           t->token, &n)
                                          : NULL;
         char *text = oai_utf8_sanitize(raw ? raw : "", raw ? n : 0, NULL);
+        size_t offset;
 
         if (text == NULL) {
             return -1;
         }
         cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
         free(text);
-        cJSON_AddItemToArray(off, cJSON_CreateNumber((double)
-            (c->chars + utf8_count_chars(ev->text ? ev->text : "", before))));
+        if (is_prompt) {
+            /* the echo event carries no offsets: sum the tokens' texts */
+            offset = c->chars + prompt_chars;
+            prompt_chars += utf8_count_chars(raw ? raw : "", raw ? n : 0);
+        } else {
+            offset = c->chars + utf8_count_chars(ev->text ? ev->text : "",
+                                                 before);
+        }
+        cJSON_AddItemToArray(off, cJSON_CreateNumber((double) offset));
         if (is_prompt) {
             cJSON_AddItemToArray(tlp, cJSON_CreateNull());
             cJSON_AddItemToArray(top, cJSON_CreateNull());
