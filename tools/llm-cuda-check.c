@@ -615,26 +615,30 @@ static void bench(const char *dir, int device, int long_ctx)
     const int V = m->cfg.vocab_size;
     const int max_batch = 256, in_len = 128, out_len = 256;
     const int long_len = long_ctx ? 262144 : 32768;
-    /* Slots: max_batch sequences of in+out tokens, plus one long prompt. */
-    runner r;
-    r.be = be;
-    r.block_size = 16;
-    r.n_slots = max_batch + 1;
-    r.max_blocks = (long_len + 64) / 16;
+    /* Two views of one pool: max_batch short sequences of in+out tokens
+     * (r), and one long prompt (rl); tables as short as each needs, as the
+     * engine's would be. */
+    runner r, rl;
     const int per_seq_blocks = (in_len + out_len + 32) / 16;
-    const int n_blocks = max_batch * per_seq_blocks + r.max_blocks;
+    r.be = rl.be = be;
+    r.block_size = rl.block_size = 16;
+    r.n_slots = max_batch;
+    r.max_blocks = per_seq_blocks;
+    rl.n_slots = 1;
+    rl.max_blocks = (long_len + 64) / 16;
+    const int n_blocks = max_batch * per_seq_blocks + rl.max_blocks;
     r.tables = malloc(sizeof(int32_t) * (size_t)r.n_slots * r.max_blocks);
+    rl.tables = malloc(sizeof(int32_t) * (size_t)rl.max_blocks);
     float *logits = malloc(sizeof(float) * (size_t)V * max_batch);
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)long_len);
-    if (!r.tables || !logits || !tokens) {
+    if (!r.tables || !rl.tables || !logits || !tokens) {
         printf("bench: out of memory\n");
         goto out;
     }
-    for (int s = 0; s < max_batch; s++)
-        for (int k = 0; k < r.max_blocks; k++)
-            r.tables[(size_t)s * r.max_blocks + k] = k < per_seq_blocks ? s * per_seq_blocks + k : 0;
-    for (int k = 0; k < r.max_blocks; k++)
-        r.tables[(size_t)max_batch * r.max_blocks + k] = max_batch * per_seq_blocks + k;
+    for (int k = 0; k < max_batch * per_seq_blocks; k++)
+        r.tables[k] = k;
+    for (int k = 0; k < rl.max_blocks; k++)
+        rl.tables[k] = max_batch * per_seq_blocks + k;
     if (be->ops->kv_alloc(be, n_blocks, 16, err, ERR_LEN)) {
         printf("bench: kv_alloc: %s\n", err);
         g_failed++;
@@ -653,8 +657,8 @@ static void bench(const char *dir, int device, int long_ctx)
     /* Prefill throughput: one prompt at a time, logits of its last token. */
     static const int pf_lens[] = { 128, 4096 };
     for (size_t i = 0; i < 2; i++) {
-        chunk c = { max_batch, tokens, pf_lens[i], 0 };
-        if (run_chunks(&r, &c, 1, 0, logits, err)) {      /* warm-up */
+        chunk c = { 0, tokens, pf_lens[i], 0 };
+        if (run_chunks(&rl, &c, 1, 0, logits, err)) {     /* warm-up */
             printf("bench: prefill %d: %s\n", pf_lens[i], err);
             g_failed++;
             goto out;
@@ -662,7 +666,7 @@ static void bench(const char *dir, int device, int long_ctx)
         const int reps = pf_lens[i] >= 4096 ? 3 : 10;
         double a = now_s();
         for (int k = 0; k < reps; k++)
-            run_chunks(&r, &c, 1, 0, logits, err);
+            run_chunks(&rl, &c, 1, 0, logits, err);
         double dt = (now_s() - a) / reps;
         printf("bench: prefill %5d tokens: %.1f ms, %.0f tok/s\n", pf_lens[i],
                dt * 1e3, pf_lens[i] / dt);
@@ -673,8 +677,8 @@ static void bench(const char *dir, int device, int long_ctx)
         int done = 0;
         while (done < long_len) {
             int n = long_len - done < 4096 ? long_len - done : 4096;
-            chunk c = { max_batch, tokens + done, n, done };
-            if (run_chunks(&r, &c, 1, 0, logits, err)) {
+            chunk c = { 0, tokens + done, n, done };
+            if (run_chunks(&rl, &c, 1, 0, logits, err)) {
                 printf("bench: long prefill at %d: %s\n", done, err);
                 g_failed++;
                 goto out;
@@ -685,8 +689,8 @@ static void bench(const char *dir, int device, int long_ctx)
         double b = now_s();
         for (int k = 0; k < 16; k++) {
             int32_t t = argmax(logits, V);
-            chunk d = { max_batch, &t, 1, long_len + k };
-            if (run_chunks(&r, &d, 1, 0, logits, err)) {
+            chunk d = { 0, &t, 1, long_len + k };
+            if (run_chunks(&rl, &d, 1, 0, logits, err)) {
                 printf("bench: long decode: %s\n", err);
                 g_failed++;
                 goto out;
@@ -749,6 +753,7 @@ static void bench(const char *dir, int device, int long_ctx)
 out:
     be->ops->destroy(be);
     free(r.tables);
+    free(rl.tables);
     free(logits);
     free(tokens);
     model_free(m);
