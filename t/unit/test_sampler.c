@@ -171,24 +171,39 @@ static double check_distribution(const float *logits, int vocab,
     return bad ? -1.0 : stat;
 }
 
+/* A small deterministic generator for test data. */
+static uint64_t lcg_state = 0x12345678;
+static float lcg_float(void)
+{
+    lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float) ((lcg_state >> 40) / (double) (1 << 24)) * 8.0f - 4.0f;
+}
+
 static const float small_logits[8] = {
     2.0f, 1.5f, 1.0f, 0.5f, 0.0f, -0.5f, -1.0f, -3.0f
 };
 
-static void expect_fit(const float *logits, int vocab, const sampler_params *p,
-                       int want_kept, const char *what)
+static void expect_fit_n(const float *logits, int vocab,
+                         const sampler_params *p, int want_kept, int draws,
+                         const char *what)
 {
     int    kept = 0;
-    double stat = check_distribution(logits, vocab, p, 1234, 200000, &kept);
+    double stat = check_distribution(logits, vocab, p, 1234, draws, &kept);
 
     CHECK(stat >= 0.0, "%s: impossible tokens drawn", what);
-    CHECK(kept == want_kept, "%s: %d tokens kept, want %d", what, kept,
-          want_kept);
+    CHECK(want_kept < 0 || kept == want_kept, "%s: %d tokens kept, want %d",
+          what, kept, want_kept);
     if (kept > 1) {
         CHECK(stat < chi2_critical(kept - 1),
               "%s: chi-square %.2f over critical %.2f (df %d)", what, stat,
               chi2_critical(kept - 1), kept - 1);
     }
+}
+
+static void expect_fit(const float *logits, int vocab, const sampler_params *p,
+                       int want_kept, const char *what)
+{
+    expect_fit_n(logits, vocab, p, want_kept, 200000, what);
 }
 
 static void test_greedy(void)
@@ -260,6 +275,94 @@ static void test_chi_square_top_k(void)
     expect_fit(ties, 6, &p, 4, "top_k 2 with ties");
 }
 
+/* A larger row: the heap skips whole blocks, and ties with the k-th far
+ * apart in the row must still all be kept. */
+static void test_top_k_large_ties(void)
+{
+    enum { V = 1000 };
+    static float   logits[V];
+    sampler_params p = default_params();
+    int            i;
+
+    for (i = 0; i < V; i++) {
+        logits[i] = lcg_float();
+    }
+    logits[700] = 6.0f;
+    logits[3] = 5.5f;
+    logits[950] = 5.0f;
+    logits[100] = logits[500] = logits[999] = 4.5f;
+    p.top_k = 5;
+    expect_fit_n(logits, V, &p, 6, 50000, "top_k 5 of 1000, 3 tied at 5th");
+    p.top_k = 4;
+    expect_fit_n(logits, V, &p, 6, 50000, "top_k 4 of 1000, 3 tied at 4th");
+    p.top_k = 3;
+    expect_fit_n(logits, V, &p, 3, 50000, "top_k 3 of 1000");
+    /* a nucleus of about 18 inside the top 40 (count from the reference) */
+    p.top_k = 40;
+    p.top_p = 0.7f;
+    expect_fit_n(logits, V, &p, -1, 50000, "top_k 40 + top_p 0.7");
+}
+
+/* Top-p alone over Qwen's vocabulary size (the weight-bucket path): every
+ * draw inside the exact nucleus, for a flat row (nucleus of many thousand
+ * tokens) and a peaked one (a few). */
+static void test_top_p_full_vocab(void)
+{
+    enum { V = 151936, N = 400 };
+    float           *logits = malloc(V * sizeof(float));
+    float           *work = malloc(V * sizeof(float));
+    double          *probs = malloc(V * sizeof(double));
+    sampler_scratch *s = sampler_scratch_create(V);
+    sampler_params   p = default_params();
+    sampler_rng      rng;
+    int              shape, i;
+
+    REQUIRE(logits && work && probs && s, "out of memory");
+    for (shape = 0; shape < 2; shape++) {
+        int outside = 0, in_nucleus = 0, distinct = 0;
+        static unsigned char hit[V];
+
+        memset(hit, 0, sizeof(hit));
+        for (i = 0; i < V; i++) {
+            logits[i] = lcg_float();
+        }
+        if (shape == 1) {
+            for (i = 0; i < 5; i++) {
+                logits[i * 30011 + 7] = 16.0f - 0.25f * i;
+            }
+        }
+        p.top_p = 0.9f;
+        reference_probs(logits, V, &p, probs);
+        for (i = 0; i < V; i++) {
+            in_nucleus += probs[i] > 0.0;
+        }
+        sampler_rng_seed(&rng, 31 + shape);
+        for (i = 0; i < N; i++) {
+            int32_t t = draw(logits, V, &p, &rng, s, work);
+
+            REQUIRE(t >= 0 && t < V, "draw failed");
+            outside += probs[t] == 0.0;
+            distinct += !hit[t];
+            hit[t] = 1;
+        }
+        CHECK(outside == 0, "shape %d: %d of %d draws outside the nucleus "
+              "of %d", shape, outside, N, in_nucleus);
+        if (shape == 0) {
+            CHECK(in_nucleus > 10000 && distinct > N / 2,
+                  "flat: nucleus %d, %d distinct draws", in_nucleus,
+                  distinct);
+        } else {
+            CHECK(in_nucleus >= 2 && in_nucleus <= 5 && distinct == in_nucleus,
+                  "peaked: nucleus %d, %d distinct draws", in_nucleus,
+                  distinct);
+        }
+    }
+    sampler_scratch_free(s);
+    free(logits);
+    free(work);
+    free(probs);
+}
+
 static void test_chi_square_top_p(void)
 {
     sampler_params p = default_params();
@@ -314,7 +417,7 @@ static void test_chi_square_combined(void)
  * partial selection must keep exactly the sorted prefix (ties by id). */
 static void test_top_p_large_shuffled(void)
 {
-    enum { V = 2000, HIGH = 10, N = 100000 };
+    enum { V = 2000, HIGH = 10, N = 30000 };
     float            logits[V];
     int              high_id[HIGH], i, j, boundary = 0, zeros = 0;
     double           probs[V], high_total = 0.0, need, stat = 0.0, e;
@@ -497,14 +600,6 @@ static void test_min_tokens(void)
     CHECK(sampler_sample(work, 4, &p, NULL, &rng, s, &r) == 0, "sample");
     CHECK(r.token == 1, "greedy after min_tokens picked %d", r.token);
     sampler_scratch_free(s);
-}
-
-/* A small deterministic generator for test data. */
-static uint64_t lcg_state = 0x12345678;
-static float lcg_float(void)
-{
-    lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float) ((lcg_state >> 40) / (double) (1 << 24)) * 8.0f - 4.0f;
 }
 
 static void test_logprobs(void)
@@ -718,10 +813,12 @@ int main(void)
     RUN(test_greedy_ties);
     RUN(test_chi_square_temperature);
     RUN(test_chi_square_top_k);
+    RUN(test_top_k_large_ties);
     RUN(test_chi_square_top_p);
     RUN(test_chi_square_min_p);
     RUN(test_chi_square_combined);
     RUN(test_top_p_large_shuffled);
+    RUN(test_top_p_full_vocab);
     RUN(test_penalties);
     RUN(test_logit_bias);
     RUN(test_min_tokens);
