@@ -412,7 +412,10 @@ static int rope_setup(cuda_backend *b, char *err, size_t errlen)
             const float inter = 1.0f / ((float)factor * pos_freq);
             inv[i] = inter * (1 - extrap) + extra * extrap;
         }
-        b->attn_factor = (float)(factor > 1 ? 0.1 * log(factor) + 1.0 : 1.0);
+        if (c->rope_attention_factor > 0)
+            b->attn_factor = (float)c->rope_attention_factor;
+        else
+            b->attn_factor = (float)(factor > 1 ? 0.1 * log(factor) + 1.0 : 1.0);
     } else if (c->rope_scaling != ROPE_SCALING_NONE) {
         free(inv);
         snprintf(err, errlen, "cuda: rope_scaling type %d (dynamic) is not "

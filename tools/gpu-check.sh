@@ -60,13 +60,13 @@ fi
 
 status=0
 stage "correctness: goldens, CPU backend, attention self-test, Qwen3-0.6B shape"
-timeout 300 "$BIN" --no-bench 2>&1 | tee "$OUT/check.log"
+timeout 240 "$BIN" --no-bench 2>&1 | tee "$OUT/check.log"
 rc=${PIPESTATUS[0]}
 [ "$rc" -ne 0 ] && status=1 && echo "gpu-check: correctness exit status $rc"
 
 if command -v compute-sanitizer > /dev/null; then
     stage "compute-sanitizer memcheck (tiny fixtures, short attention cases)"
-    timeout 240 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 3 \
+    timeout 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 3 \
         "$BIN" --quick > "$OUT/memcheck.log" 2>&1
     rc=$?
     grep -E "ERROR SUMMARY|^FAILED|Invalid|out of bounds" "$OUT/memcheck.log" | head -n 20
@@ -80,7 +80,7 @@ else
 fi
 
 stage "benchmark: random weights, Qwen3-4B-Instruct-2507 shape"
-timeout 300 "$BIN" --bench-only 2>&1 | tee "$OUT/bench.log"
+timeout 240 "$BIN" --bench-only 2>&1 | tee "$OUT/bench.log"
 rc=${PIPESTATUS[0]}
 [ "$rc" -ne 0 ] && status=1 && echo "gpu-check: benchmark exit status $rc"
 
