@@ -154,6 +154,37 @@ _EOF_
 }
 
 {
+    my ($out) = run_file('crash', <<'_EOF_');
+use Test::Nginx::Socket 'no_plan';
+no_shuffle();
+run_tests();
+__DATA__
+
+=== TEST 1: nginx killed behind the harness's back
+--- config
+    location = /t { return 200 "ok\n"; }
+--- init
+kill 'KILL', $Test::Nginx::Util::NginxPid;
+--- request
+GET /t
+
+=== TEST 2: the next block runs normally
+--- config
+    location = /t { return 200 "ok\n"; }
+--- request
+GET /t
+--- response_body
+ok
+_EOF_
+    like($out, qr/^not ok \d+ - \S+ TEST 1: nginx killed .* - Can't connect/m,
+         "a dead nginx fails the request") or diag $out;
+    like($out, qr/^not ok \d+ - \S+ TEST 1: nginx killed .* - nginx exited before the end of the block/m,
+         "a dead nginx fails its block");
+    like($out, qr/^ok \d+ - \S+ TEST 2: the next block runs normally - response_body/m,
+         "the next block gets a new nginx");
+}
+
+{
     my ($out) = run_file('only', <<'_EOF_');
 use Test::Nginx::Socket 'no_plan';
 run_tests();

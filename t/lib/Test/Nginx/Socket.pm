@@ -240,6 +240,12 @@ sub connect_to_server ($$) {
             undef $Test::Nginx::Util::ChildPid;
             last;
         }
+        # Retrying is for an nginx still starting, not for a dead one.
+        if (defined $NginxPid && !is_running($NginxPid)) {
+            Test::More::fail("$name - Can't connect to $addr:$ServerPortForClient: $err");
+            Test::More::diag(nginx_gone_diag());
+            return undef;
+        }
         my $wait = (sleep_time() + sleep_time() * $try) * $try / 2;
         $wait = 1 if $wait > 1;
         sleep $wait;

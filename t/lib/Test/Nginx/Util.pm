@@ -32,6 +32,7 @@ our @EXPORT = qw(
     parse_time run_tests run_test get_pid_from_pidfile expand_env_in_text
     $ServerAddr $ServerName $ServerPort $ServerPortForClient $NginxVersion
     $PidFile $ServRoot $ConfFile $ErrLogFile $RunTestHelper $CheckErrorLog
+    $NginxPid nginx_gone_diag
     $RepeatEach $NoNginxManager
     timeout worker_connections workers master_on master_off
     master_process_enabled config_preamble repeat_each log_level no_shuffle
@@ -294,10 +295,29 @@ sub kill_process ($$) {
 
 our $ValgrindBlockName;
 
+# The nginx started for the current block, and that block's name: an nginx
+# that is gone before the harness stops it crashed or exited on its own,
+# which fails that block (the real harness does not notice).
+our $NginxPid;
+our $NginxBlockName;
+
+sub nginx_gone_diag () {
+    my $log = file_tail($ErrLogFile, 15);
+    return "nginx (pid $NginxPid) is not running any more; the end of "
+         . "$ErrLogFile:\n$log";
+}
+
 sub stop_nginx ($) {
     my $name = shift;
     my $pid = get_pid_from_pidfile($name);
     $pid = $ChildPid if !defined $pid && defined $ChildPid;
+    if (defined $NginxPid && !is_running($NginxPid) && !defined $ChildPid) {
+        Test::More::fail(($NginxBlockName // $name)
+                         . " - nginx exited before the end of the block");
+        Test::More::diag(nginx_gone_diag());
+        waitpid($NginxPid, WNOHANG);
+    }
+    undef $NginxPid;
     if (defined $pid) {
         kill_process($pid, $name);
     }
@@ -701,6 +721,7 @@ sub start_nginx ($$$) {
         }
         $ChildPid = $pid;
         $ValgrindBlockName = $name;
+        $NginxBlockName = $name;
         # Under valgrind, startup takes long: wait for the pid file, which
         # nginx writes once it listens.
         my $deadline = time + 30;
@@ -720,7 +741,17 @@ sub start_nginx ($$$) {
     while (1) {
         system("$cmd >/dev/null 2>$StderrFile");
         my $status = $?;
-        return 1 if $status == 0;
+        if ($status == 0) {
+            # The daemon writes its pid file once it runs.
+            my $deadline = time + 5;
+            until (defined($NginxPid = get_pid_from_pidfile($name))
+                   || time > $deadline)
+            {
+                sleep 0.01;
+            }
+            $NginxBlockName = $name;
+            return 1;
+        }
         my $stderr = file_tail($StderrFile, 20);
         # The previous server may still hold the port for a moment.
         if ($stderr =~ /Address already in use/ && $waited < 10) {
@@ -813,6 +844,7 @@ sub run_test ($) {
             # No --- config: reuse the server of the previous block, but
             # check only what this block logs.
             $ErrLogFilePos = -s $ErrLogFile || 0;
+            $NginxBlockName = $name;
         } else {
             bail_out("$name - No '--- config' section specified and could "
                      . "not get previous one.");
