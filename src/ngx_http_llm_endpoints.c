@@ -124,6 +124,7 @@ ngx_http_llm_models(ngx_http_request_t *r, ngx_str_t *id)
     ngx_http_llm_loc_conf_t  *lcf;
     oai_model_entry           e;
     size_t                    len = 0;
+    char                     *json;
     u_char                    root[NGX_MAX_PATH];
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
@@ -146,9 +147,8 @@ ngx_http_llm_models(ngx_http_request_t *r, ngx_str_t *id)
     e.created = (long) lcf->model->created;
     e.max_model_len = ngx_http_llm_max_model_len(lcf->model);
 
-    return ngx_http_llm_send_owned(r, NGX_HTTP_OK,
-                                   oai_models_json(&e, 1, id != NULL, &len),
-                                   len);
+    json = oai_models_json(&e, 1, id != NULL, &len);
+    return ngx_http_llm_send_owned(r, NGX_HTTP_OK, json, len);
 }
 
 

@@ -81,7 +81,10 @@ ngx_http_llm_send_body(ngx_http_request_t *r, ngx_uint_t status,
         return rc;
     }
 
-    b = ngx_create_temp_buf(r->pool, len ? len : 1);
+    if (len == 0) {
+        return ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+    b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
         return NGX_ERROR;
     }
