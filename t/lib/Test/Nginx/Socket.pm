@@ -18,7 +18,6 @@ our $VERSION = '0.29';
 
 use POSIX qw(EAGAIN EINTR EWOULDBLOCK);
 use Time::HiRes qw(sleep time);
-use IO::Select ();
 use IO::Socket::INET ();
 use Socket qw(IPPROTO_TCP);
 use List::Util qw(min);
@@ -277,13 +276,22 @@ sub send_request ($$$$) {
     my $wbuf = (shift @bits)->{value};
     my $woff = 0;
     my $writing = 1;
-    my $sel_r = IO::Select->new($sock);
+    my $bits = '';
+    vec($bits, fileno($sock), 1) = 1;
 
     while (1) {
-        my $sel_w = $writing ? IO::Select->new($sock) : undef;
-        my ($r, $w) = IO::Select->select($sel_r, $sel_w, undef, $timeout);
-        if (!$r && !$w) {
+        my $rout = $bits;
+        my $wout = $writing ? $bits : undef;
+        my $nfound = select($rout, $wout, undef, $timeout);
+        if ($nfound < 0) {
             next if $! == EINTR;
+            warn "WARNING: $name - select() failed: $!\n";
+            close $sock;
+            last;
+        }
+        my $r = vec($rout, fileno($sock), 1);
+        my $w = $writing && vec($wout, fileno($sock), 1);
+        if ($nfound == 0) {
             close $sock;
             if (!defined section($block, 'abort')) {
                 Test::More->builder->no_ending(1);
@@ -293,7 +301,7 @@ sub send_request ($$$$) {
             }
             last;
         }
-        if ($w && @$w) {
+        if ($w) {
             while (1) {
                 my $rest = length($wbuf) - $woff;
                 if ($rest > 0) {
@@ -323,7 +331,7 @@ sub send_request ($$$$) {
                 ($wbuf, $woff) = ($next->{value}, 0);
             }
         }
-        if ($r && @$r) {
+        if ($r) {
             my $closed;
             while (1) {
                 my $n = sysread($sock, my $buf, 4096);
