@@ -131,5 +131,11 @@ PORT ?= 8000
 run: deps all
 	@tools/run-server.sh "$(abspath $(MODULE))" "$(abspath $(MODEL))" "$(DEVICE)" "$(PORT)"
 
+bench: all
+	@tools/bench.sh "$(BUILD)"
+
+bench-report:
+	@tools/bench-report.sh
+
 clean:
 	rm -rf $(BUILD) t/servroot*
