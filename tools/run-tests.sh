@@ -89,8 +89,11 @@ elif ! command -v node >/dev/null 2>&1; then
     broken="$broken e2e"
 else
     export LLM_BUILD_DIR="$build_abs"
+    # TAP ends with "# pass N" / "# fail N" whatever the terminal.
+    reporter=""
+    node --help 2>/dev/null | grep -q -- --test-reporter && reporter="--test-reporter=tap"
     # shellcheck disable=SC2086
-    { node --test $e2e; echo $? > "$tmp/node.rc"; } 2>&1 | tee "$tmp/node.out"
+    { node --test $reporter $e2e; echo $? > "$tmp/node.rc"; } 2>&1 | tee "$tmp/node.out"
     pass=$(sed -n 's/^# pass \([0-9]*\)$/\1/p; s/^ℹ pass \([0-9]*\)$/\1/p' "$tmp/node.out" | tail -1)
     fail=$(sed -n 's/^# fail \([0-9]*\)$/\1/p; s/^ℹ fail \([0-9]*\)$/\1/p' "$tmp/node.out" | tail -1)
     rc=$(cat "$tmp/node.rc")
