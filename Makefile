@@ -86,6 +86,8 @@ $(BUILD)/t/%: t/unit/%.c t/unit/unit.h $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -It/unit $< -o $@ $(LIB) $(LDFLAGS_ALL) $(LIBS)
 
+$(BUILD)/bin/llm-serve-bench: LIBS += -lcurl
+
 # The module goes through nginx's own build system.  The source tree is
 # copied once and configured with --with-compat so that the distribution's
 # nginx binary of the same version loads the module.
