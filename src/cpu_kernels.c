@@ -247,7 +247,10 @@ avx2_tile(llm_dtype dt, const void *W, size_t K, int r, int R,
     float tail[4][4];
     size_t k, K8 = K & ~(size_t) 7;
 
+    #pragma GCC unroll 8
+
     for (int i = 0; i < R; i++) {
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             acc[i][j] = _mm256_setzero_ps();
             tail[i][j] = 0.0f;
@@ -255,25 +258,32 @@ avx2_tile(llm_dtype dt, const void *W, size_t K, int r, int R,
     }
     for (k = 0; k < K8; k += 8) {
         __m256 wv[4];
+        #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             wv[i] = avx2_load8(dt, W, (size_t) (r + i) * K + k);
         }
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             __m256 xv = _mm256_loadu_ps(X + (size_t) (t + j) * K + k);
+            #pragma GCC unroll 8
             for (int i = 0; i < R; i++) {
                 acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
             }
         }
     }
     for (; k < K; k++) {
+        #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             float wk = load_w(dt, W, (size_t) (r + i) * K + k);
+            #pragma GCC unroll 8
             for (int j = 0; j < T; j++) {
                 tail[i][j] += wk * X[(size_t) (t + j) * K + k];
             }
         }
     }
+    #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             y[(size_t) (t + j) * ldy + (size_t) (r + i)] =
                 avx2_hsum(acc[i][j]) + tail[i][j];
@@ -321,19 +331,25 @@ bf16_tile(const uint16_t *W, size_t K, int r, int R, const uint16_t *XH,
     __m512 acc[8][6];
     size_t k = 0;
 
+    #pragma GCC unroll 8
+
     for (int i = 0; i < R; i++) {
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             acc[i][j] = _mm512_setzero_ps();
         }
     }
     for (; k + 32 <= K; k += 32) {
         __m512i wv[8];
+        #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             wv[i] = _mm512_loadu_si512(W + (size_t) (r + i) * K + k);
         }
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             __m512i h = _mm512_loadu_si512(XH + (size_t) (t + j) * K + k);
             __m512i l = _mm512_loadu_si512(XL + (size_t) (t + j) * K + k);
+            #pragma GCC unroll 8
             for (int i = 0; i < R; i++) {
                 acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
                                              (__m512bh) h);
@@ -345,12 +361,15 @@ bf16_tile(const uint16_t *W, size_t K, int r, int R, const uint16_t *XH,
     if (k < K) {
         __mmask32 m = (__mmask32) ((1ULL << (K - k)) - 1);
         __m512i wv[8];
+        #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             wv[i] = _mm512_maskz_loadu_epi16(m, W + (size_t) (r + i) * K + k);
         }
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             __m512i h = _mm512_maskz_loadu_epi16(m, XH + (size_t) (t + j) * K + k);
             __m512i l = _mm512_maskz_loadu_epi16(m, XL + (size_t) (t + j) * K + k);
+            #pragma GCC unroll 8
             for (int i = 0; i < R; i++) {
                 acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
                                              (__m512bh) h);
@@ -359,7 +378,9 @@ bf16_tile(const uint16_t *W, size_t K, int r, int R, const uint16_t *XH,
             }
         }
     }
+    #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
+        #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
             y[(size_t) (t + j) * ldy + (size_t) (r + i)] =
                 _mm512_reduce_add_ps(acc[i][j]);

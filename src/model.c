@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 struct model_weights {
     st_set *files;          /* safetensors mappings, or NULL */
@@ -599,15 +601,16 @@ static int bind_file_tensor(const st_set *files, const tensor_spec *s,
 
 /* ---- dummy weights ----------------------------------------------------- */
 
-static uint64_t splitmix64(uint64_t *s)
+/* splitmix64 of a counter: value i of a stream is a pure function of
+ * (seed, i), so any slice of a tensor can be filled independently. */
+static inline uint64_t mix64(uint64_t z)
 {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
 
-static uint16_t f32_to_bf16(float f)
+static inline uint16_t f32_to_bf16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -615,22 +618,22 @@ static uint16_t f32_to_bf16(float f)
     return (uint16_t) (u >> 16);
 }
 
-/* Fills one tensor: norms uniform in [0.5, 1.5], embeddings N(0, 1),
- * projections N(0, 1/fan_in), biases N(0, 0.02^2), like the fixtures.
- * The normal draw is a sum of four 16-bit uniforms (Irwin-Hall), which is
- * close enough for benchmark weights and ~10x cheaper than Box-Muller. */
-static void fill_dummy(uint16_t *dst, const tensor_spec *s, uint64_t seed)
+/* Fills elements [from, to) of one tensor: norms uniform in [0.5, 1.5],
+ * embeddings N(0, 1), projections N(0, 1/fan_in), biases N(0, 0.02^2),
+ * like the fixtures.  The normal draw is a sum of four 16-bit uniforms
+ * (Irwin-Hall), close enough for benchmark weights and far cheaper than
+ * Box-Muller. */
+static void fill_dummy(uint16_t *dst, const tensor_spec *s, uint64_t seed,
+                       int64_t from, int64_t to)
 {
-    int64_t n = spec_elems(s);
-    uint64_t st = seed;
     /* Irwin-Hall of 4 uniforms on [0, 65535]: mean 131070, var 4*(2^32-1)/12 */
     const double ih_mean = 4 * 32767.5, ih_sd = sqrt(4.0 * 4294967295.0 / 12.0);
     double sd = s->kind == 1 ? 1.0
               : s->kind == 2 ? 1.0 / sqrt((double) s->shape[1]) : 0.02;
     float scale = (float) (sd / ih_sd), shift = (float) ih_mean;
 
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t r = splitmix64(&st);
+    for (int64_t i = from; i < to; i++) {
+        uint64_t r = mix64(seed + (uint64_t) (i + 1) * 0x9e3779b97f4a7c15ULL);
         float v;
         if (s->kind == 0) {
             v = 0.5f + (float) (r >> 40) * (1.0f / 16777216.0f);
@@ -643,11 +646,46 @@ static void fill_dummy(uint16_t *dst, const tensor_spec *s, uint64_t seed)
     }
 }
 
+typedef struct {
+    tensor_spec *specs;
+    int          n;
+    uint64_t     seed;
+    int          worker, n_workers;
+} fill_job;
+
+static uint64_t tensor_seed(uint64_t seed, int i)
+{
+    /* one stream per tensor, so tensors do not depend on each other */
+    return mix64(seed ^ (0xd1b54a32d192ed03ULL * (uint64_t) (i + 1)));
+}
+
+/* Each worker fills its share of every tensor: the result does not depend
+ * on the number of workers. */
+static void *fill_worker(void *arg)
+{
+    fill_job *j = arg;
+
+    for (int i = 0; i < j->n; i++) {
+        tensor_spec *s = &j->specs[i];
+        int64_t n = spec_elems(s);
+        int64_t from = n * j->worker / j->n_workers;
+        int64_t to = n * (j->worker + 1) / j->n_workers;
+        fill_dummy((uint16_t *) (uintptr_t) s->dst->data, s,
+                   tensor_seed(j->seed, i), from, to);
+    }
+    return NULL;
+}
+
 static int load_dummy(model *m, tensor_spec *specs, int n, uint64_t seed,
                       char *err, size_t errlen)
 {
     size_t total = 0, off = 0;
     uint8_t *base;
+    fill_job jobs[16];
+    pthread_t th[16];
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n_workers = cores < 1 ? 1 : cores > 16 ? 16 : (int) cores;
+    int started = 0;
 
     for (int i = 0; i < n; i++) {
         /* 64-byte aligned tensors: SIMD rows never straddle odd bounds */
@@ -665,15 +703,29 @@ static int load_dummy(model *m, tensor_spec *specs, int n, uint64_t seed,
     m->storage->dummy_bytes = total;
     for (int i = 0; i < n; i++) {
         tensor_spec *s = &specs[i];
-        /* one stream per tensor, so tensors do not depend on each other */
-        fill_dummy((uint16_t *) (base + off), s,
-                   seed ^ (0xd1b54a32d192ed03ULL * (uint64_t) (i + 1)));
         s->dst->dtype = DTYPE_BF16;
         s->dst->ndim = s->ndim;
         s->dst->shape[0] = s->shape[0];
         s->dst->shape[1] = s->ndim == 2 ? s->shape[1] : 0;
         s->dst->data = base + off;
         off += ((size_t) spec_elems(s) * 2 + 63) & ~(size_t) 63;
+    }
+    for (int w = 0; w < n_workers; w++) {
+        jobs[w] = (fill_job) { specs, n, seed, w, n_workers };
+    }
+    for (int w = 1; w < n_workers; w++) {
+        if (pthread_create(&th[w], NULL, fill_worker, &jobs[w]) != 0) {
+            break;
+        }
+        started = w;
+    }
+    /* workers that did not start are done here */
+    fill_worker(&jobs[0]);
+    for (int w = started + 1; w < n_workers; w++) {
+        fill_worker(&jobs[w]);
+    }
+    for (int w = 1; w <= started; w++) {
+        pthread_join(th[w], NULL);
     }
     return 0;
 }

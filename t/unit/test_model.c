@@ -441,41 +441,62 @@ static void test_config_qwen3_4b(void)
     CHECK(g.min_p < 0 && g.repetition_penalty < 0, "absent defaults");
 }
 
-static void test_dummy_weights(void)
+static double bf16_sumsq(const tensor_ref *t, size_t n)
 {
-    char err[256];
-    model *a = model_load("t/fixtures/configs/qwen3-0.6b", 1, 7, err, sizeof(err));
-    model *b = model_load("t/fixtures/configs/qwen3-0.6b", 1, 7, err, sizeof(err));
-    model *c = model_load("t/fixtures/configs/qwen3-0.6b", 1, 8, err, sizeof(err));
-    const layer_weights *l;
     double ss = 0;
-    size_t n;
-
-    REQUIRE(a && b && c, "dummy load: %s", err);
-    l = &a->layers[27];
-    CHECK(l->gate_proj.shape[0] == 3072 && l->gate_proj.shape[1] == 1024
-          && l->gate_proj.dtype == DTYPE_BF16, "gate shape");
-    CHECK(l->q_proj.shape[0] == 2048 && l->o_proj.shape[1] == 2048, "q/o shape");
-    CHECK(a->lm_head.data == a->embed.data, "tied head");
-    n = (size_t) l->down_proj.shape[0] * l->down_proj.shape[1];
-    CHECK(memcmp(a->layers[27].down_proj.data, b->layers[27].down_proj.data, n * 2) == 0,
-          "same seed, same weights");
-    CHECK(memcmp(a->layers[27].down_proj.data, c->layers[27].down_proj.data, n * 2) != 0,
-          "other seed, other weights");
-    /* down_proj ~ N(0, 1/3072) */
     for (size_t i = 0; i < n; i++) {
         uint16_t h;
         uint32_t u;
         float v;
-        memcpy(&h, (const uint8_t *) l->down_proj.data + 2 * i, 2);
+        memcpy(&h, (const uint8_t *) t->data + 2 * i, 2);
         u = (uint32_t) h << 16;
         memcpy(&v, &u, 4);
         ss += (double) v * v;
     }
-    CHECK(fabs(ss / n * 3072 - 1.0) < 0.05, "down_proj variance %g", ss / n * 3072);
+    return ss;
+}
+
+/* Qwen3-0.6B's shape from its config alone; same seed same weights. */
+static void test_dummy_weights(void)
+{
+    char err[256];
+    const char *tiny = "t/fixtures/tiny-qwen3-untied";
+    model *a = model_load("t/fixtures/configs/qwen3-0.6b", 1, 7, err, sizeof(err));
+    model *t1, *t2, *t3;
+    const layer_weights *l;
+    size_t n;
+    double var;
+
+    REQUIRE(a != NULL, "dummy load: %s", err);
+    l = &a->layers[27];
+    CHECK(a->cfg.n_layers == 28, "layers");
+    CHECK(l->gate_proj.shape[0] == 3072 && l->gate_proj.shape[1] == 1024
+          && l->gate_proj.dtype == DTYPE_BF16, "gate shape");
+    CHECK(l->q_proj.shape[0] == 2048 && l->o_proj.shape[1] == 2048, "q/o shape");
+    CHECK(l->q_norm.shape[0] == 128 && l->k_norm.data != NULL, "qk norm");
+    CHECK(a->lm_head.data == a->embed.data, "tied head");
+    n = (size_t) l->down_proj.shape[0] * l->down_proj.shape[1];
+    var = bf16_sumsq(&l->down_proj, n) / n * 3072;     /* N(0, 1/3072) */
+    CHECK(fabs(var - 1.0) < 0.05, "down_proj variance x fan_in %g", var);
+    var = bf16_sumsq(&a->embed, (size_t) 1024 * 151936) / (1024.0 * 151936);
+    CHECK(fabs(var - 1.0) < 0.05, "embedding variance %g", var);
     model_free(a);
-    model_free(b);
-    model_free(c);
+
+    t1 = model_load(tiny, 1, 7, err, sizeof(err));
+    t2 = model_load(tiny, 1, 7, err, sizeof(err));
+    t3 = model_load(tiny, 1, 8, err, sizeof(err));
+    REQUIRE(t1 && t2 && t3, "tiny dummy: %s", err);
+    CHECK(t1->lm_head.data != t1->embed.data, "untied head");
+    n = (size_t) 151936 * 48 * 2;
+    CHECK(memcmp(t1->lm_head.data, t2->lm_head.data, n) == 0,
+          "same seed, same weights");
+    CHECK(memcmp(t1->lm_head.data, t3->lm_head.data, n) != 0,
+          "other seed, other weights");
+    CHECK(memcmp(t1->layers[2].up_proj.data, t2->layers[2].up_proj.data,
+                 80 * 48 * 2) == 0, "same seed, same layer weights");
+    model_free(t1);
+    model_free(t2);
+    model_free(t3);
 }
 
 /* ---- broken model directories ------------------------------------------------- */

@@ -1,0 +1,382 @@
+/*
+ * llm-model-bench: speed of the CPU forward pass against this machine's
+ * memory-bandwidth roofline.
+ *
+ *   llm-model-bench MODEL_DIR [--dummy] [--threads N] [--prompt 16]
+ *                   [--gen 128] [--prefill 512] [--runs 3] [--seed S]
+ *
+ * Per run: the N-thread read bandwidth (a stream over a buffer far larger
+ * than the L3 cache), batch-1 decode (--gen tokens after a --prompt-token
+ * prompt, greedy) and its roofline ratio tok/s / (bandwidth / weight bytes
+ * read per token), and the prefill speed of one --prefill-token prompt.
+ * Prints best and median over the runs, and the RSS after loading.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "cpu_kernels.h"
+#include "model.h"
+#include "thread_pool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define BLOCK_SIZE 16
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+
+    if (f == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kb = strtol(line + 6, NULL, 10);
+        }
+    }
+    fclose(f);
+    return kb;
+}
+
+/* ---- read bandwidth --------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *buf;
+    size_t         bytes;
+    int            parts;
+    double         sink[256];
+} bw_job;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2")))
+static double sum_avx2(const uint8_t *p, size_t n)
+{
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 128 <= n; i += 128) {
+        a0 = _mm256_add_epi64(a0, _mm256_load_si256((const __m256i *) (p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_load_si256((const __m256i *) (p + i + 32)));
+        a2 = _mm256_add_epi64(a2, _mm256_load_si256((const __m256i *) (p + i + 64)));
+        a3 = _mm256_add_epi64(a3, _mm256_load_si256((const __m256i *) (p + i + 96)));
+    }
+    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    return (double) _mm256_extract_epi64(a0, 0);
+}
+#endif
+
+static void bw_task(void *ctx, int task, int thread)
+{
+    bw_job *j = ctx;
+    size_t per = (j->bytes / (size_t) j->parts) & ~(size_t) 127;
+    const uint8_t *p = j->buf + per * (size_t) task;
+    double s = 0;
+
+#if defined(__x86_64__)
+    if (kern_detect_isa() >= KERN_ISA_AVX2) {
+        s = sum_avx2(p, per);
+    } else
+#endif
+    {
+        const uint64_t *q = (const uint64_t *) p;
+        uint64_t acc = 0;
+        for (size_t i = 0; i < per / 8; i++) {
+            acc += q[i];
+        }
+        s = (double) acc;
+    }
+    j->sink[thread & 255] += s;
+}
+
+/* Bytes per second that the pool's threads read together (best of 3). */
+static double measure_bandwidth(thread_pool *pool, size_t bytes)
+{
+    bw_job j;
+    uint8_t *buf = aligned_alloc(4096, bytes);
+    double best = 0;
+
+    if (buf == NULL) {
+        return 0;
+    }
+    memset(buf, 1, bytes);
+    memset(&j, 0, sizeof(j));
+    j.buf = buf;
+    j.bytes = bytes;
+    j.parts = thread_pool_size(pool);
+    for (int r = 0; r < 4; r++) {
+        double t0 = now(), dt;
+        thread_pool_run(pool, j.parts, bw_task, &j);
+        dt = now() - t0;
+        if (r > 0 && bytes / dt > best) {      /* first pass warms up */
+            best = (double) bytes / dt;
+        }
+    }
+    free(buf);
+    return best;
+}
+
+/* ---- model runs --------------------------------------------------------------- */
+
+static size_t matrix_bytes(const tensor_ref *t)
+{
+    return (size_t) t->shape[0] * (size_t) (t->ndim == 2 ? t->shape[1] : 1)
+           * llm_dtype_size(t->dtype);
+}
+
+/* Weight bytes one decode step reads: every layer matrix and vector, the
+ * final norm, the LM head, one embedding row. */
+static size_t bytes_per_token(const model *m)
+{
+    size_t b = matrix_bytes(&m->final_norm) + matrix_bytes(&m->lm_head)
+               + (size_t) m->cfg.hidden_size * llm_dtype_size(m->embed.dtype);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const layer_weights *w = &m->layers[l];
+        const tensor_ref *ts[] = { &w->input_norm, &w->q_proj, &w->k_proj,
+                                   &w->v_proj, &w->o_proj, &w->q_bias,
+                                   &w->k_bias, &w->v_bias, &w->q_norm,
+                                   &w->k_norm, &w->post_norm, &w->gate_proj,
+                                   &w->up_proj, &w->down_proj };
+        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+            if (ts[i]->data) {
+                b += matrix_bytes(ts[i]);
+            }
+        }
+    }
+    return b;
+}
+
+typedef struct {
+    llm_backend *be;
+    int          vocab;
+    int32_t     *table;
+    int          max_blocks;
+    float       *logits;
+} runner;
+
+/* Runs n tokens at positions [pos0, pos0 + n) of the one sequence;
+ * logits of the last token only. */
+static int run(runner *r, const int32_t *ids, int n, int pos0)
+{
+    int32_t *pos = malloc((size_t) n * sizeof(int32_t));
+    int32_t start[2] = { 0, n }, len = pos0 + n, row = n - 1;
+    llm_batch b;
+    char err[512];
+    int rc;
+
+    if (pos == NULL) {
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        pos[i] = pos0 + i;
+    }
+    memset(&b, 0, sizeof(b));
+    b.n_tokens = n;
+    b.token_ids = ids;
+    b.positions = pos;
+    b.n_seqs = 1;
+    b.seq_start = start;
+    b.seq_len = &len;
+    b.block_tables = r->table;
+    b.max_blocks = r->max_blocks;
+    b.logit_rows = &row;
+    b.n_logits = 1;
+    rc = r->be->ops->forward(r->be, &b, r->logits, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "llm-model-bench: forward: %s\n", err);
+    }
+    free(pos);
+    return rc;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        best = x[i] > x[best] ? i : best;
+    }
+    return best;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *) a, y = *(const double *) b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t) n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double best_of(const double *v, int n)
+{
+    double b = v[0];
+    for (int i = 1; i < n; i++) {
+        b = v[i] > b ? v[i] : b;
+    }
+    return b;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: llm-model-bench MODEL_DIR [--dummy] [--threads N] "
+            "[--prompt 16] [--gen 128] [--prefill 512] [--runs 3] [--seed S]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int dummy = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
+    uint64_t seed = 1;
+    char err[512];
+    model *m;
+    llm_backend *be;
+    thread_pool *pool;
+    runner r;
+    int32_t *ids;
+    double t0, load_s, bw[64], dec[64], roof[64], pre[64];
+    long rss_load, rss_ready;
+    size_t bpt;
+    int ctx, n_blocks;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--dummy") == 0) {
+            dummy = 1;
+        } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
+            threads = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--prompt") == 0) {
+            prompt = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--gen") == 0) {
+            gen = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--prefill") == 0) {
+            prefill = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--runs") == 0) {
+            runs = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--seed") == 0) {
+            seed = strtoull(argv[++i], NULL, 10);
+        } else if (a[0] != '-' && dir == NULL) {
+            dir = a;
+        } else {
+            usage();
+        }
+    }
+    if (dir == NULL || prompt < 1 || gen < 1 || prefill < 1 || runs < 1
+        || runs > 64 || threads < 0) {
+        usage();
+    }
+    t0 = now();
+    m = model_load(dir, dummy, seed, err, sizeof(err));
+    if (m == NULL) {
+        fprintf(stderr, "llm-model-bench: %s\n", err);
+        return 1;
+    }
+    load_s = now() - t0;
+    rss_load = rss_kb();
+    be = cpu_backend_create(m, threads, err, sizeof(err));
+    if (be == NULL) {
+        fprintf(stderr, "llm-model-bench: %s\n", err);
+        return 1;
+    }
+    if (threads == 0) {
+        threads = (int) sysconf(_SC_NPROCESSORS_ONLN);
+    }
+    ctx = (prompt + gen > prefill ? prompt + gen : prefill);
+    r.max_blocks = (ctx + BLOCK_SIZE - 1) / BLOCK_SIZE;
+    n_blocks = r.max_blocks;
+    if (be->ops->kv_alloc(be, n_blocks, BLOCK_SIZE, err, sizeof(err)) != 0) {
+        fprintf(stderr, "llm-model-bench: %s\n", err);
+        return 1;
+    }
+    r.be = be;
+    r.vocab = m->cfg.vocab_size;
+    r.table = malloc((size_t) r.max_blocks * sizeof(int32_t));
+    r.logits = malloc((size_t) r.vocab * sizeof(float));
+    ids = malloc((size_t) ctx * sizeof(int32_t));
+    pool = thread_pool_create(threads, err, sizeof(err));
+    if (r.table == NULL || r.logits == NULL || ids == NULL || pool == NULL) {
+        fprintf(stderr, "llm-model-bench: out of memory\n");
+        return 1;
+    }
+    for (int i = 0; i < r.max_blocks; i++) {
+        r.table[i] = r.max_blocks - 1 - i;   /* paged, not contiguous */
+    }
+    for (int i = 0; i < ctx; i++) {
+        ids[i] = (int32_t) ((i * 7919 + 13) % (r.vocab > 151000 ? 151000 : r.vocab));
+    }
+    bpt = bytes_per_token(m);
+    printf("model %s%s: %d layers, hidden %d, vocab %d; weights read per "
+           "token %.3f GB; kernels %s; threads %d\n", dir,
+           dummy ? " (dummy weights)" : "", m->cfg.n_layers,
+           m->cfg.hidden_size, r.vocab, bpt / 1e9,
+           kern_isa_name(kern_get_isa()), threads);
+    /* warm-up: touch every weight page once */
+    if (run(&r, ids, prompt, 0) != 0) {
+        return 1;
+    }
+    rss_ready = rss_kb();
+    printf("load %.2f s; RSS after load %.1f MB, after backend + KV pool "
+           "(%d blocks) + first forward %.1f MB\n", load_s, rss_load / 1024.0,
+           n_blocks, rss_ready / 1024.0);
+    for (int k = 0; k < runs; k++) {
+        int32_t next;
+        double td, tp;
+
+        bw[k] = measure_bandwidth(pool, (size_t) 1 << 30);
+        if (run(&r, ids, prompt, 0) != 0) {
+            return 1;
+        }
+        next = argmax(r.logits, r.vocab);
+        td = now();
+        for (int g = 0; g < gen; g++) {
+            if (run(&r, &next, 1, prompt + g) != 0) {
+                return 1;
+            }
+            next = argmax(r.logits, r.vocab);
+        }
+        td = now() - td;
+        dec[k] = gen / td;
+        roof[k] = dec[k] / (bw[k] / (double) bpt);
+        tp = now();
+        if (run(&r, ids, prefill, 0) != 0) {
+            return 1;
+        }
+        tp = now() - tp;
+        pre[k] = prefill / tp;
+        printf("run %d: bandwidth %.1f GB/s (roofline %.1f tok/s); decode "
+               "%.2f tok/s = %.1f%% of roofline; prefill %d: %.1f tok/s\n",
+               k + 1, bw[k] / 1e9, bw[k] / (double) bpt, dec[k],
+               100 * roof[k], prefill, pre[k]);
+        fflush(stdout);
+    }
+    printf("best:   decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
+           "tok/s, bandwidth %.1f GB/s\n", best_of(dec, runs),
+           100 * best_of(roof, runs), best_of(pre, runs), best_of(bw, runs) / 1e9);
+    printf("median: decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
+           "tok/s, bandwidth %.1f GB/s\n", median(dec, runs),
+           100 * median(roof, runs), median(pre, runs), median(bw, runs) / 1e9);
+    thread_pool_destroy(pool);
+    be->ops->destroy(be);
+    model_free(m);
+    free(r.table);
+    free(r.logits);
+    free(ids);
+    return 0;
+}
