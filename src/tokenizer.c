@@ -21,6 +21,7 @@
 
 #include "tokenizer_added.h"
 #include "tokenizer_bpe.h"
+#include "tokenizer_json.h"
 #include "tokenizer_pretok.h"
 #include "tokenizer_unicode.h"
 
@@ -48,8 +49,13 @@ struct tokenizer {
     int        vocab_size;
     size_t     max_token_bytes;
 
-    /* token string -> id (added tokens shadow the vocab, as in HF). */
-    int32_t   *hash_ids;
+    /* token string -> id (added tokens shadow the vocab, as in HF).  A
+     * slot keeps the string's hash next to the id, so probing past other
+     * keys never touches the arena. */
+    struct key_slot {
+        uint32_t hash;
+        int32_t  id;            /* -1: empty */
+    }         *hash_ids;
     size_t     hash_mask;
 
     added_token  *added;
@@ -100,20 +106,24 @@ static uint64_t str_hash(const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         h = (h ^ (uint8_t) s[i]) * 0x100000001b3ull;
     }
-    return h ^ (h >> 29);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 33);
 }
 
 static int32_t lookup_key(const tokenizer *t, const char *s, size_t n)
 {
-    size_t i = str_hash(s, n) & t->hash_mask;
+    uint64_t h = str_hash(s, n);
+    size_t i = h & t->hash_mask;
 
     for (;;) {
-        int32_t id = t->hash_ids[i];
+        int32_t id = t->hash_ids[i].id;
 
         if (id < 0) {
             return -1;
         }
-        if ((size_t) t->key_len[id] == n && memcmp(t->arena + t->key_off[id], s, n) == 0) {
+        if (t->hash_ids[i].hash == (uint32_t) (h >> 32) && (size_t) t->key_len[id] == n
+            && memcmp(t->arena + t->key_off[id], s, n) == 0) {
             return id;
         }
         i = (i + 1) & t->hash_mask;
@@ -126,18 +136,21 @@ static void insert_key(tokenizer *t, int32_t id, int replace)
 {
     const char *s = t->arena + t->key_off[id];
     size_t n = (size_t) t->key_len[id];
-    size_t i = str_hash(s, n) & t->hash_mask;
+    uint64_t h = str_hash(s, n);
+    size_t i = h & t->hash_mask;
 
     for (;;) {
-        int32_t cur = t->hash_ids[i];
+        int32_t cur = t->hash_ids[i].id;
 
         if (cur < 0) {
-            t->hash_ids[i] = id;
+            t->hash_ids[i].id = id;
+            t->hash_ids[i].hash = (uint32_t) (h >> 32);
             return;
         }
-        if ((size_t) t->key_len[cur] == n && memcmp(t->arena + t->key_off[cur], s, n) == 0) {
+        if (t->hash_ids[i].hash == (uint32_t) (h >> 32) && (size_t) t->key_len[cur] == n
+            && memcmp(t->arena + t->key_off[cur], s, n) == 0) {
             if (replace) {
-                t->hash_ids[i] = id;
+                t->hash_ids[i].id = id;
             }
             return;
         }
@@ -177,6 +190,20 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
     return buf;
 }
 
+static cJSON *parse_text(const char *path, const char *text, size_t len,
+                         char *err, size_t errlen)
+{
+    cJSON *root = cJSON_ParseWithLength(text, len);
+
+    if (root == NULL) {
+        const char *at = cJSON_GetErrorPtr();
+        size_t off = at != NULL && at >= text && at <= text + len ? (size_t) (at - text) : 0;
+
+        set_err(err, errlen, "%s: invalid JSON near byte %zu", path, off);
+    }
+    return root;
+}
+
 static cJSON *parse_json(const char *path, char *err, size_t errlen)
 {
     size_t len = 0;
@@ -186,13 +213,7 @@ static cJSON *parse_json(const char *path, char *err, size_t errlen)
     if (text == NULL) {
         return NULL;
     }
-    root = cJSON_ParseWithLength(text, len);
-    if (root == NULL) {
-        const char *at = cJSON_GetErrorPtr();
-        size_t off = at != NULL && at >= text && at <= text + len ? (size_t) (at - text) : 0;
-
-        set_err(err, errlen, "%s: invalid JSON near byte %zu", path, off);
-    }
+    root = parse_text(path, text, len, err, errlen);
     free(text);
     return root;
 }
@@ -221,30 +242,20 @@ static void store_token(tokenizer *t, int32_t id, const char *key, size_t key_le
     }
 }
 
-static int load_vocab_and_added(tokenizer *t, const char *path, const cJSON *vocab,
+static int load_vocab_and_added(tokenizer *t, const char *path,
+                                const tjson_vocab_entry *vocab, long n_vocab,
                                 const cJSON *added, char *err, size_t errlen)
 {
     const cJSON *item;
     size_t arena_cap = 0, hash_n = 1024;
     int32_t max_id = -1;
-    int n_vocab = 0, n_added = 0;
+    int n_added = 0;
 
-    if (!cJSON_IsObject(vocab)) {
-        set_err(err, errlen, "%s: model.vocab is missing or not an object", path);
-        return -1;
-    }
-    cJSON_ArrayForEach(item, vocab) {
-        if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble > 1e9
-            || item->valuedouble != (double) item->valueint) {
-            set_err(err, errlen, "%s: model.vocab[\"%s\"] is not a token id", path,
-                    item->string);
-            return -1;
+    for (long k = 0; k < n_vocab; k++) {
+        if (vocab[k].id > max_id) {
+            max_id = vocab[k].id;
         }
-        if (item->valueint > max_id) {
-            max_id = item->valueint;
-        }
-        arena_cap += 2 * strlen(item->string);
-        n_vocab++;
+        arena_cap += 2 * (size_t) vocab[k].len;
     }
     if (added != NULL && !cJSON_IsNull(added) && !cJSON_IsArray(added)) {
         set_err(err, errlen, "%s: added_tokens is not an array", path);
@@ -278,10 +289,10 @@ static int load_vocab_and_added(tokenizer *t, const char *path, const cJSON *voc
     t->bytes_len = calloc((size_t) t->vocab_size, sizeof(int32_t));
     t->special = calloc((size_t) t->vocab_size, 1);
     t->added = calloc((size_t) (n_added > 0 ? n_added : 1), sizeof(added_token));
-    while (hash_n < 2 * (size_t) (n_vocab + n_added)) {
+    while (hash_n < 2 * ((size_t) n_vocab + (size_t) n_added)) {
         hash_n *= 2;
     }
-    t->hash_ids = malloc(hash_n * sizeof(int32_t));
+    t->hash_ids = malloc(hash_n * sizeof(*t->hash_ids));
     if (t->arena == NULL || t->key_off == NULL || t->key_len == NULL || t->bytes_off == NULL
         || t->bytes_len == NULL || t->special == NULL || t->added == NULL
         || t->hash_ids == NULL) {
@@ -290,37 +301,37 @@ static int load_vocab_and_added(tokenizer *t, const char *path, const cJSON *voc
         return -1;
     }
     t->hash_mask = hash_n - 1;
-    memset(t->hash_ids, 0xff, hash_n * sizeof(int32_t));
+    memset(t->hash_ids, 0xff, hash_n * sizeof(*t->hash_ids));
     for (int i = 0; i < t->vocab_size; i++) {
         t->key_len[i] = -1;
     }
 
-    cJSON_ArrayForEach(item, vocab) {
-        size_t klen = strlen(item->string);
+    for (long k = 0; k < n_vocab; k++) {
+        size_t klen = vocab[k].len;
         uint8_t stack[512];
         uint8_t *raw = klen <= sizeof(stack) ? stack : malloc(klen);
         long rlen;
-        int32_t id = item->valueint;
+        int32_t id = vocab[k].id;
 
         if (raw == NULL) {
             set_err(err, errlen, "%s: out of memory", path);
             return -1;
         }
-        rlen = t->key_len[id] >= 0 ? -2 : bytelevel_decode(item->string, klen, raw);
+        rlen = t->key_len[id] >= 0 ? -2 : bytelevel_decode(vocab[k].key, klen, raw);
         if (rlen >= 0) {
-            store_token(t, id, item->string, klen, raw, (size_t) rlen);
+            store_token(t, id, vocab[k].key, klen, raw, (size_t) rlen);
         }
         if (raw != stack) {
             free(raw);
         }
         if (rlen == -2) {
-            set_err(err, errlen, "%s: model.vocab gives id %d to both \"%s\" and another token",
-                    path, id, item->string);
+            set_err(err, errlen, "%s: model.vocab gives id %d to two tokens, one is \"%.*s\"",
+                    path, id, (int) klen, vocab[k].key);
             return -1;
         }
         if (rlen < 0) {
-            set_err(err, errlen, "%s: model.vocab token \"%s\" (id %d) is not in the "
-                    "byte-level alphabet", path, item->string, id);
+            set_err(err, errlen, "%s: model.vocab token \"%.*s\" (id %d) is not in the "
+                    "byte-level alphabet", path, (int) klen, vocab[k].key, id);
             return -1;
         }
         insert_key(t, id, 0);
@@ -371,78 +382,129 @@ static int load_vocab_and_added(tokenizer *t, const char *path, const cJSON *voc
     return 0;
 }
 
-static int load_merges(tokenizer *t, const char *path, const cJSON *merges,
-                       char *err, size_t errlen)
+static int load_merges(tokenizer *t, const char *path, const tjson_merge_entry *merges,
+                       long n_merges, char *err, size_t errlen)
 {
-    const cJSON *item;
-    int rank = 0;
-
-    if (!cJSON_IsArray(merges)) {
-        set_err(err, errlen, "%s: model.merges is missing or not an array", path);
-        return -1;
-    }
-    if (bpe_merges_init(&t->bpe.merges, (size_t) cJSON_GetArraySize(merges)) != 0) {
+    if (bpe_merges_init(&t->bpe.merges, (size_t) n_merges) != 0) {
         set_err(err, errlen, "%s: out of memory for the merges", path);
         return -1;
     }
-    cJSON_ArrayForEach(item, merges) {
-        const char *a, *b;
-        size_t alen, blen;
+    for (long rank = 0; rank < n_merges; rank++) {
+        const tjson_merge_entry *m = &merges[rank];
         char joined[1024];
         int32_t ida, idb, idab;
 
-        if (cJSON_IsString(item)) {
-            /* "a b": split at the first space (byte-level tokens hold no
-             * literal space). */
-            const char *sp = strchr(item->valuestring, ' ');
-
-            if (sp == NULL) {
-                set_err(err, errlen, "%s: model.merges[%d] \"%s\" is not \"a b\"", path,
-                        rank, item->valuestring);
-                return -1;
-            }
-            a = item->valuestring;
-            alen = (size_t) (sp - a);
-            b = sp + 1;
-            blen = strlen(b);
-        } else if (cJSON_IsArray(item) && cJSON_GetArraySize(item) == 2
-                   && cJSON_IsString(cJSON_GetArrayItem(item, 0))
-                   && cJSON_IsString(cJSON_GetArrayItem(item, 1))) {
-            a = cJSON_GetArrayItem(item, 0)->valuestring;
-            b = cJSON_GetArrayItem(item, 1)->valuestring;
-            alen = strlen(a);
-            blen = strlen(b);
-        } else {
-            set_err(err, errlen, "%s: model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]",
-                    path, rank);
+        if ((size_t) m->alen + m->blen >= sizeof(joined)) {
+            set_err(err, errlen, "%s: model.merges[%ld] is too long", path, rank);
             return -1;
         }
-        if (alen + blen >= sizeof(joined)) {
-            set_err(err, errlen, "%s: model.merges[%d] is too long", path, rank);
-            return -1;
-        }
-        memcpy(joined, a, alen);
-        memcpy(joined + alen, b, blen);
-        ida = lookup_key(t, a, alen);
-        idb = lookup_key(t, b, blen);
-        idab = lookup_key(t, joined, alen + blen);
+        memcpy(joined, m->a, m->alen);
+        memcpy(joined + m->alen, m->b, m->blen);
+        ida = lookup_key(t, m->a, m->alen);
+        idb = lookup_key(t, m->b, m->blen);
+        idab = lookup_key(t, joined, (size_t) m->alen + m->blen);
         if (ida < 0 || idb < 0 || idab < 0) {
-            set_err(err, errlen, "%s: model.merges[%d] \"%.*s\" + \"%.*s\": %s not in the "
-                    "vocabulary", path, rank, (int) alen, a, (int) blen, b,
+            set_err(err, errlen, "%s: model.merges[%ld] \"%.*s\" + \"%.*s\": %s not in the "
+                    "vocabulary", path, rank, (int) m->alen, m->a, (int) m->blen, m->b,
                     ida < 0 ? "the first token is" : idb < 0 ? "the second token is"
                                                    : "the merged token is");
             return -1;
         }
-        if (bpe_merges_put(&t->bpe.merges, ida, idb, rank, idab) != 0) {
+        if (bpe_merges_put(&t->bpe.merges, ida, idb, (int32_t) rank, idab) != 0) {
             set_err(err, errlen, "%s: merge table overflow", path);
             return -1;
         }
-        rank++;
     }
     return 0;
 }
 
-static int load_model(tokenizer *t, const char *path, const cJSON *root,
+/* model.vocab and model.merges as flat arrays, from the fast reader or
+ * from cJSON nodes (then the strings point into the cJSON tree). */
+typedef struct {
+    tjson_vocab_entry *vocab;
+    long               n_vocab;
+    char              *vocab_strings;
+    tjson_merge_entry *merges;
+    long               n_merges;
+    char              *merge_strings;
+} flat_model;
+
+static void flat_model_free(flat_model *f)
+{
+    free(f->vocab);
+    free(f->vocab_strings);
+    free(f->merges);
+    free(f->merge_strings);
+    memset(f, 0, sizeof(*f));
+}
+
+static int flat_from_cjson(flat_model *f, const char *path, const cJSON *model,
+                           char *err, size_t errlen)
+{
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    const cJSON *item;
+    long k = 0;
+
+    if (!cJSON_IsObject(vocab)) {
+        set_err(err, errlen, "%s: model.vocab is missing or not an object", path);
+        return -1;
+    }
+    if (!cJSON_IsArray(merges)) {
+        set_err(err, errlen, "%s: model.merges is missing or not an array", path);
+        return -1;
+    }
+    f->vocab = malloc(((size_t) cJSON_GetArraySize(vocab) + 1) * sizeof(*f->vocab));
+    f->merges = malloc(((size_t) cJSON_GetArraySize(merges) + 1) * sizeof(*f->merges));
+    if (f->vocab == NULL || f->merges == NULL) {
+        set_err(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    cJSON_ArrayForEach(item, vocab) {
+        if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble > 1e9
+            || item->valuedouble != (double) item->valueint) {
+            set_err(err, errlen, "%s: model.vocab[\"%s\"] is not a token id", path,
+                    item->string);
+            return -1;
+        }
+        f->vocab[k].key = item->string;
+        f->vocab[k].len = (uint32_t) strlen(item->string);
+        f->vocab[k].id = item->valueint;
+        k++;
+    }
+    f->n_vocab = k;
+    k = 0;
+    cJSON_ArrayForEach(item, merges) {
+        tjson_merge_entry *m = &f->merges[k];
+
+        if (cJSON_IsString(item) && strchr(item->valuestring, ' ') != NULL) {
+            /* "a b": split at the first space (byte-level tokens hold no
+             * literal space). */
+            const char *sp = strchr(item->valuestring, ' ');
+
+            m->a = item->valuestring;
+            m->alen = (uint32_t) (sp - item->valuestring);
+            m->b = sp + 1;
+            m->blen = (uint32_t) strlen(sp + 1);
+        } else if (cJSON_IsArray(item) && cJSON_GetArraySize(item) == 2
+                   && cJSON_IsString(cJSON_GetArrayItem(item, 0))
+                   && cJSON_IsString(cJSON_GetArrayItem(item, 1))) {
+            m->a = cJSON_GetArrayItem(item, 0)->valuestring;
+            m->b = cJSON_GetArrayItem(item, 1)->valuestring;
+            m->alen = (uint32_t) strlen(m->a);
+            m->blen = (uint32_t) strlen(m->b);
+        } else {
+            set_err(err, errlen, "%s: model.merges[%ld] is neither \"a b\" nor [\"a\", \"b\"]",
+                    path, k);
+            return -1;
+        }
+        k++;
+    }
+    f->n_merges = k;
+    return 0;
+}
+
+static int load_model(tokenizer *t, const char *path, const cJSON *root, flat_model *flat,
                       char *err, size_t errlen)
 {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -481,7 +543,10 @@ static int load_model(tokenizer *t, const char *path, const cJSON *root,
         return -1;
     }
     t->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
-    if (load_vocab_and_added(t, path, cJSON_GetObjectItemCaseSensitive(model, "vocab"),
+    if (flat->vocab == NULL && flat_from_cjson(flat, path, model, err, errlen) != 0) {
+        return -1;
+    }
+    if (load_vocab_and_added(t, path, flat->vocab, flat->n_vocab,
                              cJSON_GetObjectItemCaseSensitive(root, "added_tokens"),
                              err, errlen) != 0) {
         return -1;
@@ -498,7 +563,7 @@ static int load_model(tokenizer *t, const char *path, const cJSON *root,
         }
         t->bpe.byte_ids[b] = id;
     }
-    return load_merges(t, path, cJSON_GetObjectItemCaseSensitive(model, "merges"), err, errlen);
+    return load_merges(t, path, flat->merges, flat->n_merges, err, errlen);
 }
 
 static int load_normalizer(tokenizer *t, const char *path, const cJSON *n,
@@ -749,10 +814,60 @@ static int load_config(tokenizer *t, const char *json_path, char *err, size_t er
 
 static void tok_thread_destroy(void *p);
 
-tokenizer *tokenizer_load(const char *tokenizer_json_path, char *err, size_t errlen)
+/*
+ * Parses tokenizer.json.  With fast set, model.vocab and model.merges are
+ * read by tokenizer_json.c into flat and cut out of what cJSON parses
+ * (replaced by {} and []); when they cannot be found or read that way,
+ * cJSON parses everything and flat stays empty.
+ */
+static cJSON *parse_tokenizer_json(const char *path, int fast, flat_model *flat,
+                                   char *err, size_t errlen)
+{
+    size_t len = 0, ms = 0, vs = 0, ve = 0, gs = 0, ge = 0;
+    char *text = read_file(path, &len, err, errlen);
+    char why[256];
+    cJSON *root = NULL;
+
+    if (text == NULL) {
+        return NULL;
+    }
+    if (fast
+        && tjson_find_member(text, len, 0, "model", &ms, NULL) == 1
+        && tjson_find_member(text, len, ms, "vocab", &vs, &ve) == 1
+        && tjson_find_member(text, len, ms, "merges", &gs, &ge) == 1
+        && (flat->n_vocab = tjson_parse_vocab(text, vs, ve, &flat->vocab,
+                                              &flat->vocab_strings, why, sizeof(why))) >= 0
+        && (flat->n_merges = tjson_parse_merges(text, gs, ge, &flat->merges,
+                                                &flat->merge_strings, why, sizeof(why))) >= 0) {
+        /* Blank out both members in place with a short empty value and
+         * spaces: offsets stay the same, so error positions still point
+         * into the file.  The flat arrays own copies of their strings. */
+        size_t cut[2][2] = { { vs, ve }, { gs, ge } };
+
+        for (int k = 0; k < 2; k++) {
+            text[cut[k][0]] = k == 0 ? '{' : '[';
+            text[cut[k][0] + 1] = k == 0 ? '}' : ']';
+            memset(text + cut[k][0] + 2, ' ', cut[k][1] - cut[k][0] - 2);
+        }
+        root = parse_text(path, text, len, err, errlen);
+        if (root == NULL) {
+            flat_model_free(flat);
+        }
+        free(text);
+        return root;
+    }
+    flat_model_free(flat);
+    root = parse_text(path, text, len, err, errlen);
+    free(text);
+    return root;
+}
+
+static tokenizer *tokenizer_load_ex(const char *tokenizer_json_path, int fast,
+                                    char *err, size_t errlen)
 {
     const char *path = tokenizer_json_path;
     tokenizer *t = calloc(1, sizeof(*t));
+    flat_model flat = { 0 };
     cJSON *root;
     int ok;
 
@@ -772,12 +887,12 @@ tokenizer *tokenizer_load(const char *tokenizer_json_path, char *err, size_t err
         return NULL;
     }
     t->thread_key_made = 1;
-    root = parse_json(path, err, errlen);
+    root = parse_tokenizer_json(path, fast, &flat, err, errlen);
     if (root == NULL) {
         tokenizer_free(t);
         return NULL;
     }
-    ok = load_model(t, path, root, err, errlen) == 0
+    ok = load_model(t, path, root, &flat, err, errlen) == 0
          && load_normalizer(t, path, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
                             err, errlen) == 0
          && load_pre_tokenizer(t, path, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"),
@@ -788,6 +903,7 @@ tokenizer *tokenizer_load(const char *tokenizer_json_path, char *err, size_t err
                                 cJSON_GetObjectItemCaseSensitive(root, "post_processor"),
                                 err, errlen) == 0;
     cJSON_Delete(root);
+    flat_model_free(&flat);
     if (ok && (added_matcher_init(&t->added_raw, t->added, t->n_added, 0) != 0
                || added_matcher_init(&t->added_norm, t->added, t->n_added, 1) != 0)) {
         set_err(err, errlen, "%s: out of memory", path);
@@ -801,6 +917,16 @@ tokenizer *tokenizer_load(const char *tokenizer_json_path, char *err, size_t err
         return NULL;
     }
     return t;
+}
+
+tokenizer *tokenizer_load(const char *tokenizer_json_path, char *err, size_t errlen)
+{
+    return tokenizer_load_ex(tokenizer_json_path, 1, err, errlen);
+}
+
+tokenizer *tokenizer_load_cjson_only(const char *tokenizer_json_path, char *err, size_t errlen)
+{
+    return tokenizer_load_ex(tokenizer_json_path, 0, err, errlen);
 }
 
 void tokenizer_free(tokenizer *t)

@@ -11,6 +11,9 @@
 #include "unit.h"
 #include "tokenizer.h"
 #include "tokenizer_unicode.h"
+#include "tokenizer_json.h"
+
+#include <unistd.h>
 
 #define TOKENIZER_JSON "t/fixtures/qwen3-tokenizer/tokenizer.json"
 #define GOLDENS        "t/fixtures/tokenizer_goldens.jsonl"
@@ -528,6 +531,196 @@ static void test_load_errors(void)
     CHECK(strstr(err, "model") != NULL, "message names the field: %s", err);
 }
 
+/* The fast reader of vocab/merges and plain cJSON load the same thing. */
+static void test_fast_reader_equals_cjson(void)
+{
+    char err[512] = "";
+    tokenizer *slow = tokenizer_load_cjson_only(TOKENIZER_JSON, err, sizeof(err));
+    const char *texts[] = { "Hello, world! don't 你好 \t\n  x", "<|im_start|>user\n<think>" };
+    int diff = 0;
+
+    REQUIRE(tok != NULL && slow != NULL, "load: %s", err);
+    CHECK(tokenizer_vocab_size(slow) == tokenizer_vocab_size(tok), "vocab sizes differ");
+    for (int32_t id = 0; id < tokenizer_vocab_size(tok); id++) {
+        size_t a = 0, b = 0;
+        const char *x = tokenizer_token_bytes(tok, id, &a);
+        const char *y = tokenizer_token_bytes(slow, id, &b);
+
+        if ((x == NULL) != (y == NULL) || a != b || (x && memcmp(x, y, a) != 0)) {
+            diff++;
+        }
+    }
+    CHECK(diff == 0, "%d ids decode differently", diff);
+    for (size_t k = 0; k < 2; k++) {
+        int32_t *i1 = NULL, *i2 = NULL;
+        int n1 = tokenizer_encode(tok, texts[k], strlen(texts[k]), 0, &i1, err, sizeof(err));
+        int n2 = tokenizer_encode(slow, texts[k], strlen(texts[k]), 0, &i2, err, sizeof(err));
+
+        CHECK(n1 > 0 && n1 == n2 && memcmp(i1, i2, (size_t) n1 * sizeof(int32_t)) == 0,
+              "text %zu encodes differently", k);
+        free(i1);
+        free(i2);
+    }
+    tokenizer_free(slow);
+}
+
+/*
+ * A small tokenizer.json written by the test: the 256 byte tokens (id =
+ * byte) plus "ab" 256, "abc" 257, "bc" 258 and an added "<s>" 259.
+ * merges_form: 0 "a b" strings, 1 ["a", "b"] pairs.  Returns the path
+ * (static buffer) or NULL.
+ */
+static const char *write_small_tokenizer(int merges_form, int ab_first, int ignore_merges,
+                                         int with_template, const char *normalizer)
+{
+    static char path[64];
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject();
+    cJSON *vocab = cJSON_CreateObject(), *merges = cJSON_CreateArray();
+    cJSON *added = cJSON_CreateArray(), *tokn = cJSON_CreateObject();
+    const char *pairs[3][2] = { { "b", "c" }, { "a", "b" }, { "ab", "c" } };
+    char *text;
+    int fd;
+    FILE *f;
+
+    for (int b = 0; b < 256; b++) {
+        char key[4];
+        uint8_t byte = (uint8_t) b;
+        size_t n = bytelevel_encode(&byte, 1, key);
+
+        key[n] = '\0';
+        cJSON_AddNumberToObject(vocab, key, b);
+    }
+    cJSON_AddNumberToObject(vocab, "ab", 256);
+    cJSON_AddNumberToObject(vocab, "abc", 257);
+    cJSON_AddNumberToObject(vocab, "bc", 258);
+    if (ab_first) {
+        pairs[0][0] = "a"; pairs[0][1] = "b";
+        pairs[1][0] = "b"; pairs[1][1] = "c";
+    }
+    for (int k = 0; k < 3; k++) {
+        if (merges_form == 0) {
+            char m[16];
+
+            snprintf(m, sizeof(m), "%s %s", pairs[k][0], pairs[k][1]);
+            cJSON_AddItemToArray(merges, cJSON_CreateString(m));
+        } else {
+            cJSON_AddItemToArray(merges, cJSON_CreateStringArray(pairs[k], 2));
+        }
+    }
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddItemToObject(model, "vocab", vocab);
+    cJSON_AddItemToObject(model, "merges", merges);
+    cJSON_AddBoolToObject(model, "ignore_merges", ignore_merges);
+    cJSON_AddItemToObject(root, "model", model);
+    cJSON_AddNumberToObject(tokn, "id", 259);
+    cJSON_AddStringToObject(tokn, "content", "<s>");
+    cJSON_AddBoolToObject(tokn, "special", 1);
+    cJSON_AddItemToArray(added, tokn);
+    cJSON_AddItemToObject(root, "added_tokens", added);
+    if (normalizer) {
+        cJSON *n = cJSON_CreateObject();
+
+        cJSON_AddStringToObject(n, "type", normalizer);
+        cJSON_AddItemToObject(root, "normalizer", n);
+    }
+    {
+        cJSON *pre = cJSON_CreateObject(), *dec = cJSON_CreateObject();
+
+        cJSON_AddStringToObject(pre, "type", "ByteLevel");
+        cJSON_AddBoolToObject(pre, "add_prefix_space", 0);
+        cJSON_AddItemToObject(root, "pre_tokenizer", pre);
+        cJSON_AddStringToObject(dec, "type", "ByteLevel");
+        cJSON_AddItemToObject(root, "decoder", dec);
+    }
+    if (with_template) {
+        cJSON *post = cJSON_Parse(
+            "{\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\","
+            " \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}],"
+            " \"special_tokens\": {\"<s>\": {\"id\": \"<s>\", \"ids\": [259], \"tokens\": [\"<s>\"]}}}");
+
+        cJSON_AddItemToObject(root, "post_processor", post);
+    }
+    text = cJSON_Print(root);
+    cJSON_Delete(root);
+    snprintf(path, sizeof(path), "/tmp/llm-tok-test-XXXXXX");
+    fd = mkstemp(path);
+    if (fd < 0 || text == NULL) {
+        free(text);
+        return NULL;
+    }
+    f = fdopen(fd, "w");
+    fputs(text, f);
+    fclose(f);
+    free(text);
+    return path;
+}
+
+static int encode_small(const char *path, const char *text, int add_special, int32_t *out,
+                        char *err, size_t errlen)
+{
+    tokenizer *t = tokenizer_load(path, err, errlen);
+    int32_t *ids = NULL;
+    int n;
+
+    if (t == NULL) {
+        return -2;
+    }
+    n = tokenizer_encode(t, text, strlen(text), add_special, &ids, err, errlen);
+    for (int i = 0; i < n && i < 8; i++) {
+        out[i] = ids[i];
+    }
+    free(ids);
+    tokenizer_free(t);
+    return n;
+}
+
+static void test_small_tokenizers(void)
+{
+    char err[512] = "";
+    int32_t ids[8];
+    const char *p;
+    int n;
+
+    /* Rank order decides: "b c" before "a b" gives a|bc, in both forms. */
+    for (int form = 0; form < 2; form++) {
+        p = write_small_tokenizer(form, 0, 0, 0, "NFC");
+        REQUIRE(p != NULL, "cannot write a temporary tokenizer.json");
+        n = encode_small(p, "abc", 0, ids, err, sizeof(err));
+        unlink(p);
+        CHECK(n == 2 && ids[0] == 'a' && ids[1] == 258, "form %d: n=%d %s", form, n, err);
+        p = write_small_tokenizer(form, 1, 0, 0, NULL);
+        REQUIRE(p != NULL, "temporary file");
+        n = encode_small(p, "abc", 0, ids, err, sizeof(err));
+        unlink(p);
+        CHECK(n == 1 && ids[0] == 257, "form %d, ab first: n=%d %s", form, n, err);
+    }
+    /* ignore_merges: a piece that is a vocab token wins over merges. */
+    p = write_small_tokenizer(0, 0, 1, 0, NULL);
+    REQUIRE(p != NULL, "temporary file");
+    n = encode_small(p, "abc", 0, ids, err, sizeof(err));
+    unlink(p);
+    CHECK(n == 1 && ids[0] == 257, "ignore_merges: n=%d %s", n, err);
+    /* TemplateProcessing adds <s> only with add_special_tokens. */
+    p = write_small_tokenizer(0, 0, 0, 1, NULL);
+    REQUIRE(p != NULL, "temporary file");
+    n = encode_small(p, "abc", 1, ids, err, sizeof(err));
+    CHECK(n == 3 && ids[0] == 259 && ids[1] == 'a' && ids[2] == 258, "template: n=%d %s", n, err);
+    n = encode_small(p, "abc", 0, ids, err, sizeof(err));
+    CHECK(n == 2 && ids[0] == 'a', "template without add_special_tokens: n=%d", n);
+    /* GPT-2's regex of ByteLevel(use_regex) splits "abc abc" into "abc"
+     * and " abc"; the space byte (id 32) stays apart as no merge has it. */
+    n = encode_small(p, "abc abc", 0, ids, err, sizeof(err));
+    CHECK(n == 5 && ids[0] == 'a' && ids[1] == 258 && ids[2] == ' ' && ids[3] == 'a'
+          && ids[4] == 258, "gpt2 split: n=%d", n);
+    unlink(p);
+    /* What is not supported is an error naming the field. */
+    p = write_small_tokenizer(0, 0, 0, 0, "NFKC");
+    REQUIRE(p != NULL, "temporary file");
+    n = encode_small(p, "abc", 0, ids, err, sizeof(err));
+    unlink(p);
+    CHECK(n == -2 && strstr(err, "normalizer type \"NFKC\"") != NULL, "NFKC: %s", err);
+}
+
 int main(void)
 {
     RUN(test_load);
@@ -542,6 +735,8 @@ int main(void)
     RUN(test_megabyte_prompt);
     RUN(test_threads);
     RUN(test_load_errors);
+    RUN(test_fast_reader_equals_cjson);
+    RUN(test_small_tokenizers);
     tokenizer_free(tok);
     return unit_done();
 }
