@@ -38,10 +38,11 @@ extern llm_backend *cuda_backend_create(const model *m, int device,
     __attribute__((weak));
 #endif
 
-/* CPU KV pool when the options give no size: 512 MiB holds 4096 tokens of
- * Qwen3-4B in f32 (36 layers * 2 * 8 heads * 128 * 4 bytes = 288 KiB per
- * token would be 1820 tokens; bf16/f16 pools hold twice that), and far more
- * for small models.  kv_cache_bytes overrides it. */
+/* CPU KV pool when the options give no size.  The CPU backend keeps KV in
+ * f32: 512 MiB hold 2,336 tokens of Qwen3-0.6B (28 layers * 2 * 8 heads *
+ * 128 * 4 bytes = 112 KiB a token) or 1,820 of Qwen3-4B (288 KiB a token),
+ * and millions for the tiny test models.  kv_cache_bytes overrides it; a
+ * request that cannot fit in the whole pool is refused with both numbers. */
 #define ENGINE_CPU_KV_BYTES      ((int64_t) 512 << 20)
 #define ENGINE_CUDA_KV_FRACTION  0.90
 #define ENGINE_DEFAULT_MAX_LEN   32768
@@ -255,31 +256,26 @@ static void mark_ready(llm_engine *e, llm_request *r)
 int llm_engine_ready(llm_engine *e, llm_request **out, int max)
 {
     int n = 0, i, k = 0;
-    llm_request *drop[64];
-    int n_drop = 0;
 
     pthread_mutex_lock(&e->ready_mu);
     for (i = 0; i < e->n_ready; i++) {
         llm_request *r = e->ready[i];
 
-        if (n < max && n_drop < 64) {
-            r->in_ready = 0;
-            if (atomic_load(&r->caller_released)) {
-                drop[n_drop++] = r;           /* nobody to hand it to */
-            } else {
-                out[n++] = r;
-                /* the caller's own reference keeps it alive */
-                drop[n_drop++] = r;
-            }
-        } else {
+        if (n == max) {
             e->ready[k++] = r;
+            continue;
         }
+        r->in_ready = 0;
+        if (!atomic_load(&r->caller_released)) {
+            out[n++] = r;
+        }
+        /* The list's own reference goes: a handed-out request lives on by
+         * the caller's reference; a released one may be freed right here
+         * (freeing takes no engine lock). */
+        engine_request_unref(r);
     }
     e->n_ready = k;
     pthread_mutex_unlock(&e->ready_mu);
-    for (i = 0; i < n_drop; i++) {
-        engine_request_unref(drop[i]);
-    }
     return n;
 }
 
@@ -628,14 +624,9 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
     e->vocab = cfg->vocab_size;
 
     if (e->opt.max_model_len > 0) {
-        if (e->opt.max_model_len > cfg->max_position_embeddings) {
-            seterr(err, errlen, "max_model_len %d exceeds the model's "
-                   "max_position_embeddings %d (%s/config.json)",
-                   e->opt.max_model_len, cfg->max_position_embeddings,
-                   e->model_dir);
-            return -1;
-        }
-        e->max_model_len = e->opt.max_model_len;
+        /* Capped by what the model was trained for (config.json). */
+        e->max_model_len = e->opt.max_model_len < cfg->max_position_embeddings
+                         ? e->opt.max_model_len : cfg->max_position_embeddings;
     } else {
         e->max_model_len = cfg->max_position_embeddings < ENGINE_DEFAULT_MAX_LEN
                          ? cfg->max_position_embeddings : ENGINE_DEFAULT_MAX_LEN;
