@@ -877,6 +877,14 @@ sub run_test ($) {
     stop_nginx($name) if $UseValgrind && !$NoNginxManager;
 }
 
+# The daemonized nginx is in its own session and does not see a Ctrl-C
+# meant for the test run: die through END so that it is stopped too.
+my %SignalNumber = (HUP => 1, INT => 2, TERM => 15);
+for my $sig (sort keys %SignalNumber) {
+    $SIG{$sig} = sub { warn "caught SIG$sig, stopping nginx\n"; exit 128 + $SignalNumber{$sig} }
+        if !defined $SIG{$sig} || $SIG{$sig} eq 'DEFAULT' || $SIG{$sig} eq '';
+}
+
 END {
     return if $InSubprocess;
     my $exit = $?;
