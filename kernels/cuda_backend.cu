@@ -96,8 +96,12 @@ typedef struct {
 
     /* Knobs (environment, for checks and benchmarks). */
     int gemv_max_t;               /* LLM_CUDA_GEMV_MAX_T, 0 = cuBLAS only */
+    int gemv_rows;                /* LLM_CUDA_GEMV_ROWS: 2 or 4 per block */
     int use_graphs;               /* LLM_CUDA_GRAPHS=0 disables */
     int prefill_kernel;           /* LLM_CUDA_ATTN=decode: 0 */
+
+    const void *pinned_probe_ptr; /* host_is_pinned()'s cache */
+    bool        pinned_probe_result;
 
     graph_entry graphs[MAX_GRAPHS];
     int         n_graphs;
@@ -544,7 +548,7 @@ static int project(cuda_backend *b, const bf16 *W, int N, int K, const bf16 *x,
                    int T, void *y, llm_gemv_mode mode, char *err, size_t errlen)
 {
     if (T <= b->gemv_max_t && K % 8 == 0) {
-        CU_TRY("gemv", llm_gemv(W, x, T, N, K, y, mode, b->stream));
+        CU_TRY("gemv", llm_gemv(W, x, T, N, K, y, mode, b->gemv_rows, b->stream));
         return 0;
     }
     const float alpha = 1.0f;
@@ -828,6 +832,23 @@ static int run_graph(cuda_backend *b, const step_plan *p, char *err, size_t errl
     return 0;
 }
 
+/* Whether host memory at p is page-locked (cudaMallocHost or registered);
+ * the answer for the last pointer asked about is cached. */
+static bool host_is_pinned(cuda_backend *b, const void *p)
+{
+    if (p == b->pinned_probe_ptr)
+        return b->pinned_probe_result;
+    cudaPointerAttributes attr;
+    bool pinned = false;
+    if (cudaPointerGetAttributes(&attr, p) == cudaSuccess)
+        pinned = attr.type == cudaMemoryTypeHost;
+    else
+        cudaGetLastError();
+    b->pinned_probe_ptr = p;
+    b->pinned_probe_result = pinned;
+    return pinned;
+}
+
 static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
                         char *err, size_t errlen)
 {
@@ -859,12 +880,16 @@ static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
         return -1;
     }
     const size_t lbytes = (size_t)p.n_logits * b->V * sizeof(float);
+    /* A page-locked caller buffer takes the copy directly; otherwise the
+     * logits go through our pinned buffer (a pageable destination would
+     * make the driver stage it anyway, slower). */
+    const bool direct = lbytes && host_is_pinned(b, logits);
     if (lbytes)
         CU_TRY("download logits",
-               cudaMemcpyAsync(b->h_logits, b->logits_d, lbytes,
+               cudaMemcpyAsync(direct ? logits : b->h_logits, b->logits_d, lbytes,
                                cudaMemcpyDeviceToHost, b->stream));
     CU_TRY("forward", cudaStreamSynchronize(b->stream));
-    if (lbytes)
+    if (lbytes && !direct)
         memcpy(logits, b->h_logits, lbytes);
     return 0;
 }
@@ -1009,6 +1034,7 @@ static int cuda_init(cuda_backend *b, const model *m, int device, char *err,
     b->gemv_max_t = env_int("LLM_CUDA_GEMV_MAX_T", LLM_GEMV_MAX_T);
     if (b->gemv_max_t > LLM_GEMV_MAX_T)
         b->gemv_max_t = LLM_GEMV_MAX_T;
+    b->gemv_rows = env_int("LLM_CUDA_GEMV_ROWS", 4) == 2 ? 2 : 4;
     b->use_graphs = env_int("LLM_CUDA_GRAPHS", 1);
     {
         const char *a = getenv("LLM_CUDA_ATTN");

@@ -94,7 +94,8 @@ typedef enum {
     LLM_GEMV_BF16_STORE,     /* y bf16 [T][N] = */
     LLM_GEMV_SILU_MUL        /* rows (2j, 2j+1) = (gate, up): y bf16 [T][N/2] */
 } llm_gemv_mode;
+/* rows: weight rows per block, 2 or 4 (LLM_CUDA_GEMV_ROWS). */
 cudaError_t llm_gemv(const bf16 *W, const bf16 *x, int T, int N, int K,
-                     void *y, llm_gemv_mode mode, cudaStream_t st);
+                     void *y, llm_gemv_mode mode, int rows, cudaStream_t st);
 
 #endif

@@ -258,3 +258,136 @@ out:
     free(h_ints);
     return rc;
 }
+
+/* ---- GEMV tuning table ---------------------------------------------------- */
+
+#include <cublas_v2.h>
+
+__global__ void fill_uniform_kernel(bf16 *p, size_t n, uint64_t seed, float scale)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + i * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        p[i] = __float2bfloat16(((float)(z >> 40) / 16777216.0f * 2.0f - 1.0f) * scale);
+    }
+}
+
+static double rel_error_f(const float *a, const float *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]))
+            return INFINITY;
+        num += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define GB_REPS 31
+
+static int gemv_case(cublasHandle_t h, const cuda_gemv_case *c, cuda_gemv_result *r,
+                     char *err, size_t errlen)
+{
+    int rc = -1;
+    const size_t wn = (size_t)c->N * c->K;
+    int sets = (int)((1024ull << 20) / (wn * 2)) + 1;   /* > 1 GiB: no L2 reuse */
+    if (sets > 64)
+        sets = 64;
+    bf16 *w = NULL, *x = NULL;
+    float *y = NULL, *yref = NULL, *hy = NULL, *href = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    float times[GB_REPS];
+    const float alpha = 1.0f, beta = 0.0f;
+    hy = (float *)malloc((size_t)c->T * c->N * sizeof(float));
+    href = (float *)malloc((size_t)c->T * c->N * sizeof(float));
+    if (!hy || !href) {
+        snprintf(err, errlen, "gemv bench: out of host memory");
+        goto out;
+    }
+    ST_TRY("alloc", cudaMalloc((void **)&w, wn * sets * sizeof(bf16)));
+    ST_TRY("alloc", cudaMalloc((void **)&x, (size_t)c->T * c->K * sizeof(bf16)));
+    ST_TRY("alloc", cudaMalloc((void **)&y, (size_t)c->T * c->N * sizeof(float)));
+    ST_TRY("alloc", cudaMalloc((void **)&yref, (size_t)c->T * c->N * sizeof(float)));
+    fill_uniform_kernel<<<1024, 256>>>(w, wn * sets, 17, 1.0f / sqrtf((float)c->K));
+    fill_uniform_kernel<<<64, 256>>>(x, (size_t)c->T * c->K, 23, 1.0f);
+    ST_TRY("fill", cudaGetLastError());
+    ST_TRY("events", cudaEventCreate(&e0));
+    ST_TRY("events", cudaEventCreate(&e1));
+    if (cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, c->N, c->T, c->K, &alpha, w,
+                     CUDA_R_16BF, c->K, x, CUDA_R_16BF, c->K, &beta, yref,
+                     CUDA_R_32F, c->N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+        != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "gemv bench: cublasGemmEx failed");
+        goto out;
+    }
+    r->rel_err = 0.0;
+    if (c->rows) {
+        ST_TRY("poison", cudaMemset(y, 0xff, (size_t)c->T * c->N * sizeof(float)));
+        ST_TRY("gemv", llm_gemv(w, x, c->T, c->N, c->K, y, LLM_GEMV_F32_STORE, c->rows, 0));
+        ST_TRY("gemv result", cudaMemcpy(hy, y, (size_t)c->T * c->N * sizeof(float),
+                                         cudaMemcpyDeviceToHost));
+        ST_TRY("reference", cudaMemcpy(href, yref, (size_t)c->T * c->N * sizeof(float),
+                                       cudaMemcpyDeviceToHost));
+        r->rel_err = rel_error_f(hy, href, (size_t)c->T * c->N);
+    }
+    for (int i = -3; i < GB_REPS; i++) {
+        const bf16 *wi = w + wn * (size_t)((i + 3) % sets);
+        ST_TRY("event", cudaEventRecord(e0, 0));
+        if (c->rows) {
+            ST_TRY("gemv", llm_gemv(wi, x, c->T, c->N, c->K, y, LLM_GEMV_F32_STORE, c->rows, 0));
+        } else if (cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, c->N, c->T, c->K, &alpha, wi,
+                                CUDA_R_16BF, c->K, x, CUDA_R_16BF, c->K, &beta, y,
+                                CUDA_R_32F, c->N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+                   != CUBLAS_STATUS_SUCCESS) {
+            snprintf(err, errlen, "gemv bench: cublasGemmEx failed");
+            goto out;
+        }
+        ST_TRY("event", cudaEventRecord(e1, 0));
+        ST_TRY("sync", cudaEventSynchronize(e1));
+        if (i >= 0)
+            ST_TRY("time", cudaEventElapsedTime(&times[i], e0, e1));
+    }
+    qsort(times, GB_REPS, sizeof(float), cmp_float);
+    r->us = times[GB_REPS / 2] * 1e3;
+    r->gbps = (double)(wn * 2 + (size_t)c->T * c->K * 2 + (size_t)c->T * c->N * 4) /
+              (r->us * 1e3);
+    rc = 0;
+out:
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(w);
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(yref);
+    free(hy);
+    free(href);
+    return rc;
+}
+
+extern "C" int cuda_gemv_bench(int device, const cuda_gemv_case *cases, int n,
+                               cuda_gemv_result *res, char *err, size_t errlen)
+{
+    cublasHandle_t h = NULL;
+    if (cudaSetDevice(device) != cudaSuccess || cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        cudaGetLastError();
+        snprintf(err, errlen, "gemv bench: cannot set up device %d / cuBLAS", device);
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        rc = gemv_case(h, &cases[i], &res[i], err, errlen);
+    cublasDestroy(h);
+    return rc;
+}

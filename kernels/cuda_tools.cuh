@@ -38,6 +38,22 @@ int cuda_attention_selftest(int device, const cuda_attn_test *t,
                             double *rel_decode, double *rel_prefill,
                             char *err, size_t errlen);
 
+/* GEMV tuning table: one matrix-vector shape, run by the own GEMV with
+ * `rows` weight rows per block (2 or 4), or by cuBLAS (rows 0).  Weights
+ * rotate among copies larger than L2, so the time is device memory's. */
+typedef struct {
+    int N, K, T, rows;
+} cuda_gemv_case;
+
+typedef struct {
+    double us;          /* median time per product */
+    double gbps;        /* bytes moved (weights + x + y) per second / 1e9 */
+    double rel_err;     /* vs cuBLAS (0 for cuBLAS itself) */
+} cuda_gemv_result;
+
+int cuda_gemv_bench(int device, const cuda_gemv_case *cases, int n,
+                    cuda_gemv_result *res, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

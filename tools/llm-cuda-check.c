@@ -589,6 +589,46 @@ out:
     model_free(m);
 }
 
+/* ---- GEMV tuning table ------------------------------------------------------ */
+
+/* Qwen3-4B's decode projections at batch 1..8: own GEMV (2 or 4 rows per
+ * block) against cuBLAS, weights out of L2.  Prints, and fails only on a
+ * wrong result (rel err vs cuBLAS). */
+static void gemv_table(int device)
+{
+    static const struct { const char *name; int N, K; } shapes[] = {
+        { "qkv", 6144, 2560 }, { "o", 2560, 4096 }, { "gate_up", 19456, 2560 },
+        { "down", 2560, 9728 }, { "lm_head", 151936, 2560 },
+    };
+    static const int Ts[] = { 1, 2, 4, 8 };
+    static const int rows[] = { 0, 2, 4 };
+    printf("gemv: shape       N      K  T | cuBLAS us  GB/s | 2 rows us  GB/s  err     | "
+           "4 rows us  GB/s  err\n");
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            cuda_gemv_case c[3];
+            cuda_gemv_result r[3];
+            char err[ERR_LEN];
+            for (int k = 0; k < 3; k++) {
+                c[k].N = shapes[si].N;
+                c[k].K = shapes[si].K;
+                c[k].T = Ts[ti];
+                c[k].rows = rows[k];
+            }
+            if (cuda_gemv_bench(device, c, 3, r, err, sizeof err)) {
+                report(0, "gemv %s T=%d: %s", shapes[si].name, Ts[ti], err);
+                return;
+            }
+            printf("gemv: %-8s %6d %6d %2d | %9.1f %5.0f | %9.1f %5.0f %.1e | %9.1f %5.0f %.1e\n",
+                   shapes[si].name, c[0].N, c[0].K, c[0].T, r[0].us, r[0].gbps,
+                   r[1].us, r[1].gbps, r[1].rel_err, r[2].us, r[2].gbps, r[2].rel_err);
+            if (r[1].rel_err > 1e-2 || r[2].rel_err > 1e-2)
+                report(0, "gemv %s T=%d: result differs from cuBLAS", shapes[si].name, Ts[ti]);
+        }
+    }
+    fflush(stdout);
+}
+
 /* ---- benchmarks ------------------------------------------------------------ */
 
 static void bench(const char *dir, int device, int long_ctx)
@@ -806,6 +846,7 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     if (do_bench) {
+        gemv_table(device);
         char bpath[1024];
         if (!bench_model) {
             snprintf(bpath, sizeof bpath, "%s/configs/qwen3-4b-instruct-2507", fixtures);
