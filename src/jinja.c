@@ -4362,8 +4362,8 @@ static int str_split(R *r, size_t pos, const jv *s, const jv *sep, int64_t maxsp
                 break;
             }
             if (maxsplit == 0) {
-                size_t e = ws_rstrip_len(p + i, n - i);
-                if (jvec_push(r, pos, &parts, jv_str(p + i, e)) < 0) {
+                /* the remainder keeps its trailing whitespace */
+                if (jvec_push(r, pos, &parts, jv_str(p + i, n - i)) < 0) {
                     return -1;
                 }
                 break;
@@ -4385,8 +4385,8 @@ static int str_split(R *r, size_t pos, const jv *s, const jv *sep, int64_t maxsp
                 break;
             }
             if (maxsplit == 0) {
-                size_t b = ws_span(p, end);
-                if (jvec_push(r, pos, &parts, jv_str(p + b, end - b)) < 0) {
+                /* the remainder keeps its leading whitespace */
+                if (jvec_push(r, pos, &parts, jv_str(p, end)) < 0) {
                     return -1;
                 }
                 break;
@@ -6533,6 +6533,9 @@ static int exec_for(R *r, scope *sc, const node *n)
          * the loop does not survive to the next iteration (Jinja scoping) */
         inner.n = 0;
         loop->index0 = (int64_t) i;
+        if (step(r, n->pos) < 0) {
+            return EX_ERR;
+        }
         if (assign(r, &inner, n->a, &items->v[i]) < 0
             || scope_set(r, n->pos, &inner, "loop", loopv) < 0) {
             return EX_ERR;
