@@ -859,6 +859,79 @@ static void test_destroy_in_flight(void)
     release_all(res, 4);
 }
 
+/* Chat messages go through the template; echo returns the prompt. */
+static void test_chat_and_echo(void)
+{
+    const char *msgs = "[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                       "{\"role\":\"user\",\"content\":\"Hello!\"}]";
+    llm_engine_options o;
+    llm_engine *e;
+    llm_request_params p;
+    char err[LLM_ERR_MAX];
+    char *text;
+    int n_ids;
+    result a, b;
+    llm_event ev;
+    int got_echo = 0;
+    double t0 = unit_now();
+
+    opts_default(&o);
+    e = open_engine(&o);
+    REQUIRE(e != NULL, "engine");
+    text = llm_render_chat(e, msgs, NULL, NULL, 1, err, sizeof(err));
+    REQUIRE(text != NULL, "render: %s", err);
+    CHECK(strstr(text, "<|im_start|>assistant") != NULL, "template: %s", text);
+    n_ids = llm_tokenize(e, text, strlen(text), 0, NULL, 0, err, sizeof(err));
+    CHECK(n_ids > 5, "tokenize: %d %s", n_ids, err);
+
+    llm_request_params_init(&p);
+    p.kind = LLM_PROMPT_CHAT;
+    p.messages_json = msgs;
+    p.max_tokens = 4;
+    p.ignore_eos = 1;
+    p.sampling.temperature = 0;
+    REQUIRE(submit(e, &p, &a) == 0, "submit");
+    REQUIRE(run_until_done(e, &a, 1) == 0, "hang");
+    CHECK(a.started && a.prompt_tokens == n_ids && a.usage.prompt_tokens == n_ids,
+          "prompt tokens %d, want %d", a.prompt_tokens, n_ids);
+    CHECK(a.reason == LLM_FINISH_LENGTH && a.n == 4, "generated");
+
+    /* a template error arrives as an error event */
+    p.messages_json = "{\"not\": \"an array\"}";
+    REQUIRE(submit(e, &p, &b) == 0, "submit");
+    REQUIRE(run_until_done(e, &b, 1) == 0, "hang");
+    CHECK(b.reason == LLM_FINISH_ERROR && b.status == LLM_ERR_INVALID,
+          "bad messages: %d %s", b.status, b.msg);
+    release_all(&b, 1);
+
+    /* echo: STARTED carries the prompt's tokens and text */
+    llm_request_params_init(&p);
+    p.kind = LLM_PROMPT_TEXT;
+    p.text = "Echo me";
+    p.echo = 1;
+    p.max_tokens = 1;
+    p.sampling.temperature = 0;
+    REQUIRE(submit(e, &p, &b) == 0, "submit");
+    while (!got_echo && unit_now() - t0 < HANG_GUARD_S) {
+        llm_engine_wait(e, 20);
+        if (llm_request_next_event(b.r, &ev)) {
+            if (ev.type == LLM_EV_STARTED) {
+                CHECK(ev.text_len == 7 && memcmp(ev.text, "Echo me", 7) == 0
+                      && ev.n_tokens == ev.usage.prompt_tokens && ev.n_tokens > 0,
+                      "echo: '%.*s' %d tokens", (int) ev.text_len,
+                      ev.text ? ev.text : "", ev.n_tokens);
+                got_echo = 1;
+            }
+            llm_event_free(&ev);
+        }
+    }
+    CHECK(got_echo, "STARTED event");
+    release_all(&a, 1);
+    release_all(&b, 1);
+    free(text);
+    llm_engine_destroy(e);
+}
+
 int main(void)
 {
     RUN(test_batch_invariance);
@@ -869,6 +942,7 @@ int main(void)
     RUN(test_release_early);
     RUN(test_text_and_stop_strings);
     RUN(test_logprobs_and_stop_token);
+    RUN(test_chat_and_echo);
     RUN(test_too_long);
     RUN(test_queue_full);
     RUN(test_async_load);
