@@ -439,14 +439,266 @@ attn_prefill_kernel(llm_attn_args a, const int32_t *__restrict__ work)
     }
 }
 
+/* ---- prefill v2: ldmatrix fragments, cp.async double buffering ------- */
+
+/*
+ * Same tiling and softmax as attn_prefill_kernel; what changes is how the
+ * data reaches the tensor cores.  K/V tiles stream into two shared-memory
+ * stages with cp.async (the copy of tile i+1 overlaps the math on tile i;
+ * rows past the context are zero-filled by the copy itself), and the B
+ * fragments come from ldmatrix: .x4 on K rows gives the fragments of two
+ * n-tiles of S at once; .x4.trans on V rows gives the k-major fragments of
+ * P V without scalar shared-memory loads.
+ */
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1,
+                                        uint32_t &r2, uint32_t &r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t &r0, uint32_t &r1,
+                                              uint32_t &r2, uint32_t &r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+template <int D>
+__global__ void __launch_bounds__(128)
+attn_prefill2_kernel(llm_attn_args a, const int32_t *__restrict__ work)
+{
+    constexpr int LDS = D + PF_PAD;
+    constexpr int KS = D / 16;
+    constexpr int NT = PF_BK / 8;
+    constexpr int DN = D / 8;
+    constexpr int TILE = PF_BK * LDS;          /* elements of one K or V tile */
+    extern __shared__ __align__(16) unsigned char pf2_smem[];
+    bf16 *sm = reinterpret_cast<bf16 *>(pf2_smem);  /* [stage][K|V][TILE] */
+
+    const int first = work[2 * blockIdx.x], count = work[2 * blockIdx.x + 1];
+    const int head = blockIdx.y;
+    const int G = a.n_heads / a.n_kv, kvh = head / G;
+    const int seq = a.tok_seq[first];
+    const int pos0 = a.positions[first];
+    const int kv_len = pos0 + count;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int grp = lane >> 2, tig = lane & 3;
+    const int r0 = warp * 16 + grp, r1 = r0 + 8;
+    const int qp0 = pos0 + r0, qp1 = pos0 + r1;
+    const bool warp_active = warp * 16 < count;
+    const int warp_last = pos0 + min(warp * 16 + 15, count - 1);
+    const float sl2 = a.scale * LOG2E;
+    const int32_t *bt = a.block_tables + (size_t)seq * a.bt_stride;
+    const int n_tiles = (kv_len + PF_BK - 1) / PF_BK;
+
+    /* Issues the copies of tile `it` into stage `st` (whole block). */
+    auto load_tile = [&](int it, int st) {
+        bf16 *ks = sm + (size_t)st * 2 * TILE, *vs = ks + TILE;
+        for (int v = threadIdx.x; v < PF_BK * D / 8; v += blockDim.x) {
+            const int r = v / (D / 8), c = (v % (D / 8)) * 8;
+            const int j = it * PF_BK + r;
+            const bf16 *kg = a.k_cache, *vg = a.v_cache;
+            int bytes = 0;
+            if (j < kv_len) {
+                const size_t off = (((size_t)bt[j / a.block_size] * a.n_kv + kvh) *
+                                    a.block_size + j % a.block_size) * D + c;
+                kg += off;
+                vg += off;
+                bytes = 16;
+            }
+            cp_async16(smem_u32(ks + r * LDS + c), kg, bytes);
+            cp_async16(smem_u32(vs + r * LDS + c), vg, bytes);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+
+    uint32_t qa[KS][4];
+    {
+        const bf16 *q0 = a.q + ((size_t)(first + r0) * a.n_heads + head) * D;
+        const bf16 *q1 = a.q + ((size_t)(first + r1) * a.n_heads + head) * D;
+        const bool v0 = r0 < count, v1 = r1 < count;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const int c = ks * 16 + tig * 2;
+            qa[ks][0] = v0 ? *reinterpret_cast<const uint32_t *>(q0 + c) : 0u;
+            qa[ks][1] = v1 ? *reinterpret_cast<const uint32_t *>(q1 + c) : 0u;
+            qa[ks][2] = v0 ? *reinterpret_cast<const uint32_t *>(q0 + c + 8) : 0u;
+            qa[ks][3] = v1 ? *reinterpret_cast<const uint32_t *>(q1 + c + 8) : 0u;
+        }
+    }
+    float o[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; dn++)
+        o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    /* ldmatrix row addresses: lane -> (matrix lane/8, row lane%8). */
+    const int lm = lane >> 3, lr = lane & 7;
+
+    load_tile(0, 0);
+    for (int it = 0; it < n_tiles; it++) {
+        if (it + 1 < n_tiles) {
+            load_tile(it + 1, (it + 1) & 1);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
+        __syncthreads();
+        const int kb = it * PF_BK;
+        const bf16 *ks_t = sm + (size_t)(it & 1) * 2 * TILE, *vs_t = ks_t + TILE;
+        if (warp_active && kb <= warp_last) {
+            float s[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt += 2) {
+                    /* matrices: (nt, dims lo), (nt, dims hi), (nt+1, lo), (nt+1, hi) */
+                    const int tok = (nt + (lm >> 1)) * 8 + lr;
+                    const int dim = ks * 16 + (lm & 1) * 8;
+                    uint32_t b00, b01, b10, b11;
+                    ldsm_x4(smem_u32(ks_t + tok * LDS + dim), b00, b01, b10, b11);
+                    mma_bf16_16816(s[nt], qa[ks], b00, b01);
+                    mma_bf16_16816(s[nt + 1], qa[ks], b10, b11);
+                }
+            }
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = kb + nt * 8 + tig * 2 + (e & 1);
+                    const int qp = e < 2 ? qp0 : qp1;
+                    const float v = j <= qp ? s[nt][e] * sl2 : -INFINITY;
+                    s[nt][e] = v;
+                    if (e < 2)
+                        mx0 = fmaxf(mx0, v);
+                    else
+                        mx1 = fmaxf(mx1, v);
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            const float c0 = llm_exp2_safe(m0, mn0), c1 = llm_exp2_safe(m1, mn1);
+            float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                s[nt][0] = llm_exp2_safe(s[nt][0], mn0);
+                s[nt][1] = llm_exp2_safe(s[nt][1], mn0);
+                s[nt][2] = llm_exp2_safe(s[nt][2], mn1);
+                s[nt][3] = llm_exp2_safe(s[nt][3], mn1);
+                sum0 += s[nt][0] + s[nt][1];
+                sum1 += s[nt][2] + s[nt][3];
+            }
+            l0 = l0 * c0 + sum0;
+            l1 = l1 * c1 + sum1;
+            m0 = mn0;
+            m1 = mn1;
+#pragma unroll
+            for (int dn = 0; dn < DN; dn++) {
+                o[dn][0] *= c0;
+                o[dn][1] *= c0;
+                o[dn][2] *= c1;
+                o[dn][3] *= c1;
+            }
+#pragma unroll
+            for (int kk = 0; kk < PF_BK / 16; kk++) {
+                uint32_t pa[4];
+                pa[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int dn = 0; dn < DN; dn += 2) {
+                    /* matrices: (tokens lo, dn), (tokens hi, dn),
+                     * (tokens lo, dn+1), (tokens hi, dn+1), transposed */
+                    const int tok = kk * 16 + (lm & 1) * 8 + lr;
+                    const int dim = (dn + (lm >> 1)) * 8;
+                    uint32_t b00, b01, b10, b11;
+                    ldsm_x4_trans(smem_u32(vs_t + tok * LDS + dim), b00, b01, b10, b11);
+                    mma_bf16_16816(o[dn], pa, b00, b01);
+                    mma_bf16_16816(o[dn + 1], pa, b10, b11);
+                }
+            }
+        }
+        __syncthreads();             /* stage it&1 is refilled next round */
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+    const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    bf16 *out0 = a.out + ((size_t)(first + r0) * a.n_heads + head) * D + tig * 2;
+    bf16 *out1 = a.out + ((size_t)(first + r1) * a.n_heads + head) * D + tig * 2;
+#pragma unroll
+    for (int dn = 0; dn < DN; dn++) {
+        if (r0 < count)
+            *reinterpret_cast<__nv_bfloat162 *>(out0 + dn * 8) =
+                __floats2bfloat162_rn(o[dn][0] * inv0, o[dn][1] * inv0);
+        if (r1 < count)
+            *reinterpret_cast<__nv_bfloat162 *>(out1 + dn * 8) =
+                __floats2bfloat162_rn(o[dn][2] * inv1, o[dn][3] * inv1);
+    }
+}
+
+static int prefill2_smem(int D)
+{
+    return 2 * 2 * PF_BK * (D + PF_PAD) * (int)sizeof(bf16);
+}
+
+/* Above 48 KB of shared memory a kernel must opt in; done once per device
+ * before any launch (and before graph capture). */
+cudaError_t llm_attn_init(void)
+{
+    cudaError_t e = cudaFuncSetAttribute(attn_prefill2_kernel<64>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         prefill2_smem(64));
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(attn_prefill2_kernel<128>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 prefill2_smem(128));
+    return e;
+}
+
+template <int D>
+static cudaError_t launch_prefill2(const llm_attn_args *a, const int32_t *work,
+                                   dim3 grid, cudaStream_t st)
+{
+    attn_prefill2_kernel<D><<<grid, 128, prefill2_smem(D), st>>>(*a, work);
+    return llm_launch_status();
+}
+
 cudaError_t llm_attn_prefill(const llm_attn_args *a, const int32_t *work,
-                             int n_work, cudaStream_t st)
+                             int n_work, int variant, cudaStream_t st)
 {
     if (n_work <= 0)
         return cudaSuccess;
     if (a->n_heads > 65535)
         return cudaErrorInvalidValue;
     dim3 grid(n_work, a->n_heads);
+    if (variant == 2 && (a->head_dim == 64 || a->head_dim == 128)) {
+        return a->head_dim == 64 ? launch_prefill2<64>(a, work, grid, st)
+                                 : launch_prefill2<128>(a, work, grid, st);
+    }
     switch (a->head_dim) {
     case 16:  attn_prefill_kernel<16><<<grid, 128, 0, st>>>(*a, work); break;
     case 32:  attn_prefill_kernel<32><<<grid, 128, 0, st>>>(*a, work); break;

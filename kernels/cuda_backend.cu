@@ -99,6 +99,7 @@ typedef struct {
     int gemv_rows;                /* LLM_CUDA_GEMV_ROWS: 2 or 4 per block */
     int use_graphs;               /* LLM_CUDA_GRAPHS=0 disables */
     int prefill_kernel;           /* LLM_CUDA_ATTN=decode: 0 */
+    int prefill_variant;          /* LLM_CUDA_PREFILL: 1 or 2 (default) */
 
     const void *pinned_probe_ptr; /* host_is_pinned()'s cache */
     bool        pinned_probe_result;
@@ -636,7 +637,8 @@ static int enqueue_forward(cuda_backend *b, const step_plan *p, char *err,
                                    p->n_splits, b->part_o, b->part_ml, b->stream));
         if (p->n_pf > 0)
             CU_TRY("prefill attention",
-                   llm_attn_prefill(&aa, b->dev.pf_work, p->n_pf, b->stream));
+                   llm_attn_prefill(&aa, b->dev.pf_work, p->n_pf, b->prefill_variant,
+                                    b->stream));
 
         if (project(b, L->w_o, H, b->nq * D, b->attn, T, b->x, LLM_GEMV_F32_ADD,
                     err, errlen))
@@ -1035,12 +1037,14 @@ static int cuda_init(cuda_backend *b, const model *m, int device, char *err,
     if (b->gemv_max_t > LLM_GEMV_MAX_T)
         b->gemv_max_t = LLM_GEMV_MAX_T;
     b->gemv_rows = env_int("LLM_CUDA_GEMV_ROWS", 4) == 2 ? 2 : 4;
+    b->prefill_variant = env_int("LLM_CUDA_PREFILL", 2) == 1 ? 1 : 2;
     b->use_graphs = env_int("LLM_CUDA_GRAPHS", 1);
     {
         const char *a = getenv("LLM_CUDA_ATTN");
         b->prefill_kernel = !(a && strcmp(a, "decode") == 0);
     }
 
+    CU_TRY("attention kernels", llm_attn_init());
     CU_TRY("create stream", cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     cublasStatus_t s = cublasCreate(&b->blas);
     if (s != CUBLAS_STATUS_SUCCESS)
@@ -1132,6 +1136,13 @@ extern "C" llm_backend *cuda_backend_create(const model *m, int device,
         return NULL;
     }
     return &b->base;
+}
+
+/* Tools: switch the prefill attention kernel between steps (benchmarks
+ * compare them on one loaded model).  Graphs hold decode steps only. */
+extern "C" void cuda_backend_set_prefill_variant(llm_backend *base, int variant)
+{
+    ((cuda_backend *)base)->prefill_variant = variant == 1 ? 1 : 2;
 }
 
 /* Device memory the backend holds besides the KV pool (for reports). */

@@ -66,6 +66,9 @@ typedef struct {
     bf16          *out;          /* [T][nq][D] */
 } llm_attn_args;
 
+/* Once per device before the first attention launch. */
+cudaError_t llm_attn_init(void);
+
 /* Head dims the attention kernels are instantiated for. */
 int llm_attn_supported(int head_dim, int group);
 
@@ -80,10 +83,12 @@ cudaError_t llm_attn_decode(const llm_attn_args *a, const int32_t *tok_list,
 
 /* Tensor-core flash attention for runs of query tokens of one sequence:
  * work[2i] = first batch token, work[2i+1] = count (<= 64), consecutive
- * positions.  Causal over the paged cache. */
+ * positions.  Causal over the paged cache.  variant 1: plain shared-memory
+ * loads; 2: ldmatrix + cp.async double buffering (head_dim 64/128; other
+ * head dims use 1).  head_dim <= 128. */
 #define LLM_PREFILL_TILE 64
 cudaError_t llm_attn_prefill(const llm_attn_args *a, const int32_t *work,
-                             int n_work, cudaStream_t st);
+                             int n_work, int variant, cudaStream_t st);
 
 /* Memory-bound matrix-vector products for T <= LLM_GEMV_MAX_T tokens:
  * y[t][n] = sum_k W[n][k] x[t][k], W bf16 [N][K], x bf16 [T][K]. */

@@ -135,8 +135,7 @@ static cudaError_t dmalloc(dev_list *l, void **p, size_t bytes)
     } while (0)
 
 extern "C" int cuda_attention_selftest(int device, const cuda_attn_test *t,
-                                       double *rel_decode, double *rel_prefill,
-                                       char *err, size_t errlen)
+                                       double rel[3], char *err, size_t errlen)
 {
     int rc = -1;
     dev_list dl;
@@ -152,7 +151,7 @@ extern "C" int cuda_attention_selftest(int device, const cuda_attn_test *t,
     int32_t *h_ints = NULL;
     float *h_ref = NULL;
     uint64_t rs = t->seed;
-    *rel_decode = *rel_prefill = -1.0;
+    rel[0] = rel[1] = rel[2] = -1.0;
     if (n_q < 1 || n_q > ctx || !llm_attn_supported(D, nq / nkv) || nq % nkv ||
         (size_t)n_q * nq * n_splits > ((size_t)1 << 26)) {
         snprintf(err, errlen, "cuda self-test: unsupported shape");
@@ -202,6 +201,7 @@ extern "C" int cuda_attention_selftest(int device, const cuda_attn_test *t,
         int32_t *d_ints;
         float *d_ref, *d_scores, *d_po, *d_pml;
         ST_TRY("set device", cudaSetDevice(device));
+        ST_TRY("attention init", llm_attn_init());
         ST_TRY("alloc", dmalloc(&dl, (void **)&d_kv, 2 * kv_elems * sizeof(bf16)));
         ST_TRY("alloc", dmalloc(&dl, (void **)&d_q, q_elems * sizeof(bf16)));
         ST_TRY("alloc", dmalloc(&dl, (void **)&d_out, q_elems * sizeof(bf16)));
@@ -237,14 +237,16 @@ extern "C" int cuda_attention_selftest(int device, const cuda_attn_test *t,
         ST_TRY("decode kernel", llm_attn_decode(&a, d_ints + 2 * n_q, n_q, split, n_splits,
                                                 d_po, d_pml, 0));
         ST_TRY("decode", cudaMemcpy(h_out, d_out, q_elems * sizeof(bf16), cudaMemcpyDeviceToHost));
-        *rel_decode = rel_error(h_out, h_ref, q_elems);
+        rel[0] = rel_error(h_out, h_ref, q_elems);
 
-        if (D <= 128) {
+        for (int variant = 1; variant <= 2 && D <= 128; variant++) {
+            if (variant == 2 && D != 64 && D != 128)
+                break;
             ST_TRY("poison", cudaMemset(d_out, 0xff, q_elems * sizeof(bf16)));
             ST_TRY("prefill kernel", llm_attn_prefill(&a, d_ints + 3 * n_q + n_blocks,
-                                                      (int)n_work, 0));
+                                                      (int)n_work, variant, 0));
             ST_TRY("prefill", cudaMemcpy(h_out, d_out, q_elems * sizeof(bf16), cudaMemcpyDeviceToHost));
-            *rel_prefill = rel_error(h_out, h_ref, q_elems);
+            rel[variant] = rel_error(h_out, h_ref, q_elems);
         }
         rc = 0;
     }

@@ -22,6 +22,9 @@ int cuda_device_count(char *err, size_t errlen);
 void cuda_backend_memory(struct llm_backend *b, size_t *weights, size_t *kv,
                          size_t *scratch);
 
+/* Prefill attention kernel: 1 (plain) or 2 (ldmatrix + cp.async). */
+void cuda_backend_set_prefill_variant(struct llm_backend *b, int variant);
+
 typedef struct {
     int ctx_len;        /* context of the last query token */
     int q_len;          /* query tokens (the last q_len positions) */
@@ -30,12 +33,12 @@ typedef struct {
     uint64_t seed;
 } cuda_attn_test;
 
-/* Runs the decode kernel (and, for head_dim <= 128, the prefill kernel) on
+/* Runs the decode kernel and, for head_dim <= 128, both prefill kernels on
  * random q/K/V in a shuffled paged cache against a plain float reference
- * on the device; returns 0 and the relative errors ||out-ref||/||ref||
- * (prefill: -1 when not run), or -1 with err. */
-int cuda_attention_selftest(int device, const cuda_attn_test *t,
-                            double *rel_decode, double *rel_prefill,
+ * on the device; returns 0 and the relative errors ||out-ref||/||ref||:
+ * rel[0] decode, rel[1] prefill v1, rel[2] prefill v2 (-1 when not run),
+ * or -1 with err. */
+int cuda_attention_selftest(int device, const cuda_attn_test *t, double rel[3],
                             char *err, size_t errlen);
 
 /* GEMV tuning table: one matrix-vector shape, run by the own GEMV with

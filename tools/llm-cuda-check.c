@@ -502,25 +502,35 @@ static void check_attention(int device)
             continue;
         cuda_attn_test t = { cases[i].ctx, cases[i].q, 32, 8, 128, 16,
                              cases[i].split, 1234 + i };
-        double rd, rp;
+        double rel[3];
         char err[ERR_LEN];
-        if (cuda_attention_selftest(device, &t, &rd, &rp, err, sizeof err)) {
+        if (cuda_attention_selftest(device, &t, rel, err, sizeof err)) {
             report(0, "attention ctx %d q %d: %s", t.ctx_len, t.q_len, err);
             continue;
         }
-        report(rd <= 1e-2 && rp <= 1e-2,
+        report(rel[0] <= 1e-2 && rel[1] <= 1e-2 && rel[2] <= 1e-2,
                "attention ctx %6d, %3d queries, split %4d (32/8 heads x 128): "
-               "decode rel err %.2e, prefill rel err %.2e",
-               t.ctx_len, t.q_len, t.split_tokens, rd, rp);
+               "rel err decode %.2e, prefill v1 %.2e, v2 %.2e",
+               t.ctx_len, t.q_len, t.split_tokens, rel[0], rel[1], rel[2]);
     }
-    cuda_attn_test t16 = { 300, 40, 6, 2, 16, 16, 64, 99 };
-    double rd, rp;
-    char err[ERR_LEN];
-    if (cuda_attention_selftest(device, &t16, &rd, &rp, err, sizeof err))
-        report(0, "attention head_dim 16: %s", err);
-    else
-        report(rd <= 1e-2 && rp <= 1e-2, "attention ctx 300, 40 queries, 6/2 heads x 16: "
-               "decode %.2e, prefill %.2e", rd, rp);
+    static const struct { int ctx, q, nq, nkv, d; } shapes[] = {
+        { 300, 40, 6, 2, 16 }, { 300, 70, 16, 8, 64 }, { 1000, 130, 64, 8, 128 },
+        { 500, 1, 16, 2, 256 },
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        cuda_attn_test t = { shapes[i].ctx, shapes[i].q, shapes[i].nq, shapes[i].nkv,
+                             shapes[i].d, 16, 64, 99 + i };
+        double rel[3];
+        char err[ERR_LEN];
+        if (cuda_attention_selftest(device, &t, rel, err, sizeof err)) {
+            report(0, "attention %d/%d heads x %d: %s", t.n_heads, t.n_kv, t.head_dim, err);
+            continue;
+        }
+        report(rel[0] <= 1e-2 && rel[1] <= 1e-2 && rel[2] <= 1e-2,
+               "attention ctx %4d, %3d queries, %d/%d heads x %3d: rel err decode %.2e, "
+               "prefill v1 %.2e, v2 %.2e (-1: not run)", t.ctx_len, t.q_len, t.n_heads,
+               t.n_kv, t.head_dim, rel[0], rel[1], rel[2]);
+    }
 }
 
 /* ---- a random model of a real shape vs the CPU ---------------------------- */
@@ -696,7 +706,9 @@ static void bench(const char *dir, int device, int long_ctx)
 
     /* Prefill throughput: one prompt at a time, logits of its last token. */
     static const int pf_lens[] = { 128, 4096 };
+    for (int variant = 1; variant <= 2; variant++)
     for (size_t i = 0; i < 2; i++) {
+        cuda_backend_set_prefill_variant(be, variant);
         chunk c = { 0, tokens, pf_lens[i], 0 };
         if (run_chunks(&rl, &c, 1, 0, logits, err)) {     /* warm-up */
             printf("bench: prefill %d: %s\n", pf_lens[i], err);
@@ -708,9 +720,10 @@ static void bench(const char *dir, int device, int long_ctx)
         for (int k = 0; k < reps; k++)
             run_chunks(&rl, &c, 1, 0, logits, err);
         double dt = (now_s() - a) / reps;
-        printf("bench: prefill %5d tokens: %.1f ms, %.0f tok/s\n", pf_lens[i],
-               dt * 1e3, pf_lens[i] / dt);
+        printf("bench: prefill %5d tokens (attention v%d): %.1f ms, %.0f tok/s\n",
+               pf_lens[i], variant, dt * 1e3, pf_lens[i] / dt);
     }
+    cuda_backend_set_prefill_variant(be, 2);
     /* Long prompt in 4096-token chunks (chunked prefill), then 16 decodes. */
     {
         double a = now_s();
