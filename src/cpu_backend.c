@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #define CPU_CHUNK_TOKENS 512
+#define ATTN_TILE        8
 
 typedef struct {
     float      *input_norm, *post_norm, *q_norm, *k_norm;
@@ -68,6 +69,11 @@ typedef struct {
     int          tok_cap;
     float       *scores;
     size_t       scores_per_thread;
+    int          fast;           /* CPU_PRECISION_FAST */
+    /* attention tiles of the current chunk: up to ATTN_TILE consecutive
+     * tokens of one sequence */
+    int         *tile_start, *tile_len;
+    int          n_tiles, tile_cap;
     int          logit_cap;
     float       *final_rows;
     uint16_t    *final_hi, *final_lo;
@@ -311,7 +317,7 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
     if (want_split) {
         kern_split_bf16(x, (size_t) n_tok * (size_t) cols, b->hi, b->lo);
         j.a.hi = b->hi;
-        j.a.lo = b->lo;
+        j.a.lo = b->fast ? NULL : b->lo;
     }
     j.block = mm_block_rows(b, targets[0].w, n_tok, total_rows);
     j.tasks[0] = 0;
@@ -340,10 +346,18 @@ typedef struct {
 
 enum { TOK_INPUT_NORM, TOK_QKV_POST, TOK_POST_NORM, TOK_ATTN };
 
-static size_t kv_offset(const cpu_backend *b, int layer, int is_v)
+/* Layer l's K pool, then its V pool, each n_blocks * block_size * KV. */
+static kern_kv layer_kv(const cpu_backend *b, int layer)
 {
-    return ((size_t) layer * 2 + (size_t) is_v) * (size_t) b->n_blocks
-           * (size_t) b->block_size * (size_t) b->KV;
+    kern_kv kv;
+    size_t per = (size_t) b->n_blocks * (size_t) b->block_size * (size_t) b->KV;
+
+    kv.k = b->kv + (size_t) layer * 2 * per;
+    kv.v = kv.k + per;
+    kv.n_kv = b->n_kv;
+    kv.hd = b->hd;
+    kv.bs = b->block_size;
+    return kv;
 }
 
 static void tok_one(tok_job *j, int t, int thread)
@@ -370,8 +384,7 @@ static void tok_one(tok_job *j, int t, int thread)
         float *v = b->v + (size_t) t * b->KV;
         const float *cs = b->rope_cos + (size_t) t * (b->hd / 2);
         const float *sn = b->rope_sin + (size_t) t * (b->hd / 2);
-        size_t slot = (size_t) table[pos / b->block_size] * b->block_size
-                      + (size_t) (pos % b->block_size);
+        kern_kv kv = layer_kv(b, j->layer);
         if (L->q_bias) {
             for (int i = 0; i < b->Q; i++) q[i] += L->q_bias[i];
             for (int i = 0; i < b->KV; i++) k[i] += L->k_bias[i];
@@ -389,10 +402,8 @@ static void tok_one(tok_job *j, int t, int thread)
         }
         kern_rope(q, b->n_heads, b->hd, cs, sn);
         kern_rope(k, b->n_kv, b->hd, cs, sn);
-        memcpy(b->kv + kv_offset(b, j->layer, 0) + slot * b->KV, k,
-               (size_t) b->KV * sizeof(float));
-        memcpy(b->kv + kv_offset(b, j->layer, 1) + slot * b->KV, v,
-               (size_t) b->KV * sizeof(float));
+        kern_kv_write(&kv, table[pos / b->block_size], pos % b->block_size,
+                      k, v);
         break;
     }
     default:
@@ -407,21 +418,19 @@ static void tok_task(void *ctx, int task, int thread)
     int t0 = task * j->per_task, t1 = t0 + j->per_task;
 
     if (j->what == TOK_ATTN) {
-        /* task = (token, kv head): the group's query heads share the keys */
+        /* task = (kv head, tile), head-major so that threads working at
+         * the same time share that head's K/V blocks in cache */
         cpu_backend *b = j->b;
         const llm_batch *bt = j->batch;
-        int t = task / b->n_kv, g = task % b->n_kv;
-        int bi = j->c0 + t, s = b->tok_seq[bi];
-        const int32_t *table = bt->block_tables + (size_t) s * bt->max_blocks;
-        kern_attention(b->q + (size_t) t * b->Q + (size_t) g * b->n_rep * b->hd,
-                       b->n_rep, b->hd, 1.0f / sqrtf((float) b->hd),
-                       b->kv + kv_offset(b, j->layer, 0) + (size_t) g * b->hd,
-                       b->kv + kv_offset(b, j->layer, 1) + (size_t) g * b->hd,
-                       (size_t) b->KV, table, b->block_size,
-                       bt->positions[bi] + 1,
+        int g = task / b->n_tiles, tile = task % b->n_tiles;
+        int t = b->tile_start[tile], bi = j->c0 + t, s = b->tok_seq[bi];
+        kern_kv kv = layer_kv(b, j->layer);
+        size_t off = (size_t) t * b->Q + (size_t) g * b->n_rep * b->hd;
+        kern_attention(&kv, g, bt->block_tables + (size_t) s * bt->max_blocks,
+                       bt->positions[bi], b->tile_len[tile], b->n_rep,
+                       1.0f / sqrtf((float) b->hd), b->q + off, (size_t) b->Q,
                        b->scores + (size_t) thread * b->scores_per_thread,
-                       b->att + (size_t) t * b->Q
-                           + (size_t) g * b->n_rep * b->hd);
+                       b->att + off, (size_t) b->Q);
         return;
     }
     if (t1 > j->n) {
@@ -440,7 +449,7 @@ static void run_tokens(cpu_backend *b, tok_job *j, int what)
 
     j->what = what;
     if (what == TOK_ATTN) {
-        thread_pool_run(b->pool, j->n * b->n_kv, tok_task, j);
+        thread_pool_run(b->pool, b->n_tiles * b->n_kv, tok_task, j);
         return;
     }
     j->per_task = j->n < 16 ? j->n : (j->n + b->n_threads * 4 - 1)
@@ -482,13 +491,17 @@ static int ensure_scratch(cpu_backend *b, int n_tok, int max_ctx,
                                &failed);
         b->rope_sin = xrealloc(b->rope_sin, n * (b->hd / 2) * sizeof(float),
                                &failed);
+        b->tile_start = xrealloc(b->tile_start, n * sizeof(int), &failed);
+        b->tile_len = xrealloc(b->tile_len, n * sizeof(int), &failed);
         if (failed) {
             return -1;
         }
         b->cap = n_tok;
     }
-    if ((size_t) b->n_rep * (size_t) max_ctx > b->scores_per_thread) {
-        size_t per = (size_t) b->n_rep * (size_t) max_ctx;
+    if (kern_attention_scratch(ATTN_TILE * b->n_rep, max_ctx, b->block_size)
+        > b->scores_per_thread) {
+        size_t per = kern_attention_scratch(ATTN_TILE * b->n_rep, max_ctx,
+                                            b->block_size);
         b->scores = xrealloc(b->scores, per * b->n_threads * sizeof(float),
                              &failed);
         if (failed) {
@@ -593,6 +606,26 @@ static int validate_batch(cpu_backend *b, const llm_batch *bt, int *max_ctx,
     return 0;
 }
 
+/* Splits the chunk's tokens into attention tiles: runs of consecutive
+ * positions of one sequence, at most ATTN_TILE long. */
+static void build_tiles(cpu_backend *b, const llm_batch *bt, int c0, int n)
+{
+    b->n_tiles = 0;
+    for (int t = 0; t < n; t++) {
+        int bi = c0 + t;
+        int k = b->n_tiles - 1;
+        if (t > 0 && b->tok_seq[bi] == b->tok_seq[bi - 1]
+            && bt->positions[bi] == bt->positions[bi - 1] + 1
+            && b->tile_len[k] < ATTN_TILE) {
+            b->tile_len[k]++;
+            continue;
+        }
+        b->tile_start[b->n_tiles] = t;
+        b->tile_len[b->n_tiles] = 1;
+        b->n_tiles++;
+    }
+}
+
 static void layer_forward(cpu_backend *b, tok_job *j)
 {
     const cpu_layer *L = &b->layers[j->layer];
@@ -649,6 +682,7 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
         j.batch = bt;
         j.c0 = c0;
         j.n = n;
+        build_tiles(b, bt, c0, n);
         for (int t = 0; t < n; t++) {
             int bi = c0 + t;
             kern_row_to_f32(&b->embed, bt->token_ids[bi], b->x + (size_t) t * b->H);
@@ -680,7 +714,7 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
             kern_split_bf16(b->final_rows, (size_t) bt->n_logits * b->H,
                             b->final_hi, b->final_lo);
             j.a.hi = b->final_hi;
-            j.a.lo = b->final_lo;
+            j.a.lo = b->fast ? NULL : b->final_lo;
         }
         j.block = mm_block_rows(b, &b->lm_head, bt->n_logits, b->vocab);
         j.tasks[1] = (b->vocab + j.block - 1) / j.block;
@@ -746,6 +780,7 @@ static void cpu_destroy(llm_backend *base)
     free(b->v); free(b->att); free(b->g); free(b->u);
     free(b->hi); free(b->lo); free(b->rope_cos); free(b->rope_sin);
     free(b->tok_seq); free(b->scores);
+    free(b->tile_start); free(b->tile_len);
     free(b->final_rows); free(b->final_hi); free(b->final_lo);
     free(b);
 }
@@ -776,6 +811,13 @@ static float *widen(const tensor_ref *t, float **cursor)
 llm_backend *cpu_backend_create(const model *m, int threads, char *err,
                                 size_t errlen)
 {
+    return cpu_backend_create_ex(m, threads, CPU_PRECISION_EXACT, err, errlen);
+}
+
+llm_backend *cpu_backend_create_ex(const model *m, int threads,
+                                   cpu_precision precision, char *err,
+                                   size_t errlen)
+{
     const model_config *c = &m->cfg;
     cpu_backend *b;
     size_t small_n;
@@ -797,6 +839,7 @@ llm_backend *cpu_backend_create(const model *m, int threads, char *err,
     }
     b->base.ops = &cpu_ops;
     b->base.m = m;
+    b->fast = precision == CPU_PRECISION_FAST;
     b->H = c->hidden_size;
     b->hd = c->head_dim;
     b->n_heads = c->n_heads;

@@ -211,9 +211,11 @@ static void matmul_scalar(const kern_matrix *w, int r0, int r1,
 /* ---- matmul: AVX2 + FMA (any weight dtype, widened to f32) -------------- */
 
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+#define BF16_TARGET \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define INLINE static inline __attribute__((always_inline))
 
-AVX2_TARGET static inline __m256 avx2_load8(llm_dtype t, const void *p,
-                                           size_t i)
+AVX2_TARGET INLINE __m256 avx2_load8(llm_dtype t, const void *p, size_t i)
 {
     switch (t) {
     case DTYPE_BF16: {
@@ -229,7 +231,7 @@ AVX2_TARGET static inline __m256 avx2_load8(llm_dtype t, const void *p,
     return _mm256_setzero_ps();
 }
 
-AVX2_TARGET static inline float avx2_hsum(__m256 v)
+AVX2_TARGET INLINE float avx2_hsum(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -238,19 +240,20 @@ AVX2_TARGET static inline float avx2_hsum(__m256 v)
 }
 
 /* R rows x T tokens; every (row, token) accumulates k-steps of 8 in one
- * vector, then its scalar tail: the same order for any R and T. */
-AVX2_TARGET static inline __attribute__((always_inline)) void
-avx2_tile(llm_dtype dt, const void *W, size_t K, int r, int R,
-          const float *X, int t, int T, float *y, size_t ldy)
+ * vector, then its scalar tail: the same order for any R and T.  The
+ * loops have constant trip counts once inlined; the pragmas make GCC
+ * unroll them at -O2 so the accumulators live in registers. */
+AVX2_TARGET INLINE void avx2_tile(llm_dtype dt, const void *W, size_t K, int r,
+                                  int R, const float *X, int t, int T,
+                                  float *y, size_t ldy)
 {
     __m256 acc[4][4];
     float tail[4][4];
     size_t k, K8 = K & ~(size_t) 7;
 
-    #pragma GCC unroll 8
-
+#pragma GCC unroll 4
     for (int i = 0; i < R; i++) {
-        #pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int j = 0; j < T; j++) {
             acc[i][j] = _mm256_setzero_ps();
             tail[i][j] = 0.0f;
@@ -258,32 +261,30 @@ avx2_tile(llm_dtype dt, const void *W, size_t K, int r, int R,
     }
     for (k = 0; k < K8; k += 8) {
         __m256 wv[4];
-        #pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < R; i++) {
             wv[i] = avx2_load8(dt, W, (size_t) (r + i) * K + k);
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int j = 0; j < T; j++) {
             __m256 xv = _mm256_loadu_ps(X + (size_t) (t + j) * K + k);
-            #pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < R; i++) {
                 acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
             }
         }
     }
     for (; k < K; k++) {
-        #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             float wk = load_w(dt, W, (size_t) (r + i) * K + k);
-            #pragma GCC unroll 8
             for (int j = 0; j < T; j++) {
                 tail[i][j] += wk * X[(size_t) (t + j) * K + k];
             }
         }
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int i = 0; i < R; i++) {
-        #pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int j = 0; j < T; j++) {
             y[(size_t) (t + j) * ldy + (size_t) (r + i)] =
                 avx2_hsum(acc[i][j]) + tail[i][j];
@@ -319,68 +320,64 @@ AVX2_TARGET static void matmul_avx2(const kern_matrix *w, int r0, int r1,
 
 /* ---- matmul: AVX-512 BF16 dot products ------------------------------------ */
 
-#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
 /* R rows x T tokens.  Per (row, token) one accumulator takes, for every
- * k-step of 32, the hi product and then the lo product; the tail step is
- * a masked load of the same shape, so the order never depends on R, T. */
-BF16_TARGET static inline __attribute__((always_inline)) void
-bf16_tile(const uint16_t *W, size_t K, int r, int R, const uint16_t *XH,
-          const uint16_t *XL, int t, int T, float *y, size_t ldy)
+ * k-step of 32, the hi product and then (exact mode, LO) the lo product;
+ * the tail step is a masked load of the same shape, so the order never
+ * depends on R or T. */
+BF16_TARGET INLINE void bf16_step(__m512 acc[8][6], const uint16_t *W, size_t K,
+                                  int r, int R, const uint16_t *XH,
+                                  const uint16_t *XL, int LO, int t, int T,
+                                  size_t k, __mmask32 m)
+{
+    __m512i wv[8];
+
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+        wv[i] = _mm512_maskz_loadu_epi16(m, W + (size_t) (r + i) * K + k);
+    }
+#pragma GCC unroll 6
+    for (int j = 0; j < T; j++) {
+        __m512i h = _mm512_maskz_loadu_epi16(m, XH + (size_t) (t + j) * K + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
+                                         (__m512bh) h);
+        }
+        if (LO) {
+            __m512i l = _mm512_maskz_loadu_epi16(m, XL + (size_t) (t + j) * K + k);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) {
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
+                                             (__m512bh) l);
+            }
+        }
+    }
+}
+
+BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
+                                  const uint16_t *XH, const uint16_t *XL,
+                                  int LO, int t, int T, float *y, size_t ldy)
 {
     __m512 acc[8][6];
     size_t k = 0;
 
-    #pragma GCC unroll 8
-
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
-        #pragma GCC unroll 8
+#pragma GCC unroll 6
         for (int j = 0; j < T; j++) {
             acc[i][j] = _mm512_setzero_ps();
         }
     }
     for (; k + 32 <= K; k += 32) {
-        __m512i wv[8];
-        #pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            wv[i] = _mm512_loadu_si512(W + (size_t) (r + i) * K + k);
-        }
-        #pragma GCC unroll 8
-        for (int j = 0; j < T; j++) {
-            __m512i h = _mm512_loadu_si512(XH + (size_t) (t + j) * K + k);
-            __m512i l = _mm512_loadu_si512(XL + (size_t) (t + j) * K + k);
-            #pragma GCC unroll 8
-            for (int i = 0; i < R; i++) {
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
-                                             (__m512bh) h);
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
-                                             (__m512bh) l);
-            }
-        }
+        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u);
     }
     if (k < K) {
-        __mmask32 m = (__mmask32) ((1ULL << (K - k)) - 1);
-        __m512i wv[8];
-        #pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            wv[i] = _mm512_maskz_loadu_epi16(m, W + (size_t) (r + i) * K + k);
-        }
-        #pragma GCC unroll 8
-        for (int j = 0; j < T; j++) {
-            __m512i h = _mm512_maskz_loadu_epi16(m, XH + (size_t) (t + j) * K + k);
-            __m512i l = _mm512_maskz_loadu_epi16(m, XL + (size_t) (t + j) * K + k);
-            #pragma GCC unroll 8
-            for (int i = 0; i < R; i++) {
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
-                                             (__m512bh) h);
-                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh) wv[i],
-                                             (__m512bh) l);
-            }
-        }
+        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k,
+                  (__mmask32) ((1ULL << (K - k)) - 1));
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
-        #pragma GCC unroll 8
+#pragma GCC unroll 6
         for (int j = 0; j < T; j++) {
             y[(size_t) (t + j) * ldy + (size_t) (r + i)] =
                 _mm512_reduce_add_ps(acc[i][j]);
@@ -388,21 +385,21 @@ bf16_tile(const uint16_t *W, size_t K, int r, int R, const uint16_t *XH,
     }
 }
 
-BF16_TARGET static void matmul_bf16(const kern_matrix *w, int r0, int r1,
-                                    const kern_acts *a, int t0, int t1,
-                                    float *y, size_t ldy)
+BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
+                                         const kern_acts *a, int LO, int t0,
+                                         int t1, float *y, size_t ldy)
 {
     size_t K = (size_t) w->cols;
-    const uint16_t *W = w->data;
+    const uint16_t *W = w->data, *XH = a->hi, *XL = a->lo;
 
     if (t1 - t0 == 1) {
         /* decode: more rows in flight hide the memory latency */
         int r = r0;
         for (; r + 8 <= r1; r += 8) {
-            bf16_tile(W, K, r, 8, a->hi, a->lo, t0, 1, y, ldy);
+            bf16_tile(W, K, r, 8, XH, XL, LO, t0, 1, y, ldy);
         }
         for (; r < r1; r++) {
-            bf16_tile(W, K, r, 1, a->hi, a->lo, t0, 1, y, ldy);
+            bf16_tile(W, K, r, 1, XH, XL, LO, t0, 1, y, ldy);
         }
         return;
     }
@@ -411,20 +408,35 @@ BF16_TARGET static void matmul_bf16(const kern_matrix *w, int r0, int r1,
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
             switch (nt) {
-            case 6: bf16_tile(W, K, r, 4, a->hi, a->lo, t, 6, y, ldy); break;
-            case 5: bf16_tile(W, K, r, 4, a->hi, a->lo, t, 5, y, ldy); break;
-            case 4: bf16_tile(W, K, r, 4, a->hi, a->lo, t, 4, y, ldy); break;
-            case 3: bf16_tile(W, K, r, 4, a->hi, a->lo, t, 3, y, ldy); break;
-            case 2: bf16_tile(W, K, r, 4, a->hi, a->lo, t, 2, y, ldy); break;
-            default: bf16_tile(W, K, r, 4, a->hi, a->lo, t, 1, y, ldy); break;
+            case 6: bf16_tile(W, K, r, 4, XH, XL, LO, t, 6, y, ldy); break;
+            case 5: bf16_tile(W, K, r, 4, XH, XL, LO, t, 5, y, ldy); break;
+            case 4: bf16_tile(W, K, r, 4, XH, XL, LO, t, 4, y, ldy); break;
+            case 3: bf16_tile(W, K, r, 4, XH, XL, LO, t, 3, y, ldy); break;
+            case 2: bf16_tile(W, K, r, 4, XH, XL, LO, t, 2, y, ldy); break;
+            default: bf16_tile(W, K, r, 4, XH, XL, LO, t, 1, y, ldy); break;
             }
         }
         for (; r < r1; r++) {
             for (int j = 0; j < nt; j++) {
-                bf16_tile(W, K, r, 1, a->hi, a->lo, t + j, 1, y, ldy);
+                bf16_tile(W, K, r, 1, XH, XL, LO, t + j, 1, y, ldy);
             }
         }
     }
+}
+
+/* Exact (hi + lo) and fast (hi only) instantiations. */
+BF16_TARGET static void matmul_bf16_exact(const kern_matrix *w, int r0,
+                                          int r1, const kern_acts *a, int t0,
+                                          int t1, float *y, size_t ldy)
+{
+    matmul_bf16_body(w, r0, r1, a, 1, t0, t1, y, ldy);
+}
+
+BF16_TARGET static void matmul_bf16_fast(const kern_matrix *w, int r0, int r1,
+                                         const kern_acts *a, int t0, int t1,
+                                         float *y, size_t ldy)
+{
+    matmul_bf16_body(w, r0, r1, a, 0, t0, t1, y, ldy);
 }
 
 #endif /* KERN_X86 */
@@ -436,7 +448,11 @@ void kern_matmul(const kern_matrix *w, int r0, int r1, const kern_acts *a,
     kern_isa isa = kern_get_isa();
 
     if (isa >= KERN_ISA_AVX512BF16 && w->dtype == DTYPE_BF16 && a->hi) {
-        matmul_bf16(w, r0, r1, a, t0, t1, y, ldy);
+        if (a->lo) {
+            matmul_bf16_exact(w, r0, r1, a, t0, t1, y, ldy);
+        } else {
+            matmul_bf16_fast(w, r0, r1, a, t0, t1, y, ldy);
+        }
         return;
     }
     if (isa >= KERN_ISA_AVX2) {
@@ -484,105 +500,273 @@ void kern_rope(float *x, int n_heads, int hd, const float *cos_,
     }
 }
 
+#if KERN_X86
+/* expf for 16 lanes: Cephes' range reduction and degree-6 polynomial,
+ * within 2 ulp of expf over the range softmax and SiLU use. */
+BF16_TARGET INLINE __m512 exp512(__m512 x)
+{
+    const __m512 hi = _mm512_set1_ps(88.3762626647949f);
+    const __m512 lo = _mm512_set1_ps(-88.3762626647949f);
+    __m512 fx, z, y;
+
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+    z = _mm512_mul_ps(x, x);
+    y = _mm512_set1_ps(1.9875691500E-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
+    y = _mm512_fmadd_ps(y, z, x);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, fx);
+}
+
+BF16_TARGET static void silu_mul_512(const float *g, const float *u, float *y,
+                                     int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16) 0xffff
+                                  : (__mmask16) ((1u << (n - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 uv = _mm512_maskz_loadu_ps(m, u + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(s, uv));
+    }
+}
+#endif
+
 void kern_silu_mul(const float *g, const float *u, float *y, int n)
 {
+#if KERN_X86
+    if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
+        silu_mul_512(g, u, y, n);
+        return;
+    }
+#endif
     for (int i = 0; i < n; i++) {
         y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
-/* ---- attention ----------------------------------------------------------- */
+/* ---- paged KV cache and attention ----------------------------------------- */
 
-static float dot_scalar(const float *a, const float *b, int n)
+void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
+                   const float *v)
 {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) {
-        s += a[i] * b[i];
+    for (int g = 0; g < kv->n_kv; g++) {
+        float *kb = kv->k + ((size_t) block * kv->n_kv + (size_t) g)
+                                * (size_t) kv->hd * (size_t) kv->bs;
+        float *vb = kv->v + (((size_t) block * kv->n_kv + (size_t) g)
+                             * (size_t) kv->bs + (size_t) slot) * (size_t) kv->hd;
+        for (int d = 0; d < kv->hd; d++) {
+            kb[(size_t) d * kv->bs + (size_t) slot] = k[(size_t) g * kv->hd + d];
+        }
+        memcpy(vb, v + (size_t) g * kv->hd, (size_t) kv->hd * sizeof(float));
     }
-    return s;
 }
 
-static void axpy_scalar(float *y, float a, const float *x, int n)
+/* Scores are kept for whole blocks: rows of blocks * bs floats. */
+size_t kern_attention_scratch(int n_q, int ctx, int bs)
 {
-    for (int i = 0; i < n; i++) {
-        y[i] += a * x[i];
+    size_t blocks = ((size_t) ctx + (size_t) bs - 1) / (size_t) bs;
+    return (size_t) n_q * blocks * (size_t) bs;
+}
+
+static inline const float *k_block(const kern_kv *kv, int32_t block, int g)
+{
+    return kv->k + ((size_t) block * kv->n_kv + (size_t) g)
+                       * (size_t) kv->hd * (size_t) kv->bs;
+}
+
+static inline const float *v_row(const kern_kv *kv, int32_t block, int g,
+                                 int slot)
+{
+    return kv->v + (((size_t) block * kv->n_kv + (size_t) g) * (size_t) kv->bs
+                    + (size_t) slot) * (size_t) kv->hd;
+}
+
+/* Portable version: the same arithmetic order per (query, key) as the
+ * AVX-512 one (dimension by dimension, one fused multiply-add each where
+ * the compiler contracts), plain expf. */
+static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
+                             int pos0, int n_tok, int n_rep, float scale,
+                             const float *q, size_t q_stride, float *sc,
+                             float *out, size_t out_stride)
+{
+    int hd = kv->hd, bs = kv->bs, ctx_max = pos0 + n_tok;
+    size_t L = kern_attention_scratch(1, ctx_max, bs);
+
+    for (int i = 0; i < n_tok; i++) {
+        int ctx = pos0 + i + 1;
+        for (int r = 0; r < n_rep; r++) {
+            const float *qv = q + (size_t) i * q_stride + (size_t) r * hd;
+            float *s = sc + ((size_t) i * n_rep + (size_t) r) * L;
+            float *o = out + (size_t) i * out_stride + (size_t) r * hd;
+            float mx = -INFINITY, sum = 0.0f;
+            for (int j = 0; j < ctx; j++) {
+                const float *kb = k_block(kv, table[j / bs], g);
+                float acc = 0.0f;
+                for (int d = 0; d < hd; d++) {
+                    acc += qv[d] * kb[(size_t) d * bs + (size_t) (j % bs)];
+                }
+                s[j] = acc * scale;
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            for (int j = 0; j < ctx; j++) {
+                s[j] = expf(s[j] - mx);
+                sum += s[j];
+            }
+            memset(o, 0, (size_t) hd * sizeof(float));
+            for (int j = 0; j < ctx; j++) {
+                const float *vr = v_row(kv, table[j / bs], g, j % bs);
+                float p = s[j] / sum;
+                for (int d = 0; d < hd; d++) {
+                    o[d] += p * vr[d];
+                }
+            }
+        }
     }
 }
 
 #if KERN_X86
-AVX2_TARGET static float dot_avx2(const float *a, const float *b, int n)
+/*
+ * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
+ * horizontal sums), 4 queries sharing each K load; softmax with exp512;
+ * P.V with 8 queries sharing each V load.  Per (query, key) the products
+ * are summed dimension by dimension in one lane, the softmax sum lane-wise
+ * over 16-key chunks from position 0, P.V key by key: nothing depends on
+ * which other queries share the tile.  Keys a query must not see get
+ * probability exactly 0 (their V rows are finite: this step wrote them).
+ */
+BF16_TARGET static void attention_512(const kern_kv *kv, int g,
+                                      const int32_t *table, int pos0,
+                                      int n_tok, int n_rep, float scale,
+                                      const float *q, size_t q_stride,
+                                      float *sc, float *out,
+                                      size_t out_stride)
 {
-    __m256 acc = _mm256_setzero_ps();
-    float tail = 0.0f;
-    int i = 0;
+    int hd = kv->hd, bs = kv->bs, ctx_max = pos0 + n_tok;
+    int n_q = n_tok * n_rep, n_blocks = (ctx_max + bs - 1) / bs;
+    size_t L = (size_t) n_blocks * (size_t) bs;
+    const __m512 vscale = _mm512_set1_ps(scale);
 
-    for (; i + 8 <= n; i += 8) {
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    /* 1. raw scores, whole blocks (lanes past bs are not stored) */
+    for (int b = 0; b < n_blocks; b++) {
+        const float *kb = k_block(kv, table[b], g);
+        for (int c = 0; c < bs; c += 16) {
+            __mmask16 m = bs - c >= 16 ? (__mmask16) 0xffff
+                                       : (__mmask16) ((1u << (bs - c)) - 1);
+            for (int qi = 0; qi < n_q; qi += 4) {
+                int nq = n_q - qi < 4 ? n_q - qi : 4;
+                const float *qp[4];
+                __m512 acc[4];
+                for (int x = 0; x < 4; x++) {
+                    int qq = qi + (x < nq ? x : 0);
+                    qp[x] = q + (size_t) (qq / n_rep) * q_stride
+                            + (size_t) (qq % n_rep) * hd;
+                    acc[x] = _mm512_setzero_ps();
+                }
+                for (int d = 0; d < hd; d++) {
+                    __m512 kv16 = _mm512_maskz_loadu_ps(m, kb + (size_t) d * bs + c);
+#pragma GCC unroll 4
+                    for (int x = 0; x < 4; x++) {
+                        acc[x] = _mm512_fmadd_ps(_mm512_set1_ps(qp[x][d]), kv16,
+                                                 acc[x]);
+                    }
+                }
+                for (int x = 0; x < nq; x++) {
+                    _mm512_mask_storeu_ps(sc + (size_t) (qi + x) * L
+                                              + (size_t) b * bs + c,
+                                          m, _mm512_mul_ps(acc[x], vscale));
+                }
+            }
+        }
     }
-    for (; i < n; i++) {
-        tail += a[i] * b[i];
+    /* 2. softmax per query over its own context; the rest becomes 0 */
+    for (int qq = 0; qq < n_q; qq++) {
+        int ctx = pos0 + qq / n_rep + 1;
+        float *s = sc + (size_t) qq * L;
+        __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+        float mx, sum;
+        for (int j = 0; j < ctx; j += 16) {
+            __mmask16 m = ctx - j >= 16 ? (__mmask16) 0xffff
+                                        : (__mmask16) ((1u << (ctx - j)) - 1);
+            vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + j));
+        }
+        mx = _mm512_reduce_max_ps(vmax);
+        for (int j = 0; j < ctx; j += 16) {
+            __mmask16 m = ctx - j >= 16 ? (__mmask16) 0xffff
+                                        : (__mmask16) ((1u << (ctx - j)) - 1);
+            __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j),
+                                            _mm512_set1_ps(mx)));
+            e = _mm512_maskz_mov_ps(m, e);
+            vsum = _mm512_add_ps(vsum, e);
+            _mm512_mask_storeu_ps(s + j, m, e);
+        }
+        sum = _mm512_reduce_add_ps(vsum);
+        for (int j = 0; j < ctx; j += 16) {
+            __mmask16 m = ctx - j >= 16 ? (__mmask16) 0xffff
+                                        : (__mmask16) ((1u << (ctx - j)) - 1);
+            _mm512_mask_storeu_ps(s + j, m,
+                                  _mm512_div_ps(_mm512_maskz_loadu_ps(m, s + j),
+                                                _mm512_set1_ps(sum)));
+        }
+        for (int j = ctx; j < ctx_max; j++) {
+            s[j] = 0.0f;
+        }
     }
-    return avx2_hsum(acc) + tail;
-}
-
-AVX2_TARGET static void axpy_avx2(float *y, float a, const float *x, int n)
-{
-    __m256 av = _mm256_set1_ps(a);
-    int i = 0;
-
-    for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i),
-                                                _mm256_loadu_ps(y + i)));
-    }
-    for (; i < n; i++) {
-        y[i] += a * x[i];
+    /* 3. out = P.V, 16 dimensions at a time, 8 queries per V load */
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+        __mmask16 md = hd - d0 >= 16 ? (__mmask16) 0xffff
+                                     : (__mmask16) ((1u << (hd - d0)) - 1);
+        for (int qi = 0; qi < n_q; qi += 8) {
+            int nq = n_q - qi < 8 ? n_q - qi : 8;
+            __m512 acc[8];
+            const float *sp[8];
+            for (int x = 0; x < 8; x++) {
+                acc[x] = _mm512_setzero_ps();
+                sp[x] = sc + (size_t) (qi + (x < nq ? x : 0)) * L;
+            }
+            for (int j = 0; j < ctx_max; j++) {
+                __m512 v16 = _mm512_maskz_loadu_ps(md, v_row(kv, table[j / bs], g,
+                                                             j % bs) + d0);
+#pragma GCC unroll 8
+                for (int x = 0; x < 8; x++) {
+                    acc[x] = _mm512_fmadd_ps(_mm512_set1_ps(sp[x][j]), v16, acc[x]);
+                }
+            }
+            for (int x = 0; x < nq; x++) {
+                int qq = qi + x;
+                _mm512_mask_storeu_ps(out + (size_t) (qq / n_rep) * out_stride
+                                          + (size_t) (qq % n_rep) * hd + d0,
+                                      md, acc[x]);
+            }
+        }
     }
 }
 #endif
 
-void kern_attention(const float *q, int n_rep, int hd, float scale,
-                    const float *k_cache, const float *v_cache,
-                    size_t stride, const int32_t *block_table, int bs,
-                    int ctx, float *scores, float *out)
+void kern_attention(const kern_kv *kv, int g, const int32_t *block_table,
+                    int pos0, int n_tok, int n_rep, float scale,
+                    const float *q, size_t q_stride, float *scratch,
+                    float *out, size_t out_stride)
 {
-    float (*dot)(const float *, const float *, int) = dot_scalar;
-    void (*axpy)(float *, float, const float *, int) = axpy_scalar;
-
 #if KERN_X86
-    if (kern_get_isa() >= KERN_ISA_AVX2) {
-        dot = dot_avx2;
-        axpy = axpy_avx2;
+    if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
+        attention_512(kv, g, block_table, pos0, n_tok, n_rep, scale, q,
+                      q_stride, scratch, out, out_stride);
+        return;
     }
 #endif
-    /* scores: one pass over the keys serves all heads of the group */
-    for (int j = 0; j < ctx; j++) {
-        size_t slot = (size_t) block_table[j / bs] * (size_t) bs
-                      + (size_t) (j % bs);
-        const float *k = k_cache + slot * stride;
-        for (int h = 0; h < n_rep; h++) {
-            scores[(size_t) h * ctx + j] = dot(q + (size_t) h * hd, k, hd) * scale;
-        }
-    }
-    for (int h = 0; h < n_rep; h++) {
-        float *s = scores + (size_t) h * ctx, mx = -INFINITY, sum = 0.0f;
-        for (int j = 0; j < ctx; j++) {
-            mx = s[j] > mx ? s[j] : mx;
-        }
-        for (int j = 0; j < ctx; j++) {
-            s[j] = expf(s[j] - mx);
-            sum += s[j];
-        }
-        for (int j = 0; j < ctx; j++) {
-            s[j] /= sum;
-        }
-        memset(out + (size_t) h * hd, 0, (size_t) hd * sizeof(float));
-    }
-    for (int j = 0; j < ctx; j++) {
-        size_t slot = (size_t) block_table[j / bs] * (size_t) bs
-                      + (size_t) (j % bs);
-        const float *v = v_cache + slot * stride;
-        for (int h = 0; h < n_rep; h++) {
-            axpy(out + (size_t) h * hd, scores[(size_t) h * ctx + j], v, hd);
-        }
-    }
+    attention_scalar(kv, g, block_table, pos0, n_tok, n_rep, scale, q,
+                     q_stride, scratch, out, out_stride);
 }

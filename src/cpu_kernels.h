@@ -56,6 +56,9 @@ typedef struct {
 
 /* Whether the current ISA wants kern_acts.hi/lo for weights of dtype t. */
 int kern_wants_split(llm_dtype t);
+/* With hi set and lo NULL, bf16 weights meet the activations as one bf16
+ * term, as llama.cpp does: twice the prefill speed, about 3 significant
+ * digits instead of 5 ("fast" precision of the CPU backend). */
 /* x = hi + lo + O(2^-17 |x|), hi and lo bf16 (round to nearest even). */
 void kern_split_bf16(const float *x, size_t n, uint16_t *hi, uint16_t *lo);
 
@@ -77,16 +80,39 @@ void kern_rmsnorm(const float *x, const float *w, int n, float eps,
 void kern_rope(float *x, int n_heads, int hd, const float *cos_,
                const float *sin_);
 
-/* y = silu(g) * u elementwise */
+/* y = silu(g) * u elementwise (y may alias g) */
 void kern_silu_mul(const float *g, const float *u, float *y, int n);
 
-/* Causal attention of n_rep query heads (q: [n_rep][hd], adjacent) sharing
- * one KV head, over the first ctx positions of a sequence whose position
- * j lives at k_cache/v_cache + (block_table[j / bs] * bs + j % bs) * stride.
- * scores: scratch of n_rep * ctx floats.  out: [n_rep][hd]. */
-void kern_attention(const float *q, int n_rep, int hd, float scale,
-                    const float *k_cache, const float *v_cache,
-                    size_t stride, const int32_t *block_table, int bs,
-                    int ctx, float *scores, float *out);
+/*
+ * Paged KV cache of one layer, f32.  Block b of KV head g holds bs slots:
+ *   K: k + ((b * n_kv + g) * hd + d) * bs + slot   (transposed: a vector
+ *      load gives one dimension of 16 keys, so scores of 16 keys need no
+ *      horizontal sums)
+ *   V: v + ((b * n_kv + g) * bs + slot) * hd + d
+ */
+typedef struct {
+    float *k, *v;
+    int    n_kv, hd, bs;
+} kern_kv;
+
+/* Stores one token's K and V (all KV heads: [n_kv][hd]) at (block, slot). */
+void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
+                   const float *v);
+
+/* Floats of scratch kern_attention needs for n_q query vectors over a
+ * context of ctx positions. */
+size_t kern_attention_scratch(int n_q, int ctx, int bs);
+
+/*
+ * Causal attention of n_tok consecutive tokens of one sequence (positions
+ * pos0 .. pos0 + n_tok - 1, token i sees positions [0, pos0 + i]) for the
+ * n_rep query heads sharing KV head g.  q and out: token i's heads at
+ * q + i * q_stride + r * hd (r < n_rep).  Each (token, head) gets the
+ * same bits whatever else is in the tile.
+ */
+void kern_attention(const kern_kv *kv, int g, const int32_t *block_table,
+                    int pos0, int n_tok, int n_rep, float scale,
+                    const float *q, size_t q_stride, float *scratch,
+                    float *out, size_t out_stride);
 
 #endif
