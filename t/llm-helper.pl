@@ -33,12 +33,15 @@ sub llm_http_get {
 }
 
 sub llm_wait_ready {
-    my ($path, $limit) = @_;
+    my ($path, $limit, $http2) = @_;
     $limit //= 60;
     my $port = Test::Nginx::Util::server_port_for_client();
     my $deadline = time + $limit;
     while (time < $deadline) {
-        my $res = llm_http_get($port, $path);
+        my $res = $http2
+            ? scalar `curl -s -i --http2-prior-knowledge http://127.0.0.1:$port$path`
+            : llm_http_get($port, $path);
+        $res =~ s{^HTTP/2 }{HTTP/1.1 };
         return 1 if $res =~ m{^HTTP/1\.\d 200};
         sleep 0.05;
     }
@@ -213,7 +216,8 @@ add_block_preprocessor(sub {
         && !defined $block->must_die)
     {
         my $path = $block->ready_path // '/v1/health';
-        $block->set_value('init', "main::llm_wait_ready('$path')");
+        my $h2 = defined $block->http2 ? 1 : 0;
+        $block->set_value('init', "main::llm_wait_ready('$path', 60, $h2)");
     }
 });
 
