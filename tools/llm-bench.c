@@ -138,6 +138,7 @@ int main(int argc, char **argv)
     bench_req *reqs;
     series ttft = { 0 }, tpot = { 0 }, itl = { 0 }, e2e = { 0 };
     summary s_ttft, s_tpot, s_itl, s_e2e;
+    llm_stats es;
     int next = 0, in_flight = 0, finished = 0, failed = 0, i, j;
     long long total_out = 0, total_in = 0;
     double t_load, t_start, t_end, dur;
@@ -324,6 +325,12 @@ int main(int argc, char **argv)
 #define ROW(name, s) \
     printf("%-8s ms  mean %9.2f  p50 %9.2f  p90 %9.2f  p99 %9.2f\n", name, \
            (s).mean * 1e3, (s).p50 * 1e3, (s).p90 * 1e3, (s).p99 * 1e3)
+    llm_engine_stats(e, &es);
+    printf("%-32s %llu (mean %.2f ms, %.1f tokens)\n", "Engine steps:",
+           (unsigned long long) es.steps,
+           es.steps ? es.step_time.sum / es.steps * 1e3 : 0.0,
+           es.steps ? (double) (es.prompt_tokens + es.generation_tokens) / es.steps : 0.0);
+    printf("%-32s %llu\n", "Preemptions:", (unsigned long long) es.preemptions);
     ROW("TTFT", s_ttft);
     ROW("TPOT", s_tpot);
     ROW("ITL", s_itl);
@@ -356,6 +363,10 @@ int main(int argc, char **argv)
             JS("tpot", s_tpot);
             JS("itl", s_itl);
             JS("e2e", s_e2e);
+            fprintf(f, "  \"engine_steps\": %llu, \"mean_step_ms\": %.4f, "
+                    "\"preemptions\": %llu,\n", (unsigned long long) es.steps,
+                    es.steps ? es.step_time.sum / es.steps * 1e3 : 0.0,
+                    (unsigned long long) es.preemptions);
             fprintf(f, "  \"load_s\": %.3f\n}\n", t_load);
             fclose(f);
 #undef JS
