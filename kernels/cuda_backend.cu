@@ -48,7 +48,7 @@ typedef struct {
 } dev_layer;
 
 typedef struct {
-    int             n_tokens, n_logits, split_tokens, bt_stride;
+    int             n_tokens, n_logits, split_tokens, bt_stride, n_splits;
     cudaGraphExec_t exec;
     unsigned long   last_use;
 } graph_entry;
@@ -770,16 +770,21 @@ static int plan_step(cuda_backend *b, const llm_batch *bt, step_plan *p,
             target = cap;
         if (target < 1)
             target = 1;
+        /* At least 128 tokens a split: shorter ones buy nothing, and a
+         * fixed floor keeps one graph per batch size up to ~4k context. */
         int split = next_pow2((max_ctx + target - 1) / target);
-        if (split < 16)
-            split = 16;
+        if (split < 128)
+            split = 128;
         p->split_tokens = split;
-        p->n_splits = target == 1 ? 1 : (max_ctx + split - 1) / split;
+        /* Decode-only steps (the graph-captured ones) always launch
+         * `target` splits, so a graph stays valid while the context grows
+         * within target * split; splits past a context end at once. */
+        if (p->n_pf == 0)
+            p->n_splits = target;
+        else
+            p->n_splits = (max_ctx + split - 1) / split;
         if (p->n_splits < 1)
             p->n_splits = 1;
-        /* Graph replays keep a fixed split count per key. */
-        if (p->n_pf == 0 && p->n_splits > 1)
-            p->n_splits = target;
     }
     return 0;
 }
@@ -790,7 +795,8 @@ static int run_graph(cuda_backend *b, const step_plan *p, char *err, size_t errl
     for (int i = 0; i < b->n_graphs; i++) {
         graph_entry *e = &b->graphs[i];
         if (e->n_tokens == p->T && e->n_logits == p->n_logits &&
-            e->split_tokens == p->split_tokens && e->bt_stride == p->bt_stride) {
+            e->split_tokens == p->split_tokens && e->bt_stride == p->bt_stride &&
+            e->n_splits == p->n_splits) {
             g = e;
             break;
         }
@@ -827,6 +833,7 @@ static int run_graph(cuda_backend *b, const step_plan *p, char *err, size_t errl
         g->n_logits = p->n_logits;
         g->split_tokens = p->split_tokens;
         g->bt_stride = p->bt_stride;
+        g->n_splits = p->n_splits;
         g->exec = exec;
     }
     g->last_use = ++b->use_clock;
