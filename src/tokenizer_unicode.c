@@ -3,6 +3,7 @@
  */
 #include "tokenizer_unicode.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -158,25 +159,24 @@ int bytelevel_byte_of_char(uint32_t cp)
     return -1;
 }
 
-/* Tables built once; both directions are needed per character. */
+/* Tables built once (pthread_once: loaders may run on several threads). */
 static int16_t bytelevel_byte_table[256 + 68];
 static uint16_t bytelevel_char_table[256];
-static int bytelevel_tables_ready;
+static pthread_once_t bytelevel_once = PTHREAD_ONCE_INIT;
 
-static void bytelevel_tables_init(void)
+static void bytelevel_tables_build(void)
 {
-    /* Idempotent and deterministic, so a benign race between threads
-     * writes the same values; tokenizer_load calls it first anyway. */
-    if (bytelevel_tables_ready) {
-        return;
-    }
     for (uint32_t cp = 0; cp < 256 + 68; cp++) {
         bytelevel_byte_table[cp] = (int16_t) bytelevel_byte_of_char(cp);
     }
     for (unsigned b = 0; b < 256; b++) {
         bytelevel_char_table[b] = (uint16_t) bytelevel_char_of_byte((uint8_t) b);
     }
-    bytelevel_tables_ready = 1;
+}
+
+static void bytelevel_tables_init(void)
+{
+    pthread_once(&bytelevel_once, bytelevel_tables_build);
 }
 
 long bytelevel_decode(const char *s, size_t len, uint8_t *out)
