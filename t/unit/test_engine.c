@@ -500,6 +500,26 @@ static void test_cancel(void)
         llm_request_cancel(res[i].r);
         llm_request_cancel(res[i].r);   /* twice is harmless */
     }
+    /* Once every cancelled request has its abort event, its sequence has
+     * left the engine (gauges are updated before the event). */
+    {
+        int aborted = 0;
+
+        while (aborted < N / 2 && unit_now() - t0 < HANG_GUARD_S) {
+            llm_engine_wait(e, 20);
+            while (llm_engine_ready(e, ready, 64) == 64) {
+            }
+            aborted = 0;
+            for (i = 0; i < N; i += 2) {
+                drain(&res[i]);
+                aborted += res[i].finished;
+            }
+        }
+        llm_engine_stats(e, &st);
+        CHECK(aborted == N / 2 && st.running + st.waiting <= N / 2,
+              "after the aborts: %d aborted, %d running, %d waiting", aborted,
+              st.running, st.waiting);
+    }
     REQUIRE(run_until_done(e, res, N) == 0, "hang");
     for (i = 0; i < N; i++) {
         if (i % 2 == 0) {
