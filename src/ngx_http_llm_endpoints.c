@@ -175,9 +175,10 @@ ngx_http_llm_health(ngx_http_request_t *r)
                                   "service_unavailable_error",
                                   "model_not_ready", "the model is loading");
     default:
-        return ngx_http_llm_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                  "internal_server_error", "engine_failed",
-                                  "the engine failed: %s", err);
+        /* not serving either way; the message says why */
+        return ngx_http_llm_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "service_unavailable_error", "model_failed",
+                                  "the model failed to load: %s", err);
     }
 }
 

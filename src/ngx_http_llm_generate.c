@@ -99,11 +99,18 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
                            ? model->error : "the model is not loaded");
         return NGX_ERROR;
     }
-    if (llm_engine_get_state(model->engine, msg, sizeof(msg))
-        != LLM_STATE_READY)
-    {
+    msg[0] = '\0';
+    switch (llm_engine_get_state(model->engine, msg, sizeof(msg))) {
+    case LLM_STATE_READY:
+        break;
+    case LLM_STATE_LOADING:
         oai_error_from_llm(err, LLM_ERR_NOT_READY, NULL,
-                           msg[0] ? msg : "the model is still loading");
+                           "the model is still loading");
+        return NGX_ERROR;
+    default:
+        oai_error_set(err, NGX_HTTP_SERVICE_UNAVAILABLE,
+                      "service_unavailable_error", "model_failed", NULL,
+                      "the model failed to load: %s", msg);
         return NGX_ERROR;
     }
 
