@@ -495,7 +495,7 @@ static void check_attention(int device)
 {
     static const struct { int ctx, q, split; } cases[] = {
         { 1, 1, 0 }, { 17, 1, 0 }, { 17, 17, 16 }, { 4096, 1, 256 },
-        { 4096, 100, 512 }, { 65536, 1, 2048 }, { 65536, 64, 4096 },
+        { 4096, 100, 512 }, { 65536, 1, 2048 }, { 65536, 16, 4096 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (g_quick && cases[i].ctx > 4096)
