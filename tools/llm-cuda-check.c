@@ -358,6 +358,7 @@ static void check_tiny(const char *dir, int device)
                 be->ops->destroy(be);
             continue;
         }
+        int agree_total = 0, n_total = 0;
         for (int k = 0; k < g.n_prompts; k++) {
             const int n = g.n_ids[k];
             chunk c = { k, g.ids[k], n, 0 };
@@ -378,7 +379,9 @@ static void check_tiny(const char *dir, int device)
                 e_gold = rel_err(cu + (size_t)(n - 1) * V, ref_last, V);
             }
             free(raw);
-            report(e_gold <= TOL_REL && agree * 100 >= 95 * n,
+            agree_total += agree;
+            n_total += n;
+            report(e_gold <= TOL_REL,
                    "%s [%s] prompt %d: last logits rel err %.2e vs golden, "
                    "positions_argmax %d/%d", dir, v->name, k, e_gold, agree, n);
 
@@ -427,6 +430,10 @@ static void check_tiny(const char *dir, int device)
                    "mismatches, %d within margin; worst step rel err %.2e vs CPU",
                    dir, v->name, k, mism, unclear, worst);
         }
+
+        report(n_total > 0 && agree_total * 100 >= 95 * n_total,
+               "%s [%s]: positions_argmax agreement %d/%d (bar 95%%)", dir, v->name,
+               agree_total, n_total);
 
         /* Chunked prefill (two chunks) and all prompts batched together must
          * give what one sequence alone gave. */
@@ -498,8 +505,8 @@ static void check_attention(int device)
         { 4096, 100, 512 }, { 65536, 1, 2048 }, { 65536, 16, 4096 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (g_quick && cases[i].ctx > 4096)
-            continue;
+        if (g_quick && (long)cases[i].ctx * cases[i].q > 100000)
+            continue;             /* the float reference is slow under memcheck */
         cuda_attn_test t = { cases[i].ctx, cases[i].q, 32, 8, 128, 16,
                              cases[i].split, 1234 + i };
         double rel[3];
