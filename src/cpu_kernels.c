@@ -354,6 +354,21 @@ BF16_TARGET INLINE void bf16_step(__m512 acc[8][6], const uint16_t *W, size_t K,
     }
 }
 
+/* The sums of four accumulators at once (lanes of a only ever meet lanes
+ * of a, so each sum has the same bits whatever the other three hold). */
+BF16_TARGET INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 abcd = _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                 _mm512_castps_pd(abcd), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
                                   const uint16_t *XH, const uint16_t *XL,
                                   int LO, int t, int T, float *y, size_t ldy)
@@ -375,12 +390,18 @@ BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
         bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k,
                   (__mmask32) ((1ULL << (K - k)) - 1));
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < R; i++) {
 #pragma GCC unroll 6
-        for (int j = 0; j < T; j++) {
-            y[(size_t) (t + j) * ldy + (size_t) (r + i)] =
-                _mm512_reduce_add_ps(acc[i][j]);
+    for (int j = 0; j < T; j++) {
+        float *yr = y + (size_t) (t + j) * ldy + (size_t) r;
+        if (R == 1) {
+            __m512 z = _mm512_setzero_ps();
+            _mm_store_ss(yr, reduce4(acc[0][j], z, z, z));
+        } else {
+#pragma GCC unroll 2
+            for (int i = 0; i < R; i += 4) {
+                _mm_storeu_ps(yr + i, reduce4(acc[i][j], acc[i + 1][j],
+                                              acc[i + 2][j], acc[i + 3][j]));
+            }
         }
     }
 }

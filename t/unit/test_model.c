@@ -416,6 +416,105 @@ static void test_threads_and_isas_agree(void)
     free(got);
 }
 
+/* Dummy models of other shapes: head_dim 128 (vector-aligned) and 80
+ * (masked tails), block sizes 16 and 5: decode == prefill, block size
+ * does not change a bit, every ISA agrees with the scalar reference. */
+static void write_config(const char *dir, int head_dim, const char *type)
+{
+    char p[512];
+    FILE *f;
+
+    mkdir(dir, 0755);
+    snprintf(p, sizeof(p), "%s/config.json", dir);
+    f = fopen(p, "w");
+    if (f == NULL) {
+        return;
+    }
+    fprintf(f, "{\"model_type\": \"%s\", \"vocab_size\": 1000, "
+            "\"hidden_size\": 192, \"intermediate_size\": 160, "
+            "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+            "\"num_key_value_heads\": 2, \"head_dim\": %d, "
+            "\"max_position_embeddings\": 4096, \"rms_norm_eps\": 1e-6, "
+            "\"rope_theta\": 1000000, \"tie_word_embeddings\": false, "
+            "\"torch_dtype\": \"bfloat16\"}\n", type, head_dim);
+    fclose(f);
+}
+
+static int run_shape(const char *dir, int bs, int threads, float *logits, int n,
+                     const int32_t *ids, int step_from)
+{
+    char err[256];
+    model *m = model_load(dir, 1, 99, err, sizeof(err));
+    llm_backend *be;
+    fixture f;
+    seq_state s;
+    int rc = 0;
+
+    if (m == NULL) {
+        fprintf(stderr, "  %s\n", err);
+        return -1;
+    }
+    be = cpu_backend_create(m, threads, err, sizeof(err));
+    if (be == NULL || be->ops->kv_alloc(be, N_BLOCKS, bs, err, sizeof(err)) != 0) {
+        fprintf(stderr, "  %s\n", err);
+        if (be) be->ops->destroy(be);
+        model_free(m);
+        return -1;
+    }
+    f.m = m;
+    f.be = be;
+    f.vocab = m->cfg.vocab_size;
+    seq_init(&s, 11, 3);
+    rc |= run_one(&f, &s, ids, step_from, 1, logits);
+    for (int i = step_from; i < n && rc == 0; i++) {
+        rc |= run_one(&f, &s, ids + i, 1, 0, logits + (size_t) i * f.vocab);
+    }
+    fixture_close(&f);
+    return rc;
+}
+
+static void test_other_shapes(void)
+{
+    const int hds[] = { 128, 80 };
+    const char *types[] = { "qwen3", "qwen2" };
+    kern_isa best = kern_detect_isa();
+    int32_t ids[70];
+    int n = 70, V = 1000;
+    float *ref = malloc((size_t) n * V * sizeof(float));
+    float *got = malloc((size_t) n * V * sizeof(float));
+    char dir[256];
+
+    for (int i = 0; i < n; i++) {
+        ids[i] = (int32_t) ((i * 37 + 5) % V);
+    }
+    for (int c = 0; c < 2; c++) {
+        double e;
+        snprintf(dir, sizeof(dir), "/tmp/llm-test-shape-%d-%d", (int) getpid(), c);
+        write_config(dir, hds[c], types[c]);
+        /* reference: one prefill, block size 16, best ISA */
+        REQUIRE(run_shape(dir, 16, 2, ref, n, ids, n) == 0, "%s prefill", dir);
+        REQUIRE(run_shape(dir, 5, 2, got, n, ids, 9) == 0, "%s decode bs 5", dir);
+        e = rel_err(got, ref, (size_t) n * V);
+        printf("# head_dim %d %s: decode with block size 5 vs prefill with 16: "
+               "rel err %.3g\n", hds[c], types[c], e);
+        CHECK(e <= 1e-6, "head_dim %d: rel err %g", hds[c], e);
+        kern_set_isa(KERN_ISA_SCALAR);
+        REQUIRE(run_shape(dir, 16, 1, got, n, ids, n) == 0, "%s scalar", dir);
+        kern_set_isa(best);
+        e = rel_err(got, ref, (size_t) n * V);
+        printf("# head_dim %d %s: %s vs scalar: rel err %.3g\n", hds[c],
+               types[c], kern_isa_name(best), e);
+        CHECK(e <= 2e-5, "head_dim %d: %s vs scalar rel err %g", hds[c],
+              kern_isa_name(best), e);
+        snprintf(dir + strlen(dir), sizeof(dir) - strlen(dir), "/config.json");
+        unlink(dir);
+        dir[strlen(dir) - strlen("/config.json")] = '\0';
+        rmdir(dir);
+    }
+    free(ref);
+    free(got);
+}
+
 /* ---- config and dummy weights ---------------------------------------------- */
 
 static void test_config_qwen3_4b(void)
@@ -782,6 +881,7 @@ int main(void)
     RUN(test_decode_and_chunks_equal_prefill);
     RUN(test_batch_equals_alone);
     RUN(test_threads_and_isas_agree);
+    RUN(test_other_shapes);
     RUN(test_config_qwen3_4b);
     RUN(test_dummy_weights);
     RUN(test_broken_models);
