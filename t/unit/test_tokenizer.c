@@ -159,6 +159,15 @@ static void test_fixed_cases(void)
         /* Not quite a special token: plain text. */
         { "<|im_start>", { 27, 91, 318, 4906, 29 }, 5 },
         { "<think></think>", { 151667, 151668 }, 2 },
+        /* Case-insensitive contractions, U+017F LONG S folding to s
+         * (checked against the JS reference). */
+        { "'Ss", { 13272, 82 }, 2 },
+        { "'\xC5\xBF" "a", { 6, 144815, 64 }, 3 },
+        /* Found by the fuzz (seed 99): U+0CDC is unassigned before Unicode
+         * 17, so not \p{L} for PCRE2 10.42 nor for HF's Oniguruma; it
+         * joins the quote as punctuation and "'S" is no contraction.  The
+         * JS reference, on Node's Unicode 17 tables, says [.., 13272, 82]. */
+        { "\xE0\xB3\x9C'Ss", { 55890, 250, 6, 50, 82 }, 5 },
     };
     char err[256];
 
