@@ -57,7 +57,7 @@ UNITS     := $(patsubst t/unit/%.c,$(BUILD)/t/%,$(UNIT_SRCS))
 MODULE    := $(BUILD)/nginx/objs/ngx_http_llm_module.so
 
 .PHONY: all lib module tools units test unit-test nginx-test e2e-test deps run clean \
-        bench bench-report fuzz
+        bench bench-report fuzz sanitize
 all: lib tools units module
 
 lib: $(LIB)
@@ -132,6 +132,12 @@ DEVICE ?= cpu
 PORT ?= 8000
 run: deps all
 	@tools/run-server.sh "$(abspath $(MODULE))" "$(abspath $(MODEL))" "$(DEVICE)" "$(PORT)"
+
+fuzz:
+	@tools/fuzz.sh
+
+sanitize:
+	@tools/sanitize.sh
 
 bench: all
 	@tools/bench.sh "$(BUILD)"
