@@ -33,7 +33,7 @@ typedef struct {
     int32_t rank;
     int32_t pos;
     int32_t new_id;
-    int32_t left, right;    /* the pair's ids when it was pushed */
+    int32_t len;            /* bytes the pair covered when pushed */
 } bpe_candidate;
 
 struct bpe_scratch {
@@ -277,8 +277,7 @@ long bpe_encode_piece(const bpe_model *m, bpe_scratch *s,
 
         if (bpe_merges_get(&m->merges, sy[i].id, sy[i + 1].id, &c.rank, &c.new_id)) {
             c.pos = (int32_t) i;
-            c.left = sy[i].id;
-            c.right = sy[i + 1].id;
+            c.len = 2;
             bpe_heap_push(heap, &heap_n, c);
         }
     }
@@ -292,10 +291,12 @@ long bpe_encode_piece(const bpe_model *m, bpe_scratch *s,
         }
         next = cur->next;
         /* An entry is stale when the pair at its position no longer
-         * merges into the same token (merges.rs compares new ids, so a
-         * different pair with the same result still counts).  The same
-         * pair as when pushed is valid without a lookup. */
-        if ((cur->id != top.left || sy[next].id != top.right)
+         * merges into the same token (merges.rs compares new ids).  Symbols
+         * only grow, so the pair is unchanged exactly when it covers as
+         * many bytes as when pushed: then no lookup is needed.  Otherwise
+         * ask as merges.rs does (a different pair whose merged string is a
+         * different token never gives the same id). */
+        if (cur->len + sy[next].len != top.len
             && (!bpe_merges_get(&m->merges, cur->id, sy[next].id, &rank, &new_id)
                 || new_id != top.new_id)) {
             continue;
@@ -310,15 +311,13 @@ long bpe_encode_piece(const bpe_model *m, bpe_scratch *s,
         if (cur->prev >= 0
             && bpe_merges_get(&m->merges, sy[cur->prev].id, cur->id, &c.rank, &c.new_id)) {
             c.pos = cur->prev;
-            c.left = sy[cur->prev].id;
-            c.right = cur->id;
+            c.len = sy[cur->prev].len + cur->len;
             bpe_heap_push(heap, &heap_n, c);
         }
         if (cur->next >= 0
             && bpe_merges_get(&m->merges, cur->id, sy[cur->next].id, &c.rank, &c.new_id)) {
             c.pos = top.pos;
-            c.left = cur->id;
-            c.right = sy[cur->next].id;
+            c.len = cur->len + sy[cur->next].len;
             bpe_heap_push(heap, &heap_n, c);
         }
     }

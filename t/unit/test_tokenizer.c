@@ -417,6 +417,56 @@ static void test_nfc_quick_set(void)
     }
 }
 
+/* A megabyte of the goldens' texts joined by newlines (mixed scripts, as a
+ * real long prompt): encodes, and decodes back to the goldens' NFC
+ * `decoded` texts joined the same way.  The time is printed, not asserted. */
+static void test_megabyte_goldens(void)
+{
+    size_t len = 0, cap = (1 << 20) + 65536, tlen = 0, dlen = 0, back_len = 0;
+    char *lines = unit_read_file(GOLDENS, &len);
+    char *text = malloc(cap), *want = malloc(3 * cap), *back;
+    int32_t *ids = NULL;
+    char err[256];
+    double t0;
+    int n;
+
+    REQUIRE(tok != NULL && lines != NULL && text != NULL && want != NULL, "setup");
+    while (tlen < (1 << 20)) {
+        char *save = NULL, *copy = strdup(lines);
+
+        for (char *l = strtok_r(copy, "\n", &save); l && tlen < (1 << 20);
+             l = strtok_r(NULL, "\n", &save)) {
+            cJSON *c = cJSON_Parse(l);
+            const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(c, "text"));
+            const char *d = cJSON_GetStringValue(cJSON_GetObjectItem(c, "decoded"));
+
+            if (t && d && tlen + strlen(t) + 1 < cap) {
+                memcpy(text + tlen, t, strlen(t));
+                tlen += strlen(t);
+                text[tlen++] = '\n';
+                memcpy(want + dlen, d, strlen(d));
+                dlen += strlen(d);
+                want[dlen++] = '\n';
+            }
+            cJSON_Delete(c);
+        }
+        free(copy);
+    }
+    t0 = unit_now();
+    n = tokenizer_encode(tok, text, tlen, 0, &ids, err, sizeof(err));
+    printf("# 1 MB of golden texts (%zu bytes): %d tokens in %.3f s\n", tlen, n,
+           unit_now() - t0);
+    REQUIRE(n > 0, "%s", err);
+    back = tokenizer_decode(tok, ids, n, 0, &back_len, err, sizeof(err));
+    CHECK(back != NULL && back_len == dlen && memcmp(back, want, dlen) == 0,
+          "round trip of 1 MB differs from the goldens' decoded texts");
+    free(back);
+    free(ids);
+    free(text);
+    free(want);
+    free(lines);
+}
+
 /* A megabyte prompt: linear time (the time is printed, not asserted) and
  * the same ids as encoding its repeated unit piecewise would give. */
 static void test_megabyte_prompt(void)
@@ -741,6 +791,7 @@ int main(void)
     RUN(test_partial_utf8);
     RUN(test_stream_all_ids);
     RUN(test_nfc_quick_set);
+    RUN(test_megabyte_goldens);
     RUN(test_megabyte_prompt);
     RUN(test_threads);
     RUN(test_load_errors);
