@@ -94,7 +94,7 @@ static char *arena_strndup(arena *a, const char *s, size_t n)
 
 typedef enum {
     JV_UNDEF, JV_NONE, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_LIST, JV_DICT,
-    JV_NS, JV_LOOP, JV_FUNC
+    JV_NS, JV_LOOP, JV_FUNC, JV_MACRO
 } jv_type;
 
 typedef struct jlist jlist;
@@ -102,6 +102,7 @@ typedef struct jdict jdict;
 typedef struct jloop jloop;
 typedef struct jfunc jfunc;
 typedef struct jundef jundef;
+typedef struct jmacro jmacro;
 
 typedef struct {
     uint8_t t;
@@ -114,6 +115,7 @@ typedef struct {
         jdict *d;           /* JV_DICT, JV_NS */
         jloop *loop;
         jfunc *fn;
+        const jmacro *mac;
         const jundef *u;    /* NULL: a plain undefined */
     } u;
 } jv;
@@ -121,6 +123,9 @@ typedef struct {
 struct jlist {
     size_t n;
     jv *v;
+    /* the result of a filter that is a Python generator in Jinja (map,
+     * select, ...): always true, no len(), no subscripts, not JSON */
+    int gen;
 };
 
 struct jdict {
@@ -190,11 +195,12 @@ static const char *type_name(const jv *v)
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
-    case JV_LIST: return v->tuple ? "tuple" : "list";
+    case JV_LIST: return v->u.l->gen ? "generator" : v->tuple ? "tuple" : "list";
     case JV_DICT: return "dict";
     case JV_NS: return "Namespace";
     case JV_LOOP: return "LoopContext";
     case JV_FUNC: return "builtin_function_or_method";
+    case JV_MACRO: return "Macro";
     }
     return "object";
 }
@@ -539,7 +545,7 @@ static int put_value(sbuf *b, const jv *v, int repr, int depth)
     }
     switch (v->t) {
     case JV_UNDEF:
-        return 0;
+        return repr ? sb_puts(b, "Undefined") : 0;
     case JV_NONE:
         return sb_puts(b, "None");
     case JV_BOOL:
@@ -552,6 +558,9 @@ static int put_value(sbuf *b, const jv *v, int repr, int depth)
     case JV_STR:
         return repr ? put_str_repr(b, v->u.s.p, v->u.s.n) : sb_put(b, v->u.s.p, v->u.s.n);
     case JV_LIST:
+        if (v->u.l->gen) {
+            return sb_puts(b, "<generator object>");
+        }
         sb_putc(b, v->tuple ? '(' : '[');
         for (size_t i = 0; i < v->u.l->n; i++) {
             if (i) {
@@ -581,6 +590,8 @@ static int put_value(sbuf *b, const jv *v, int repr, int depth)
                          (long long) v->u.loop->length);
     case JV_FUNC:
         return sb_printf(b, "<built-in method %s>", v->u.fn->name);
+    case JV_MACRO:
+        return sb_puts(b, "<Macro>");
     }
     return 0;
 }
@@ -759,6 +770,7 @@ static jlist *list_new(arena *a, size_t n)
     }
     l->n = n;
     l->v = NULL;
+    l->gen = 0;
     if (n) {
         if (n > SIZE_MAX / sizeof(jv)) {
             return NULL;
@@ -1135,6 +1147,7 @@ static int json_value(json_parser *jp, jv *out, int depth)
         }
         l->n = n;
         l->v = items;
+        l->gen = 0;
         out->t = JV_LIST;
         out->tuple = 0;
         out->u.l = l;
@@ -1291,6 +1304,10 @@ static int json_dump(sbuf *b, const jv *v, json_opts *o, int level, arena *a)
         json_put_string(b, v->u.s.p, v->u.s.n, o->ensure_ascii);
         return 0;
     case JV_LIST:
+        if (v->u.l->gen) {
+            o->bad_type = "generator";
+            return -1;
+        }
         if (v->u.l->n == 0) {
             sb_puts(b, "[]");
             return 0;
@@ -1965,7 +1982,7 @@ static int lex_all(lexer *lx)
 typedef enum {
     /* statements */
     N_BODY, N_TEXT, N_OUTPUT, N_IF, N_FOR, N_SET, N_SET_BLOCK, N_BREAK,
-    N_CONTINUE,
+    N_CONTINUE, N_MACRO,
     /* expressions */
     N_CONST, N_NAME, N_LIST, N_TUPLE, N_DICT, N_GETATTR, N_GETITEM, N_SLICE,
     N_CALL, N_FILTER, N_TEST, N_NEG, N_POS, N_NOT, N_AND, N_OR, N_BINOP,
@@ -2073,6 +2090,7 @@ typedef struct {
     arena *mem;
     int nesting;
     int loop_depth;         /* for break/continue */
+    int soft;               /* inside an if or a conditional expression */
     int failed;
 } parser;
 
@@ -2603,8 +2621,10 @@ static node *parse_filter_expr(parser *p, node *n)
             if (name == NULL) {
                 return NULL;
             }
+            /* Jinja rejects an unknown filter when compiling, except inside
+             * an if or a conditional expression, where only reaching it fails */
             int fid = find_filter(name, len);
-            if (fid < 0) {
+            if (fid < 0 && !p->soft) {
                 parse_fail(p, pos, "no filter named '%s'", name);
                 return NULL;
             }
@@ -2632,7 +2652,7 @@ static node *parse_filter_expr(parser *p, node *n)
                 return NULL;
             }
             int tid = find_test(name, len);
-            if (tid < 0) {
+            if (tid < 0 && !p->soft) {
                 parse_fail(p, pos, "no test named '%s'", name);
                 return NULL;
             }
@@ -2909,10 +2929,39 @@ static node *parse_or(parser *p)
 
 static node *parse_condexpr(parser *p)
 {
-    node *e1 = parse_or(p);
+    node *e1;
+    /* the first branch is only known to be conditional once `if` follows:
+     * parse it soft when an `if` comes later in this expression */
+    int was_soft = p->soft;
+    int lookahead_if = 0;
+    for (size_t j = p->i, depth = 0; j < p->ntoks; j++) {
+        const token *t = &p->toks[j];
+        if (t->t == T_VAR_END || t->t == T_BLOCK_END || t->t == T_EOF) {
+            break;
+        }
+        if (tok_is_op(t, '(') || tok_is_op(t, '[') || tok_is_op(t, '{')) {
+            depth++;
+        } else if (tok_is_op(t, ')') || tok_is_op(t, ']') || tok_is_op(t, '}')) {
+            if (depth == 0) {
+                break;
+            }
+            depth--;
+        } else if (depth == 0 && tok_is_name(t, "if")) {
+            lookahead_if = 1;
+            break;
+        }
+    }
+    if (lookahead_if) {
+        p->soft++;
+    }
+    e1 = parse_or(p);
     while (e1 && tok_is_name(cur(p), "if")) {
         size_t pos = cur(p)->pos;
         p->i++;
+        if (!lookahead_if) {
+            p->soft++;
+            lookahead_if = 1;
+        }
         node *cond = parse_or(p), *e3 = NULL;
         if (cond == NULL) {
             return NULL;
@@ -2937,6 +2986,7 @@ static node *parse_condexpr(parser *p)
         n->c = e3;
         e1 = fin(p, n);
     }
+    p->soft = was_soft;
     return e1;
 }
 
@@ -3116,9 +3166,13 @@ static node *parse_for(parser *p, size_t pos)
     if (expect_type(p, T_BLOCK_END, "end of statement block") < 0) {
         return NULL;
     }
+    /* a loop body is a new frame: not soft even inside an if */
+    int was_soft = p->soft;
+    p->soft = 0;
     p->loop_depth++;
     n->d = parse_body(p, ends_body, &which);
     p->loop_depth--;
+    p->soft = was_soft;
     if (n->d == NULL) {
         return NULL;
     }
@@ -3134,14 +3188,31 @@ static node *parse_for(parser *p, size_t pos)
     return fin(p, n);
 }
 
+static node *parse_if_body(parser *p, node *n);
+
+/* An if statement: its test and branches form a "soft" frame, where an
+ * unknown filter or test fails only when reached (as in Jinja). */
 static node *parse_if(parser *p, size_t pos)
+{
+    node *n = mk(p, N_IF, pos);
+    int was_soft = p->soft;
+
+    if (n == NULL) {
+        return NULL;
+    }
+    p->soft = 1;
+    n = parse_if_body(p, n);
+    p->soft = was_soft;
+    return n;
+}
+
+static node *parse_if_body(parser *p, node *n)
 {
     static const char *const ends[] = { "elif", "else", "endif", NULL };
     static const char *const ends_else[] = { "endif", NULL };
-    node *n = mk(p, N_IF, pos);
     const char *which = NULL;
 
-    if (n == NULL || (n->a = parse_tuple(p, 0, 0, NULL)) == NULL
+    if ((n->a = parse_tuple(p, 0, 0, NULL)) == NULL
         || expect_type(p, T_BLOCK_END, "end of statement block") < 0
         || (n->d = parse_body(p, ends, &which)) == NULL) {
         return NULL;
@@ -3202,6 +3273,128 @@ static node *parse_set(parser *p, size_t pos)
     return fin(p, n);
 }
 
+/* Does the subtree reference the variable `name` (varargs/kwargs)? */
+static int uses_name(const node *n, const char *name)
+{
+    if (n == NULL) {
+        return 0;
+    }
+    if (n->kind == N_NAME && !strcmp(n->name, name)) {
+        return 1;
+    }
+    if (n->kind == N_MACRO) {
+        return 0;   /* a nested macro has its own */
+    }
+    if (uses_name(n->a, name) || uses_name(n->b, name) || uses_name(n->c, name)
+        || uses_name(n->d, name) || uses_name(n->e, name)) {
+        return 1;
+    }
+    for (size_t i = 0; i < n->nitems; i++) {
+        if (uses_name(n->items[i], name)) {
+            return 1;
+        }
+    }
+    size_t n2 = n->kind == N_DICT ? n->nitems : n->nkw;
+    for (size_t i = 0; n->items2 && i < n2; i++) {
+        if (uses_name(n->items2[i], name)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* {% macro name(a, b=default) %} body {% endmacro %}: parameters in
+ * names[], defaults in items2[] (NULL where none), the body in d. */
+static node *parse_macro(parser *p, size_t pos)
+{
+    static const char *const ends[] = { "endmacro", NULL };
+    const char *which;
+    char b[80];
+    node *n = mk(p, N_MACRO, pos);
+    nvec defaults = { 0 };
+    const char **names = NULL;
+    size_t nparams = 0;
+
+    if (n == NULL) {
+        return NULL;
+    }
+    if (cur(p)->t != T_NAME) {
+        parse_fail(p, cur(p)->pos, "expected a macro name, got %s", tok_describe(cur(p), b, sizeof(b)));
+        return NULL;
+    }
+    n->name = cur(p)->p;
+    p->i++;
+    if (expect_op(p, '(', "'('") < 0) {
+        return NULL;
+    }
+    while (!tok_is_op(cur(p), ')')) {
+        if (nparams && expect_op(p, ',', "','") < 0) {
+            goto fail;
+        }
+        if (tok_is_op(cur(p), ')')) {
+            break;
+        }
+        if (cur(p)->t != T_NAME) {
+            parse_fail(p, cur(p)->pos, "expected a parameter name, got %s",
+                       tok_describe(cur(p), b, sizeof(b)));
+            goto fail;
+        }
+        const char **nn = realloc(names, (nparams + 1) * sizeof(char *));
+        if (nn == NULL) {
+            parse_fail(p, cur(p)->pos, "out of memory");
+            goto fail;
+        }
+        names = nn;
+        names[nparams++] = cur(p)->p;
+        p->i++;
+        node *dflt = NULL;
+        if (tok_is_op(cur(p), '=')) {
+            p->i++;
+            if ((dflt = parse_expression(p, 1)) == NULL) {
+                goto fail;
+            }
+        } else if (defaults.n && defaults.v[defaults.n - 1] != NULL) {
+            parse_fail(p, cur(p)->pos, "non-default argument follows default argument");
+            goto fail;
+        }
+        if (nv_push(p, &defaults, dflt) < 0) {
+            goto fail;
+        }
+    }
+    p->i++;
+    if (expect_type(p, T_BLOCK_END, "end of statement block") < 0) {
+        goto fail;
+    }
+    /* the body is a new frame: not soft, not inside a loop */
+    int was_soft = p->soft, was_loop = p->loop_depth;
+    p->soft = 0;
+    p->loop_depth = 0;
+    n->d = parse_body(p, ends, &which);
+    p->soft = was_soft;
+    p->loop_depth = was_loop;
+    if (n->d == NULL || expect_type(p, T_BLOCK_END, "end of statement block") < 0) {
+        goto fail;
+    }
+    n->nkw = nparams;
+    n->items2 = nv_finish(p, &defaults);
+    if (nparams) {
+        n->names = arena_alloc(p->mem, nparams * sizeof(char *));
+        if (n->names == NULL) {
+            free(names);
+            parse_fail(p, pos, "out of memory");
+            return NULL;
+        }
+        memcpy(n->names, names, nparams * sizeof(char *));
+    }
+    free(names);
+    n->op = (uses_name(n->d, "varargs") ? 1 : 0) | (uses_name(n->d, "kwargs") ? 2 : 0);
+    return p->failed ? NULL : fin(p, n);
+fail:
+    free(defaults.v);
+    free(names);
+    return NULL;
+}
+
 static node *parse_statement(parser *p)
 {
     const token *t = cur(p);
@@ -3240,7 +3433,9 @@ static node *parse_statement(parser *p)
                 n = NULL;
             }
         }
-    } else if (!strcmp(t->p, "macro") || !strcmp(t->p, "call") || !strcmp(t->p, "filter")
+    } else if (!strcmp(t->p, "macro")) {
+        n = parse_macro(p, pos);
+    } else if (!strcmp(t->p, "call") || !strcmp(t->p, "filter")
                || !strcmp(t->p, "include") || !strcmp(t->p, "import")
                || !strcmp(t->p, "from") || !strcmp(t->p, "extends")
                || !strcmp(t->p, "block") || !strcmp(t->p, "with")
@@ -3401,7 +3596,7 @@ jinja_template *jinja_parse(const char *source, size_t len, char *err, size_t er
         jinja_template_free(t);
         return NULL;
     }
-    parser p = { &lx, lx.toks, lx.ntoks, 0, &t->mem, 0, 0, 0 };
+    parser p = { &lx, lx.toks, lx.ntoks, 0, &t->mem, 0, 0, 0, 0 };
     const char *which = NULL;
     t->body = parse_body(&p, NULL, &which);
     free(lx.toks);
@@ -3436,8 +3631,19 @@ struct scope {
     jv *vals;
 };
 
+/* A macro closes over the scope it was defined in (late binding, as the
+ * Python closures Jinja compiles to).  Scopes live in the render arena, so
+ * the closure outlives the block that defined it. */
+struct jmacro {
+    const struct node *def;
+    struct scope *closure;
+};
+
+#define MACRO_MAX_DEPTH 64
+
 struct jinja_render {
     arena mem;
+    int macro_depth;
     jinja_limits lim;
     jdict *vars;
     int used;
@@ -3565,7 +3771,7 @@ static int truthy(const jv *v)
     case JV_STR:
         return v->u.s.n != 0;
     case JV_LIST:
-        return v->u.l->n != 0;
+        return v->u.l->n != 0 || v->u.l->gen;
     case JV_DICT:
         return v->u.d->n != 0;
     default:
@@ -3594,6 +3800,9 @@ static int values_equal(const jv *a, const jv *b, int depth)
     case JV_STR:
         return a->u.s.n == b->u.s.n && memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
     case JV_LIST:
+        if (a->u.l->gen || b->u.l->gen) {
+            return a->u.l == b->u.l;
+        }
         if (a->tuple != b->tuple || a->u.l->n != b->u.l->n) {
             return 0;
         }
@@ -3620,6 +3829,8 @@ static int values_equal(const jv *a, const jv *b, int depth)
         return a->u.loop == b->u.loop;
     case JV_FUNC:
         return a->u.fn == b->u.fn;
+    case JV_MACRO:
+        return a->u.mac == b->u.mac;
     default:
         return 0;
     }
@@ -3655,7 +3866,8 @@ static int values_order(R *r, size_t pos, const jv *a, const jv *b, const char *
         *res = (c > 0) - (c < 0);
         return 0;
     }
-    if (a->t == JV_LIST && b->t == JV_LIST && a->tuple == b->tuple) {
+    if (a->t == JV_LIST && b->t == JV_LIST && a->tuple == b->tuple && !a->u.l->gen
+        && !b->u.l->gen) {
         size_t n = a->u.l->n < b->u.l->n ? a->u.l->n : b->u.l->n;
         for (size_t i = 0; i < n; i++) {
             if (!values_equal(&a->u.l->v[i], &b->u.l->v[i], 0)) {
@@ -3894,6 +4106,9 @@ static int get_attr(R *r, size_t pos, const jv *obj, const char *name, jv *out)
         break;
     }
     case JV_LIST:
+        if (obj->u.l->gen) {
+            break;
+        }
         if (!strcmp(name, "index") || !strcmp(name, "count")) {
             *out = mk_func(r, name[0] == 'i' ? M_LINDEX : M_LCOUNT, name, obj);
             return out->t == JV_FUNC ? 0 : oom(r, pos);
@@ -3998,7 +4213,7 @@ static int do_slice(R *r, size_t pos, const jv *obj, const jv *js, const jv *je,
     if (obj->t == JV_UNDEF) {
         return fail_undef(r, pos, obj);
     }
-    if (obj->t == JV_LIST) {
+    if (obj->t == JV_LIST && !obj->u.l->gen) {
         if (slice_indices(r, pos, (int64_t) obj->u.l->n, js, je, jst, &s, &st, &c) < 0) {
             return -1;
         }
@@ -4049,8 +4264,11 @@ static int do_slice(R *r, size_t pos, const jv *obj, const jv *js, const jv *je,
         *out = jv_str(buf, o);
         return 0;
     }
-    *out = mk_undef(r, "slice", type_name(obj), 1, NULL);
-    return 0;
+    /* slices are plain Python subscripts in Jinja, not the sandbox's getitem */
+    if (obj->t == JV_DICT) {
+        return rfail(r, pos, "unhashable type: 'slice'");
+    }
+    return rfail(r, pos, "'%s' object is not subscriptable", type_name(obj));
 }
 
 static const char *key_desc(R *r, const jv *key)
@@ -4072,6 +4290,10 @@ static int get_item(R *r, size_t pos, const jv *obj, const jv *key, jv *out)
     }
     if (key->t == JV_UNDEF && obj->t == JV_DICT) {
         *out = mk_undef(r, "Undefined", type_name(obj), 1, NULL);
+        return 0;
+    }
+    if (obj->t == JV_LIST && obj->u.l->gen) {
+        *out = mk_undef(r, key_desc(r, key), "generator", 1, NULL);
         return 0;
     }
     if ((obj->t == JV_LIST || obj->t == JV_STR) && (key->t == JV_INT || key->t == JV_BOOL)) {
@@ -4286,6 +4508,7 @@ static int jvec_to_list(R *r, size_t pos, jvec *vec, int tuple, jv *out)
     }
     l->n = vec->n;
     l->v = vec->v;
+    l->gen = 0;
     out->t = JV_LIST;
     out->tuple = (uint8_t) tuple;
     out->u.l = l;
@@ -4536,7 +4759,7 @@ static int starts_or_ends(R *r, size_t pos, const jv *s, const jv *arg, int ends
 /* Iterates a value as Python's iter() does, into a list. */
 static int iterate(R *r, size_t pos, const jv *v, const jlist **out)
 {
-    static const jlist empty = { 0, NULL };
+    static const jlist empty = { 0, NULL, 0 };
     switch (v->t) {
     case JV_LIST:
         *out = v->u.l;
@@ -5055,7 +5278,13 @@ static int apply_test(R *r, size_t pos, int tid, const jv *v, const call_args *a
 {
     const jv *arg = a->npos ? &a->pos[0] : NULL;
     int c;
+    int takes_arg = tid == TS_SAMEAS || tid == TS_DIVISIBLEBY || tid == TS_EQ || tid == TS_NE
+                    || tid == TS_LT || tid == TS_LE || tid == TS_GT || tid == TS_GE
+                    || tid == TS_IN;
 
+    if (a->nkw || a->npos > (size_t) takes_arg) {
+        return rfail(r, pos, "this test takes %s", takes_arg ? "one argument" : "no arguments");
+    }
     switch ((test_id) tid) {
     case TS_DEFINED: *res = v->t != JV_UNDEF; return 0;
     case TS_UNDEFINED: *res = v->t == JV_UNDEF; return 0;
@@ -5068,11 +5297,13 @@ static int apply_test(R *r, size_t pos, int tid, const jv *v, const call_args *a
     case TS_NUMBER: *res = is_number(v); return 0;
     case TS_STRING: *res = v->t == JV_STR; return 0;
     case TS_MAPPING: *res = v->t == JV_DICT; return 0;
-    case TS_SEQUENCE: *res = v->t == JV_STR || v->t == JV_LIST || v->t == JV_DICT; return 0;
+    case TS_SEQUENCE:   /* has __len__ and __getitem__: Undefined does too */
+        *res = v->t == JV_STR || v->t == JV_LIST || v->t == JV_DICT || v->t == JV_UNDEF;
+        return 0;
     case TS_ITERABLE:
         *res = v->t == JV_STR || v->t == JV_LIST || v->t == JV_DICT || v->t == JV_UNDEF;
         return 0;
-    case TS_CALLABLE: *res = v->t == JV_FUNC; return 0;
+    case TS_CALLABLE: *res = v->t == JV_FUNC || v->t == JV_MACRO; return 0;
     case TS_ESCAPED: *res = 0; return 0;
     case TS_LOWER:
     case TS_UPPER: {
@@ -5322,9 +5553,14 @@ static int sort_keys_of(R *r, size_t pos, const jlist *items, const jv *attr,
     return 0;
 }
 
-static int list_value(R *r, size_t pos, jvec *vec, jv *out)
+/* the result of map/select/reject/unique: a generator in Jinja */
+static int generator_value(R *r, size_t pos, jvec *vec, jv *out)
 {
-    return jvec_to_list(r, pos, vec, 0, out);
+    if (jvec_to_list(r, pos, vec, 0, out) < 0) {
+        return -1;
+    }
+    out->u.l->gen = 1;
+    return 0;
 }
 
 static int filter_select(R *r, size_t pos, int fid, const jv *v, const call_args *a, jv *out)
@@ -5337,6 +5573,10 @@ static int filter_select(R *r, size_t pos, int fid, const jv *v, const call_args
     int tid = -1;
     call_args targs;
 
+    /* Jinja's select_or_reject yields nothing for a false input (None...) */
+    if (!truthy(v)) {
+        return generator_value(r, pos, &res, out);
+    }
     if (iterate(r, pos, v, &items) < 0) {
         return -1;
     }
@@ -5377,7 +5617,7 @@ static int filter_select(R *r, size_t pos, int fid, const jv *v, const call_args
             return -1;
         }
     }
-    return list_value(r, pos, &res, out);
+    return generator_value(r, pos, &res, out);
 }
 
 static int filter_tojson(R *r, size_t pos, const jv *v, const call_args *a, jv *out)
@@ -5526,7 +5766,12 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
         switch (v->t) {
         case JV_UNDEF: *out = jv_int(0); return 0;
         case JV_STR: *out = jv_int((int64_t) u8_count(v->u.s.p, v->u.s.n)); return 0;
-        case JV_LIST: *out = jv_int((int64_t) v->u.l->n); return 0;
+        case JV_LIST:
+            if (v->u.l->gen) {
+                return rfail(r, pos, "object of type 'generator' has no len()");
+            }
+            *out = jv_int((int64_t) v->u.l->n);
+            return 0;
         case JV_DICT: *out = jv_int((int64_t) v->u.d->n); return 0;
         default:
             return rfail(r, pos, "object of type '%s' has no len()", type_name(v));
@@ -5682,6 +5927,8 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
         for (size_t i = 0; i < items->n; i++) {
             l->v[i] = items->v[items->n - 1 - i];
         }
+        /* reversed() gives an iterator; a generator input gives a list */
+        l->gen = !(v->t == JV_LIST && v->u.l->gen);
         out->t = JV_LIST;
         out->tuple = 0;
         out->u.l = l;
@@ -5781,11 +6028,13 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
         return 0;
     }
     case FL_ITEMS: {
+        /* a generator in Jinja */
         if (v->t == JV_UNDEF) {
             jlist *l = list_new(&r->mem, 0);
             if (l == NULL) {
                 return oom(r, pos);
             }
+            l->gen = 1;
             out->t = JV_LIST;
             out->tuple = 0;
             out->u.l = l;
@@ -5797,10 +6046,18 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
         jfunc f = { M_ITEMS, "items", *v };
         call_args none;
         memset(&none, 0, sizeof(none));
-        return call_func(r, pos, &f, &none, out);
+        if (call_func(r, pos, &f, &none, out) < 0) {
+            return -1;
+        }
+        out->u.l->gen = 1;
+        return 0;
     }
     case FL_MAP: {
         jvec res = { 0 };
+        /* Jinja's map yields nothing for a false input (None, '', 0) */
+        if (!truthy(v)) {
+            return generator_value(r, pos, &res, out);
+        }
         if (iterate(r, pos, v, &items) < 0) {
             return -1;
         }
@@ -5825,7 +6082,7 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
                     return -1;
                 }
             }
-            return list_value(r, pos, &res, out);
+            return generator_value(r, pos, &res, out);
         }
         if (need_str(r, pos, &a->pos[0], "filter name") < 0) {
             return -1;
@@ -5851,7 +6108,7 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
                 return -1;
             }
         }
-        return list_value(r, pos, &res, out);
+        return generator_value(r, pos, &res, out);
     }
     case FL_SELECT:
     case FL_REJECT:
@@ -5896,7 +6153,7 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
                     return -1;
                 }
             }
-            return list_value(r, pos, &res, out);
+            return generator_value(r, pos, &res, out);
         }
         if (fid == FL_MIN || fid == FL_MAX) {
             if (items->n == 0) {
@@ -5976,6 +6233,7 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
 /* ------------------------------------------------------------------ */
 
 static int eval(R *r, scope *sc, const node *n, jv *out);
+static int call_macro(R *r, size_t pos, const jmacro *m, const call_args *a, jv *out);
 
 static int step(R *r, size_t pos)
 {
@@ -6190,7 +6448,8 @@ static int binop(R *r, size_t pos, int op, const jv *a, const jv *b, jv *out)
     if (op == '+' && a->t == JV_STR && b->t == JV_STR) {
         return concat_strings(r, pos, a, b, out);
     }
-    if (op == '+' && a->t == JV_LIST && b->t == JV_LIST && a->tuple == b->tuple) {
+    if (op == '+' && a->t == JV_LIST && b->t == JV_LIST && a->tuple == b->tuple
+        && !a->u.l->gen && !b->u.l->gen) {
         jlist *l = list_new(&r->mem, a->u.l->n + b->u.l->n);
         if (l == NULL) {
             return oom(r, pos);
@@ -6207,10 +6466,12 @@ static int binop(R *r, size_t pos, int op, const jv *a, const jv *b, jv *out)
         return 0;
     }
     if (op == '*') {
-        if ((a->t == JV_STR || a->t == JV_LIST) && (b->t == JV_INT || b->t == JV_BOOL)) {
+        if ((a->t == JV_STR || (a->t == JV_LIST && !a->u.l->gen))
+            && (b->t == JV_INT || b->t == JV_BOOL)) {
             return repeat_value(r, pos, a, b->u.i, out);
         }
-        if ((b->t == JV_STR || b->t == JV_LIST) && (a->t == JV_INT || a->t == JV_BOOL)) {
+        if ((b->t == JV_STR || (b->t == JV_LIST && !b->u.l->gen))
+            && (a->t == JV_INT || a->t == JV_BOOL)) {
             return repeat_value(r, pos, b, a->u.i, out);
         }
     }
@@ -6292,17 +6553,31 @@ static int eval(R *r, scope *sc, const node *n, jv *out)
         if (eval(r, sc, n->a, &a) < 0) {
             return -1;
         }
+        int all_const = n->a->kind == N_CONST;
         for (int k = 0; k < 3; k++) {
             parts[k] = JV_NONE_V;
             if (pn[k] && eval(r, sc, pn[k], &parts[k]) < 0) {
                 return -1;
             }
+            all_const &= pn[k] == NULL || pn[k]->kind == N_CONST;
+        }
+        if (all_const && a.t != JV_STR && a.t != JV_LIST) {
+            /* Jinja folds a constant subscript at compile time through the
+             * sandbox's getitem, which gives Undefined instead of failing */
+            *out = mk_undef(r, "slice", type_name(&a), 1, NULL);
+            return 0;
         }
         return do_slice(r, n->pos, &a, &parts[0], &parts[1], &parts[2], out);
     }
     case N_CALL:
         if (eval(r, sc, n->a, &a) < 0) {
             return -1;
+        }
+        if (a.t == JV_MACRO) {
+            if (eval_args(r, sc, n, &args) < 0) {
+                return -1;
+            }
+            return call_macro(r, n->pos, a.u.mac, &args, out);
         }
         if (a.t != JV_FUNC) {
             if (a.t == JV_UNDEF) {
@@ -6315,11 +6590,17 @@ static int eval(R *r, scope *sc, const node *n, jv *out)
         }
         return call_func(r, n->pos, a.u.fn, &args, out);
     case N_FILTER:
+        if (n->fid < 0) {
+            return rfail(r, n->pos, "no filter named '%s'", n->name);
+        }
         if (eval(r, sc, n->a, &a) < 0 || eval_args(r, sc, n, &args) < 0) {
             return -1;
         }
         return apply_filter(r, n->pos, n->fid, &a, &args, out);
     case N_TEST:
+        if (n->fid < 0) {
+            return rfail(r, n->pos, "no test named '%s'", n->name);
+        }
         if (eval(r, sc, n->a, &a) < 0 || eval_args(r, sc, n, &args) < 0
             || apply_test(r, n->pos, n->fid, &a, &args, &res) < 0) {
             return -1;
@@ -6485,11 +6766,27 @@ static int assign(R *r, scope *sc, const node *target, const jv *v)
     return 0;
 }
 
+static scope *scope_new(R *r, size_t pos, scope *parent)
+{
+    scope *s = arena_alloc(&r->mem, sizeof(*s));
+    if (s == NULL) {
+        oom(r, pos);
+        return NULL;
+    }
+    memset(s, 0, sizeof(*s));
+    s->parent = parent;
+    return s;
+}
+
 static int exec_for(R *r, scope *sc, const node *n)
 {
     jv it;
     const jlist *items;
-    scope inner = { sc, 0, 0, NULL, NULL };
+    scope *inner_p = scope_new(r, n->pos, sc);
+    if (inner_p == NULL) {
+        return EX_ERR;
+    }
+#define inner (*inner_p)
 
     if (eval(r, sc, n->b, &it) < 0) {
         return EX_ERR;
@@ -6528,6 +6825,9 @@ static int exec_for(R *r, scope *sc, const node *n)
     loop->items = items;
     jv loopv = { .t = JV_LOOP };
     loopv.u.loop = loop;
+    /* Jinja runs the else block unless some iteration finished its body:
+     * iterations left by continue or break do not count */
+    int completed = 0;
     for (size_t i = 0; i < items->n; i++) {
         /* every iteration starts from the enclosing scope: a `set` inside
          * the loop does not survive to the next iteration (Jinja scoping) */
@@ -6547,13 +6847,113 @@ static int exec_for(R *r, scope *sc, const node *n)
         if (rc == EX_BREAK) {
             break;
         }
+        completed |= rc == EX_OK;
     }
-    if (items->n == 0 && n->e) {
+    if (!completed && n->e) {
         inner.n = 0;
         int rc = exec_body(r, &inner, n->e);
         return rc == EX_ERR ? EX_ERR : EX_OK;
     }
     return EX_OK;
+#undef inner
+}
+
+/* Calls a macro: binds arguments in a scope over its closure and renders
+ * its body to a string. */
+static int call_macro(R *r, size_t pos, const jmacro *m, const call_args *a, jv *out)
+{
+    const node *def = m->def;
+    size_t np = def->nkw;
+    int have[MAX_ARGS];
+    jv vals[MAX_ARGS];
+    jvec extra = { 0 };
+    jdict *kw;
+
+    if (np > MAX_ARGS) {
+        return rfail(r, pos, "macro '%s' has too many parameters", def->name);
+    }
+    if (r->macro_depth >= MACRO_MAX_DEPTH) {
+        return rfail(r, pos, "macro calls nested deeper than %d", MACRO_MAX_DEPTH);
+    }
+    if (a->npos > np && !(def->op & 1)) {
+        return rfail(r, pos, "macro '%s' takes not more than %zu argument(s)", def->name, np);
+    }
+    kw = dict_new(&r->mem, 0);
+    scope *sc = scope_new(r, pos, m->closure);
+    if (kw == NULL || sc == NULL) {
+        return oom(r, pos);
+    }
+    for (size_t i = 0; i < np; i++) {
+        have[i] = i < a->npos;
+        vals[i] = i < a->npos ? a->pos[i] : JV_UNDEFINED;
+    }
+    for (size_t i = np; i < a->npos; i++) {
+        if (jvec_push(r, pos, &extra, a->pos[i]) < 0) {
+            return -1;
+        }
+    }
+    for (size_t k = 0; k < a->nkw; k++) {
+        size_t i;
+        for (i = 0; i < np && strcmp(def->names[i], a->kwname[k]); i++) {
+        }
+        if (i < np) {
+            if (have[i]) {
+                return rfail(r, pos, "macro '%s' got multiple values for argument '%s'",
+                             def->name, a->kwname[k]);
+            }
+            have[i] = 1;
+            vals[i] = a->kw[k];
+        } else if (def->op & 2) {
+            if (dict_set(&r->mem, kw, jv_str(a->kwname[k], strlen(a->kwname[k])), a->kw[k]) < 0) {
+                return oom(r, pos);
+            }
+        } else {
+            return rfail(r, pos, "macro '%s' takes no keyword argument '%s'", def->name,
+                         a->kwname[k]);
+        }
+    }
+    /* parameters in order; a default may use the ones before it */
+    for (size_t i = 0; i < np; i++) {
+        if (!have[i]) {
+            if (def->items2[i]) {
+                if (eval(r, sc, def->items2[i], &vals[i]) < 0) {
+                    return -1;
+                }
+            } else {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "parameter '%s' was not provided", def->names[i]);
+                vals[i] = mk_undef(r, def->names[i], NULL, 0, r_strdup(r, msg, strlen(msg)));
+            }
+        }
+        if (scope_set(r, pos, sc, def->names[i], vals[i]) < 0) {
+            return -1;
+        }
+    }
+    jv va, kwv = { .t = JV_DICT };
+    kwv.u.d = kw;
+    if (jvec_to_list(r, pos, &extra, 1, &va) < 0 || scope_set(r, pos, sc, "varargs", va) < 0
+        || scope_set(r, pos, sc, "kwargs", kwv) < 0) {
+        return -1;
+    }
+    sbuf capture = { 0 }, *saved = r->out;
+    capture.max = r->lim.max_output;
+    r->out = &capture;
+    r->macro_depth++;
+    int rc = exec_body(r, sc, def->d);
+    r->macro_depth--;
+    r->out = saved;
+    if (rc == EX_ERR) {
+        free(capture.p);
+        return -1;
+    }
+    char *p = r_strdup(r, capture.p ? capture.p : "", capture.n);
+    size_t len = capture.n;
+    free(capture.p);
+    if (p == NULL) {
+        return oom(r, pos);
+    }
+    *out = jv_str(p, len);
+    return 0;
 }
 
 static int exec_stmt(R *r, scope *sc, const node *n)
@@ -6630,6 +7030,17 @@ static int exec_stmt(R *r, scope *sc, const node *n)
             return EX_ERR;
         }
         return rc;
+    }
+    case N_MACRO: {
+        jmacro *m = arena_alloc(&r->mem, sizeof(*m));
+        jv mv = { .t = JV_MACRO };
+        if (m == NULL) {
+            return oom(r, n->pos);
+        }
+        m->def = n;
+        m->closure = sc;
+        mv.u.mac = m;
+        return scope_set(r, n->pos, sc, n->name, mv) < 0 ? EX_ERR : EX_OK;
     }
     case N_BREAK:
         return EX_BREAK;
@@ -6779,7 +7190,7 @@ char *jinja_render_run(jinja_render *r, const jinja_template *t, size_t *out_len
 {
     char tmp[8];
     sbuf *out = &r->main_out;
-    scope top = { NULL, 0, 0, NULL, NULL };
+    scope *top;
 
     if (err == NULL || errlen == 0) {
         err = tmp;
@@ -6799,7 +7210,8 @@ char *jinja_render_run(jinja_render *r, const jinja_template *t, size_t *out_len
     r->errlen = errlen;
     out->max = r->lim.max_output;
     r->out = out;
-    int rc = exec_body(r, &top, t->body);
+    top = scope_new(r, 0, NULL);
+    int rc = top ? exec_body(r, top, t->body) : EX_ERR;
     r->err = NULL;
     if (rc == EX_ERR || r->failed) {
         if (!err[0]) {

@@ -472,6 +472,58 @@ static const jcase cases[] = {
       "{{ v }} {{ v | tojson }}",
       "{\"v\": [1, 0, 1.0, 1e-07, 12345678901234, 3.141592653589793, 1e+300]}",
       "[1, 0, 1.0, 1e-07, 12345678901234, 3.141592653589793, 1e+300] [1, 0, 1.0, 1e-07, 12345678901234, 3.141592653589793, 1e+300]" },
+    { "generator_truthiness",
+      "{{ 'yes' if [] | select('odd') else 'no' }} {{ 'yes' if [] | map('string') else 'no' }} {{ [1, 2] | map('string') | join(',') }} {{ none | map('upper') | list }} {{ none | selectattr('x') | list }} {{ 'yes' if [1, 2] | reverse else 'no' }}",
+      "{}",
+      "yes yes 1,2 [] [] yes" },
+    { "generator_subscript_undefined",
+      "{{ ([1, 2] | map('string'))[0] is defined }}",
+      "{}",
+      "False" },
+    { "for_else_after_continue",
+      "{% for x in [1, 2] %}{% continue %}{% else %}E{% endfor %}|{% for x in [1, 2] %}{% break %}{% else %}F{% endfor %}|{% for x in [1, 2] %}{{ x }}{% if x == 2 %}{% break %}{% endif %}{% else %}G{% endfor %}",
+      "{}",
+      "E|F|12" },
+    { "unknown_filter_in_untaken_branch",
+      "{% if false %}{{ x | no_such_filter }}{% endif %}ok{{ 1 if true else (2 | no_such_filter) }}",
+      "{}",
+      "ok1" },
+    { "undefined_repr_in_list",
+      "{{ [x, 1] }} {{ (m.a,) }}",
+      "{\"m\": {}}",
+      "[Undefined, 1] (Undefined,)" },
+    { "sequence_test_undefined",
+      "{{ x is sequence }} {{ x is iterable }}",
+      "{}",
+      "True True" },
+    { "macro_basic",
+      "{% set x = 1 %}{% macro m(a, b='d') %}[{{ a }}{{ b }}{{ x }}{{ c }}]{% endmacro %}{% set x = 2 %}{{ m(5) }}{{ m() }}{{ m(1, 2) }}{% for c in [7] %}{{ m(c) }}{% endfor %}",
+      "{}",
+      "[5d2][d2][122][7d2]" },
+    { "macro_varargs_kwargs",
+      "{% macro m(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1, 2, k=3) }}",
+      "{}",
+      "1(2,){'k': 3}" },
+    { "macro_defaults_use_args",
+      "{% macro m(a, b=a ~ '!') %}{{ b }}{% endmacro %}{{ m('hi') }} {{ m('x', b='y') }}",
+      "{}",
+      "hi! y" },
+    { "macro_result_is_string",
+      "{% macro m(a) %} {{ a }} {% endmacro %}{{ m(1) is string }}|{{ m(' x ').strip() }}|{{ m(2) | length }}",
+      "{}",
+      "True|x|3" },
+    { "macro_recursive",
+      "{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(3) }}",
+      "{}",
+      "321" },
+    { "macro_in_loop",
+      "{% for i in [1, 2] %}{% macro m() %}{{ i }}{% endmacro %}{{ m() }}{% endfor %}",
+      "{}",
+      "12" },
+    { "macro_whitespace",
+      "{%- macro render(content) -%}\n    {%- if content is string -%}\n        {{- content }}\n    {%- else -%}\n        {%- for item in content if item.type == 'text' -%}\n            {{- item.text }}\n        {%- endfor -%}\n    {%- endif -%}\n{%- endmacro -%}\n<{{ render('a') }}|{{ render([{'type': 'text', 'text': 'b'}, {'type': 'image'}]) }}>",
+      "{}",
+      "<a|b>" },
 };
 
 /* Renders tpl with vars (a JSON object); NULL with err on failure. */
@@ -538,7 +590,8 @@ static void test_syntax_errors(void)
     expect_error("{{ 'abc }}", NULL, "line 1, column 4", "unterminated string");
     expect_error("{{ x | nosuchfilter }}", NULL, "line 1, column 8", "no filter named 'nosuchfilter'");
     expect_error("{{ x is nosuchtest }}", NULL, "no test named 'nosuchtest'", NULL);
-    expect_error("{% macro m() %}{% endmacro %}", NULL, "'macro' tag is not supported", NULL);
+    expect_error("{% call m() %}{% endcall %}", NULL, "'call' tag is not supported", NULL);
+    expect_error("{% macro m(a=1, b) %}{% endmacro %}", NULL, "non-default argument follows default", NULL);
     expect_error("{% include 'x' %}", NULL, "'include' tag is not supported", NULL);
     expect_error("{% frobnicate %}", NULL, "unknown tag 'frobnicate'", NULL);
     expect_error("{% break %}", NULL, "'break' outside of a loop", NULL);
@@ -587,6 +640,13 @@ static void test_render_errors(void)
     expect_error("{{ 'a'.replace(old='a', bogus=1) }}", NULL, "unexpected keyword argument 'bogus'", NULL);
     expect_error("{{ [] | first | upper }}{{ ([] | first).x }}", NULL, "No first item", NULL);
     expect_error("{{ ('a' if false).x }}", NULL, "no else section", NULL);
+    expect_error("{% if true %}{{ x | no_such_filter }}{% endif %}", NULL, "line 1, column 21", "no filter named 'no_such_filter'");
+    expect_error("{{ [1] | map('upper') | length }}", NULL, "object of type 'generator' has no len()", NULL);
+    expect_error("{{ [1] | select | tojson }}", NULL, "Object of type generator is not JSON serializable", NULL);
+    expect_error("{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", NULL, "macro 'm' takes not more than 1 argument(s)", NULL);
+    expect_error("{% macro m(a) %}{% endmacro %}{{ m(b=1) }}", NULL, "macro 'm' takes no keyword argument 'b'", NULL);
+    expect_error("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", NULL, "macro calls nested deeper than", NULL);
+    expect_error("{% macro m(a) %}{{ a.x }}{% endmacro %}{{ m() }}", NULL, "parameter 'a' was not provided", NULL);
 }
 
 static void test_raise_exception(void)
