@@ -588,6 +588,31 @@ static void test_load_errors(void)
     t = tokenizer_load("t/fixtures/qwen3-tokenizer/tokenizer_config.json", err, sizeof(err));
     CHECK(t == NULL, "tokenizer_config.json loaded as tokenizer.json");
     CHECK(strstr(err, "model") != NULL, "message names the field: %s", err);
+    /* A truncated tokenizer.json (cut inside model.vocab, and inside
+     * model.merges) is an error with a byte position, never a crash. */
+    {
+        size_t len = 0;
+        char *full = unit_read_file(TOKENIZER_JSON, &len);
+        size_t cuts[] = { len / 8, len - 10 };
+
+        REQUIRE(full != NULL, "read %s", TOKENIZER_JSON);
+        for (size_t k = 0; k < 2; k++) {
+            char path[] = "/tmp/llm-tok-trunc-XXXXXX";
+            int fd = mkstemp(path);
+            FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+
+            REQUIRE(f != NULL, "temporary file");
+            fwrite(full, 1, cuts[k], f);
+            fclose(f);
+            err[0] = '\0';
+            t = tokenizer_load(path, err, sizeof(err));
+            unlink(path);
+            CHECK(t == NULL, "truncated at %zu loaded", cuts[k]);
+            CHECK(strstr(err, "invalid JSON near byte") != NULL, "cut %zu: %s", cuts[k], err);
+            tokenizer_free(t);
+        }
+        free(full);
+    }
 }
 
 /* The fast reader of vocab/merges and plain cJSON load the same thing. */
