@@ -267,6 +267,20 @@ static char json_first(const char *s)
     return *s;
 }
 
+/* Is the JSON text the literal null? */
+static int is_json_null(const char *s)
+{
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') {
+        s++;
+    }
+    if (strncmp(s, "null", 4) != 0) {
+        return 0;
+    }
+    for (s += 4; *s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'; s++) {
+    }
+    return *s == '\0';
+}
+
 char *chat_template_render(const chat_template *ct, const char *messages_json,
                            const char *tools_json, const char *kwargs_json,
                            int add_generation_prompt, size_t *out_len,
@@ -301,36 +315,24 @@ char *chat_template_render(const chat_template *ct, const char *messages_json,
         snprintf(err, errlen, "special tokens: %s", jerr);
         goto done;
     }
-    if (kwargs_json != NULL && json_first(kwargs_json) != 'n') {
+    if (kwargs_json != NULL && !is_json_null(kwargs_json)) {
         if (json_first(kwargs_json) != '{') {
             snprintf(err, errlen, "chat template kwargs must be a JSON object");
             goto done;
         }
-        /* parsed once into a scratch render to check for reserved names,
-         * then merged: kwargs override the special tokens */
-        jinja_render *probe = jinja_render_new(NULL);
-        if (probe == NULL) {
-            snprintf(err, errlen, "out of memory");
-            goto done;
-        }
-        if (jinja_set_json_object_vars(probe, kwargs_json, strlen(kwargs_json), jerr,
-                                       sizeof(jerr)) < 0) {
-            jinja_render_free(probe);
-            snprintf(err, errlen, "chat template kwargs: %s", jerr);
-            goto done;
-        }
-        for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
-            if (jinja_has_var(probe, reserved[i])) {
-                jinja_render_free(probe);
-                snprintf(err, errlen, "chat template kwargs cannot set '%s'", reserved[i]);
-                goto done;
-            }
-        }
-        jinja_render_free(probe);
+        /* kwargs override the special tokens, as in transformers */
         if (jinja_set_json_object_vars(r, kwargs_json, strlen(kwargs_json), jerr,
                                        sizeof(jerr)) < 0) {
             snprintf(err, errlen, "chat template kwargs: %s", jerr);
             goto done;
+        }
+        /* only kwargs can have set these so far; transformers would raise
+         * "got multiple values for keyword argument" */
+        for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+            if (jinja_has_var(r, reserved[i])) {
+                snprintf(err, errlen, "chat template kwargs cannot set '%s'", reserved[i]);
+                goto done;
+            }
         }
     }
     if (jinja_set_json(r, "messages", messages_json, strlen(messages_json), jerr,
@@ -339,7 +341,7 @@ char *chat_template_render(const chat_template *ct, const char *messages_json,
         goto done;
     }
     /* transformers passes tools=None when there are none */
-    if (tools_json == NULL || json_first(tools_json) == 'n') {
+    if (tools_json == NULL || is_json_null(tools_json)) {
         if (jinja_set_none(r, "tools") < 0) {
             snprintf(err, errlen, "out of memory");
             goto done;

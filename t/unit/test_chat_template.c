@@ -369,6 +369,31 @@ static void bench_largest_golden(void)
     double dt = unit_now() - t0;
     printf("# render of the largest golden (case %d, %zu bytes): %.1f us per render "
            "(%d renders)\n", big, g->text_len, dt / iters * 1e6, iters);
+
+    /* a long conversation: 256 turns of 4 KiB, about 1 MiB of text */
+    size_t turn = 4096, nturns = 256, cap = nturns * (turn + 64) + 16, o = 0;
+    char *msgs = malloc(cap);
+    REQUIRE(msgs != NULL, "malloc");
+    msgs[o++] = '[';
+    for (size_t i = 0; i < nturns; i++) {
+        o += (size_t) snprintf(msgs + o, cap - o, "%s{\"role\": \"%s\", \"content\": \"",
+                               i ? ", " : "", i % 2 ? "assistant" : "user");
+        for (size_t k = 0; k < turn; k++) {
+            msgs[o++] = (char) ('a' + (k * 7 + i) % 26);
+        }
+        o += (size_t) snprintf(msgs + o, cap - o, "\"}");
+    }
+    msgs[o++] = ']';
+    msgs[o] = '\0';
+    t0 = unit_now();
+    size_t n = 0;
+    char *t = chat_template_render(ct, msgs, NULL, NULL, 1, &n, err, sizeof(err));
+    dt = unit_now() - t0;
+    CHECK(t != NULL && n > nturns * turn, "long conversation: %s", t ? "short" : err);
+    printf("# render of a %zu-turn conversation (%zu bytes of text): %.2f ms\n", nturns, n,
+           dt * 1e3);
+    free(t);
+    free(msgs);
     chat_template_free(ct);
 }
 
