@@ -14,6 +14,10 @@
  * false) / Sequence of those, decoder ByteLevel, post_processor ByteLevel /
  * TemplateProcessing / null.  Anything else is a load error naming the
  * field, never a silently different tokenization.
+ *
+ * Regex semantics follow Oniguruma (HF's engine): \s is the White_Space
+ * set (U+0085 included).  \p{L}/\p{N} come from PCRE2's Unicode tables
+ * (10.42: Unicode 14), NFC from utf8proc's (2.8: Unicode 15).
  */
 #ifndef LLM_TOKENIZER_H
 #define LLM_TOKENIZER_H
@@ -87,7 +91,8 @@ void tokenizer_stream_init(tokenizer_stream *s, int skip_special_tokens);
 #define TOKENIZER_STREAM_CAP(token_bytes) (3 * ((token_bytes) + 3))
 int tokenizer_stream_feed(const tokenizer *t, tokenizer_stream *s,
                           int32_t id, char *out, size_t cap);
-/* Emits what is left (incomplete bytes as U+FFFD). */
+/* Emits what is left: an unfinished sequence becomes one U+FFFD (cap >= 3
+ * is enough).  Returns the bytes written, or -1 when cap is too small. */
 int tokenizer_stream_flush(const tokenizer *t, tokenizer_stream *s,
                            char *out, size_t cap);
 
