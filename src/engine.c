@@ -30,14 +30,6 @@
 #include "kv_cache.h"
 #include "model.h"
 
-#ifdef LLM_HAVE_CUDA
-/* Weak: a build whose CUDA backend is not linked in still runs on CPU and
- * reports "cuda" as unavailable instead of failing to link. */
-extern llm_backend *cuda_backend_create(const model *m, int device,
-                                        char *err, size_t errlen)
-    __attribute__((weak));
-#endif
-
 /* CPU KV pool when the options give no size.  The CPU backend keeps KV in
  * f32: 512 MiB hold 2,336 tokens of Qwen3-0.6B (28 layers * 2 * 8 heads *
  * 128 * 4 bytes = 112 KiB a token) or 1,820 of Qwen3-4B (288 KiB a token),
@@ -636,11 +628,6 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
         e->be = cpu_backend_create(e->m, e->opt.threads, err, errlen);
     } else {
 #ifdef LLM_HAVE_CUDA
-        if (cuda_backend_create == NULL) {
-            seterr(err, errlen, "device %s: this build has no CUDA backend",
-                   e->device_name);
-            return -1;
-        }
         e->be = cuda_backend_create(e->m, e->cuda_device, err, errlen);
 #else
         seterr(err, errlen, "device %s: built without CUDA (rebuild with "
