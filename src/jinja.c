@@ -2080,7 +2080,7 @@ static int find_test(const char *name, size_t n)
 /* parser                                                              */
 /* ------------------------------------------------------------------ */
 
-#define PARSE_MAX_NESTING 200   /* recursion of the parser itself */
+#define PARSE_MAX_NESTING 300   /* recursion of the parser itself */
 #define NODE_MAX_DEPTH 400      /* height of any expression tree */
 
 typedef struct {
@@ -3641,9 +3641,12 @@ struct jmacro {
 
 #define MACRO_MAX_DEPTH 64
 
+#define EVAL_MAX_DEPTH 600
+
 struct jinja_render {
     arena mem;
     int macro_depth;
+    int depth;              /* eval/exec recursion */
     jinja_limits lim;
     jdict *vars;
     int used;
@@ -6485,15 +6488,63 @@ static int binop(R *r, size_t pos, int op, const jv *a, const jv *b, jv *out)
                  type_name(a), type_name(b));
 }
 
-static int eval(R *r, scope *sc, const node *n, jv *out)
+/* Calls, filters and tests: kept out of eval() so that the argument
+ * arrays take stack only where a call is being evaluated. */
+__attribute__((noinline))
+static int eval_call(R *r, scope *sc, const node *n, jv *out)
 {
-    jv a, b, c;
+    jv a;
     call_args args;
     int res;
 
-    if (step(r, n->pos) < 0) {
-        return -1;
+    switch (n->kind) {
+    case N_CALL:
+        if (eval(r, sc, n->a, &a) < 0) {
+            return -1;
+        }
+        if (a.t == JV_MACRO) {
+            if (eval_args(r, sc, n, &args) < 0) {
+                return -1;
+            }
+            return call_macro(r, n->pos, a.u.mac, &args, out);
+        }
+        if (a.t != JV_FUNC) {
+            if (a.t == JV_UNDEF) {
+                return fail_undef(r, n->pos, &a);
+            }
+            return rfail(r, n->pos, "'%s' object is not callable", type_name(&a));
+        }
+        if (eval_args(r, sc, n, &args) < 0) {
+            return -1;
+        }
+        return call_func(r, n->pos, a.u.fn, &args, out);
+    case N_FILTER:
+        if (n->fid < 0) {
+            return rfail(r, n->pos, "no filter named '%s'", n->name);
+        }
+        if (eval(r, sc, n->a, &a) < 0 || eval_args(r, sc, n, &args) < 0) {
+            return -1;
+        }
+        return apply_filter(r, n->pos, n->fid, &a, &args, out);
+    case N_TEST:
+        if (n->fid < 0) {
+            return rfail(r, n->pos, "no test named '%s'", n->name);
+        }
+        if (eval(r, sc, n->a, &a) < 0 || eval_args(r, sc, n, &args) < 0
+            || apply_test(r, n->pos, n->fid, &a, &args, &res) < 0) {
+            return -1;
+        }
+        *out = jv_bool(n->op ? !res : res);
+        return 0;
+    default:
+        return rfail(r, n->pos, "internal error: not a call");
     }
+}
+
+static int eval_node(R *r, scope *sc, const node *n, jv *out)
+{
+    jv a, b, c;
+
     switch (n->kind) {
     case N_CONST:
         *out = n->value;
@@ -6570,43 +6621,9 @@ static int eval(R *r, scope *sc, const node *n, jv *out)
         return do_slice(r, n->pos, &a, &parts[0], &parts[1], &parts[2], out);
     }
     case N_CALL:
-        if (eval(r, sc, n->a, &a) < 0) {
-            return -1;
-        }
-        if (a.t == JV_MACRO) {
-            if (eval_args(r, sc, n, &args) < 0) {
-                return -1;
-            }
-            return call_macro(r, n->pos, a.u.mac, &args, out);
-        }
-        if (a.t != JV_FUNC) {
-            if (a.t == JV_UNDEF) {
-                return fail_undef(r, n->pos, &a);
-            }
-            return rfail(r, n->pos, "'%s' object is not callable", type_name(&a));
-        }
-        if (eval_args(r, sc, n, &args) < 0) {
-            return -1;
-        }
-        return call_func(r, n->pos, a.u.fn, &args, out);
     case N_FILTER:
-        if (n->fid < 0) {
-            return rfail(r, n->pos, "no filter named '%s'", n->name);
-        }
-        if (eval(r, sc, n->a, &a) < 0 || eval_args(r, sc, n, &args) < 0) {
-            return -1;
-        }
-        return apply_filter(r, n->pos, n->fid, &a, &args, out);
     case N_TEST:
-        if (n->fid < 0) {
-            return rfail(r, n->pos, "no test named '%s'", n->name);
-        }
-        if (eval(r, sc, n->a, &a) < 0 || eval_args(r, sc, n, &args) < 0
-            || apply_test(r, n->pos, n->fid, &a, &args, &res) < 0) {
-            return -1;
-        }
-        *out = jv_bool(n->op ? !res : res);
-        return 0;
+        return eval_call(r, sc, n, out);
     case N_NEG:
     case N_POS:
         if (eval(r, sc, n->a, &a) < 0) {
@@ -6727,6 +6744,23 @@ static int eval(R *r, scope *sc, const node *n, jv *out)
     default:
         return rfail(r, n->pos, "internal error: statement used as an expression");
     }
+}
+
+/* Every evaluation goes through here: counts steps and bounds the
+ * recursion (nested expressions, macro calls) so that no template can
+ * exhaust the C stack. */
+static int eval(R *r, scope *sc, const node *n, jv *out)
+{
+    if (step(r, n->pos) < 0) {
+        return -1;
+    }
+    if (++r->depth > EVAL_MAX_DEPTH) {
+        r->depth--;
+        return rfail(r, n->pos, "the template nests evaluations deeper than %d", EVAL_MAX_DEPTH);
+    }
+    int rc = eval_node(r, sc, n, out);
+    r->depth--;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -6956,13 +6990,26 @@ static int call_macro(R *r, size_t pos, const jmacro *m, const call_args *a, jv 
     return 0;
 }
 
+static int exec_stmt_node(R *r, scope *sc, const node *n);
+
 static int exec_stmt(R *r, scope *sc, const node *n)
 {
-    jv v, ns;
-
     if (step(r, n->pos) < 0) {
         return EX_ERR;
     }
+    if (++r->depth > EVAL_MAX_DEPTH) {
+        r->depth--;
+        return rfail(r, n->pos, "the template nests evaluations deeper than %d", EVAL_MAX_DEPTH);
+    }
+    int rc = exec_stmt_node(r, sc, n);
+    r->depth--;
+    return rc;
+}
+
+static int exec_stmt_node(R *r, scope *sc, const node *n)
+{
+    jv v, ns;
+
     switch (n->kind) {
     case N_TEXT:
         if (sb_put(r->out, n->value.u.s.p, n->value.u.s.n) < 0) {

@@ -686,6 +686,12 @@ static void test_limits(void)
                  NULL, NULL, NULL, err, sizeof(err));
     CHECK(out == NULL, "deep print must fail, not crash");
     free(out);
+    /* recursion through macros and nested expressions is bounded as a whole */
+    out = render("{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) | trim | trim | trim | trim | trim"
+                 " | trim | trim | trim | trim | trim | trim | trim }}{% endif %}{% endmacro %}"
+                 "{{ f(60) }}", NULL, NULL, NULL, err, sizeof(err));
+    CHECK(out == NULL && strstr(err, "nests evaluations deeper"), "eval depth: %s", err);
+    free(out);
 }
 
 static void test_deep_templates_rejected(void)
