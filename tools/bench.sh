@@ -221,7 +221,7 @@ for m in $MODELS; do
         run "scale-tiny-c$SCALE" "$CLIENT" --base-url "http://127.0.0.1:$PORT" --model "$m" \
             --tokenizer "$dir" --endpoint chat --input-len 16 --output-len 8 \
             --num-prompts "$SCALE" --max-concurrency "$SCALE" --watch-pid "$w" \
-            --timeout 600 --label "scale-tiny-c$SCALE" --metadata "mode=scale" \
+            --warmup 300 --timeout 600 --label "scale-tiny-c$SCALE" --metadata "mode=scale" \
             --metadata "model_key=$m" --metadata "load=$(loadavg)" \
             --json "$OUT/scale-tiny-c$SCALE.json"
     fi

@@ -1196,8 +1196,10 @@ int main(int argc, char **argv)
     print_row("ITL", &pr.itl);
     print_row("E2E", &pr.e2e);
     if (r.rss != NULL) {
-        printf("RSS of pid %d: before %ld kB, peak %ld kB at %d in flight, after %ld kB\n",
-               o.watch_pid, rss.before_kb, rss.peak_kb, rss.in_flight_at_peak, rss.after_kb);
+        printf("RSS of pid %d: before %ld kB, peak %ld kB (%d in flight then), after %ld kB; "
+               "%.1f kB per connection (%d at most)\n",
+               o.watch_pid, rss.before_kb, rss.peak_kb, rss.in_flight_at_peak, rss.after_kb,
+               (double) (rss.peak_kb - rss.before_kb) / r.peak_in_flight, r.peak_in_flight);
     }
     for (i = 0; i < pr.why.n; i++) {
         printf("failure x%d: %s\n", pr.why.v[i].count, pr.why.v[i].example);
@@ -1264,11 +1266,11 @@ int main(int argc, char **argv)
             cJSON_AddNumberToObject(x, "peak_kb", (double) rss.peak_kb);
             cJSON_AddNumberToObject(x, "in_flight_at_peak", rss.in_flight_at_peak);
             cJSON_AddNumberToObject(x, "after_kb", (double) rss.after_kb);
-            if (rss.in_flight_at_peak > 0) {
-                cJSON_AddNumberToObject(x, "per_connection_kb",
-                                        (double) (rss.peak_kb - rss.before_kb)
-                                        / rss.in_flight_at_peak);
-            }
+            /* growth over the idle (warmed-up) RSS, spread over the most
+             * connections that were open at once */
+            cJSON_AddNumberToObject(x, "per_connection_kb",
+                                    (double) (rss.peak_kb - rss.before_kb)
+                                    / r.peak_in_flight);
         }
         cJSON_AddItemToObject(j, "metadata", o.metadata);
         o.metadata = NULL;
