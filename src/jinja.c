@@ -2013,7 +2013,8 @@ typedef enum {
     FL_INDENT, FL_INT, FL_ITEMS, FL_JOIN, FL_LAST, FL_LENGTH, FL_LIST,
     FL_LOWER, FL_MAP, FL_MAX, FL_MIN, FL_REJECT, FL_REJECTATTR, FL_REPLACE,
     FL_REVERSE, FL_ROUND, FL_SAFE, FL_SELECT, FL_SELECTATTR, FL_SORT,
-    FL_STRING, FL_SUM, FL_TITLE, FL_TOJSON, FL_TRIM, FL_UNIQUE, FL_UPPER
+    FL_STRING, FL_SUM, FL_TITLE, FL_TOJSON, FL_TRIM, FL_UNIQUE, FL_UPPER,
+    FL_DICTSORT
 } filter_id;
 
 static const struct { const char *name; filter_id id; } filter_table[] = {
@@ -2029,7 +2030,7 @@ static const struct { const char *name; filter_id id; } filter_table[] = {
     { "select", FL_SELECT }, { "selectattr", FL_SELECTATTR },
     { "sort", FL_SORT }, { "string", FL_STRING }, { "sum", FL_SUM },
     { "title", FL_TITLE }, { "tojson", FL_TOJSON }, { "trim", FL_TRIM },
-    { "unique", FL_UNIQUE }, { "upper", FL_UPPER },
+    { "unique", FL_UNIQUE }, { "upper", FL_UPPER }, { "dictsort", FL_DICTSORT },
 };
 
 typedef enum {
@@ -6221,6 +6222,66 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
             }
         }
         *out = acc;
+        return 0;
+    }
+    case FL_DICTSORT: {
+        /* (key, value) pairs sorted by key or value, case-insensitively
+         * unless case_sensitive */
+        static const char *const params[] = { "case_sensitive", "by", "reverse" };
+        int by_value = 0;
+        if (bind_args(r, pos, "dictsort", params, 3, a, s, have, NULL) < 0) {
+            return -1;
+        }
+        if (v->t != JV_DICT) {
+            return v->t == JV_UNDEF ? fail_undef(r, pos, v)
+                                    : rfail(r, pos, "dictsort needs a mapping, not %s", type_name(v));
+        }
+        if (have[1]) {
+            if (need_str(r, pos, &s[1], "by") < 0) {
+                return -1;
+            }
+            if (s[1].u.s.n == 5 && !memcmp(s[1].u.s.p, "value", 5)) {
+                by_value = 1;
+            } else if (!(s[1].u.s.n == 3 && !memcmp(s[1].u.s.p, "key", 3))) {
+                return rfail(r, pos, "You can only sort by either \"key\" or \"value\"");
+            }
+        }
+        jfunc f = { M_ITEMS, "items", *v };
+        call_args none;
+        jv pairs;
+        sort_item *si = NULL, *tmp;
+        memset(&none, 0, sizeof(none));
+        if (call_func(r, pos, &f, &none, &pairs) < 0) {
+            return -1;
+        }
+        const jlist *pl = pairs.u.l;
+        jlist *keys = list_new(&r->mem, pl->n);
+        if (keys == NULL) {
+            return oom(r, pos);
+        }
+        for (size_t i = 0; i < pl->n; i++) {
+            keys->v[i] = pl->v[i].u.l->v[by_value];
+        }
+        if (sort_keys_of(r, pos, keys, NULL, have[0] && truthy(&s[0]), &si) < 0) {
+            return -1;
+        }
+        tmp = arena_alloc(&r->mem, (pl->n + 1) * sizeof(sort_item));
+        if (tmp == NULL) {
+            return oom(r, pos);
+        }
+        if (merge_sort(r, pos, si, tmp, pl->n, have[2] && truthy(&s[2])) < 0) {
+            return -1;
+        }
+        jlist *l = list_new(&r->mem, pl->n);
+        if (l == NULL) {
+            return oom(r, pos);
+        }
+        for (size_t i = 0; i < pl->n; i++) {
+            l->v[i] = pl->v[si[i].idx];
+        }
+        out->t = JV_LIST;
+        out->tuple = 0;
+        out->u.l = l;
         return 0;
     }
     case FL_TOJSON:

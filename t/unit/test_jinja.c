@@ -524,6 +524,14 @@ static const jcase cases[] = {
       "{%- macro render(content) -%}\n    {%- if content is string -%}\n        {{- content }}\n    {%- else -%}\n        {%- for item in content if item.type == 'text' -%}\n            {{- item.text }}\n        {%- endfor -%}\n    {%- endif -%}\n{%- endmacro -%}\n<{{ render('a') }}|{{ render([{'type': 'text', 'text': 'b'}, {'type': 'image'}]) }}>",
       "{}",
       "<a|b>" },
+    { "f_dictsort",
+      "{{ d | dictsort }} {{ d | dictsort(by='value') }} {{ d | dictsort(true) }} {{ d | dictsort(reverse=true) }} {% for k, v in d | dictsort %}{{ k }}{% endfor %}",
+      "{\"d\": {\"b\": \"x\", \"A\": \"z\", \"a\": \"Y\"}}",
+      "[('A', 'z'), ('a', 'Y'), ('b', 'x')] [('b', 'x'), ('a', 'Y'), ('A', 'z')] [('A', 'z'), ('a', 'Y'), ('b', 'x')] [('b', 'x'), ('A', 'z'), ('a', 'Y')] Aab" },
+    { "f_sort_stable_reverse",
+      "{{ ['b', 'A', 'a', 'B'] | sort(reverse=true) }} {{ [{'n': 1, 'i': 'x'}, {'n': 0, 'i': 'y'}, {'n': 1, 'i': 'z'}] | sort(attribute='n', reverse=true) | map(attribute='i') | join }}",
+      "{}",
+      "['b', 'B', 'A', 'a'] xzy" },
 };
 
 /* Renders tpl with vars (a JSON object); NULL with err on failure. */
