@@ -417,6 +417,83 @@ static void test_nfc_quick_set(void)
     }
 }
 
+/* nfc_normalize (quick-check stretches + own canonical ordering) equals
+ * utf8proc's NFC on random mixes of starters, marks of several classes,
+ * Hangul jamo, kana voicing and Indic vowel signs; and a long run of
+ * marks stays fast (utf8proc alone is quadratic there). */
+static void test_nfc_differential(void)
+{
+    static const uint32_t pool[] = {
+        'a', 'e', 'o', 'A', ' ', '1', 0xE9, 0xC5, 0x212B, 0x1E69, 0x1EC7, 0x3C9, 0x438,
+        0x300, 0x301, 0x302, 0x308, 0x323, 0x327, 0x328, 0x345, 0x31B, 0x35C, 0x360,
+        0x1100, 0x1161, 0x11A8, 0xAC00, 0xAC01, 0x304B, 0x3099, 0x309A, 0x30AB,
+        0x9C7, 0x9BE, 0x9D7, 0xB47, 0xB3E, 0xB56, 0xB57, 0xBC6, 0xBBE, 0xD46, 0xD3E,
+        0x1025, 0x102E, 0x4E2D, 0x20D0, 0x1DC0, 0x0F71, 0x0F72, 0x0F80, 0x05B0, 0x05BC,
+        0x0344, 0x0F73, 0x2000, 0x1F80, 0x1FBE, 0x0387,
+    };
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    int bad = 0;
+
+    for (int round = 0; round < 20000; round++) {
+        uint8_t text[256];
+        size_t len = 0, out_len = 0;
+        int n = 1 + (int) (x % 12);
+        const uint8_t *got;
+        utf8proc_uint8_t *want = NULL;
+        utf8proc_ssize_t want_len;
+
+        for (int i = 0; i < n; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            len += (size_t) utf8proc_encode_char(
+                (utf8proc_int32_t) pool[x % (sizeof(pool) / sizeof(pool[0]))], text + len);
+        }
+        got = nfc_normalize(text, len, &out_len);
+        want_len = utf8proc_map(text, (utf8proc_ssize_t) len, &want,
+                                UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (got == NULL || want_len < 0 || (size_t) want_len != out_len
+            || memcmp(got, want, out_len) != 0) {
+            if (bad++ < 5) {
+                fprintf(stderr, "  NFC differs on:");
+                for (size_t i = 0; i < len; i++) {
+                    fprintf(stderr, " %02x", text[i]);
+                }
+                fprintf(stderr, "\n");
+            }
+        }
+        if (got != text) {
+            free((void *) got);
+        }
+        free(want);
+    }
+    CHECK(bad == 0, "%d of 20000 random texts normalize differently from utf8proc", bad);
+    {
+        /* 400 KB: "a" and 100,000 alternating U+0301 (230) U+0323 (220). */
+        size_t n = 1 + 4 * 100000, out_len = 0;
+        uint8_t *marks = malloc(n);
+        const uint8_t *got;
+        double t0;
+
+        REQUIRE(marks != NULL, "out of memory");
+        marks[0] = 'a';
+        for (size_t i = 1; i < n; i += 4) {
+            memcpy(marks + i, "\xCC\x81\xCC\xA3", 4);
+        }
+        t0 = unit_now();
+        got = nfc_normalize(marks, n, &out_len);
+        printf("# NFC of 400 KB of alternating marks: %.3f s\n", unit_now() - t0);
+        /* a + U+0323 composes to U+1EA1 (3 bytes, as a + U+0323); then
+         * 99,999 U+0323 and 100,000 U+0301 sorted by class. */
+        CHECK(got != NULL && out_len == n && memcmp(got, "\xE1\xBA\xA1\xCC\xA3", 5) == 0
+              && memcmp(got + out_len - 2, "\xCC\x81", 2) == 0, "long run normalized wrongly");
+        if (got != marks) {
+            free((void *) got);
+        }
+        free(marks);
+    }
+}
+
 /* A megabyte of the goldens' texts joined by newlines (mixed scripts, as a
  * real long prompt): encodes, and decodes back to the goldens' NFC
  * `decoded` texts joined the same way.  The time is printed, not asserted. */
@@ -816,6 +893,7 @@ int main(void)
     RUN(test_partial_utf8);
     RUN(test_stream_all_ids);
     RUN(test_nfc_quick_set);
+    RUN(test_nfc_differential);
     RUN(test_megabyte_goldens);
     RUN(test_megabyte_prompt);
     RUN(test_threads);
