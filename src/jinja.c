@@ -1677,6 +1677,9 @@ static int lex_number(lexer *lx, size_t *ppos)
     }
     char tmp[128];
     size_t tn = 0;
+    if (end - st >= sizeof(tmp)) {
+        return lex_fail(lx, st, "number literal too long");
+    }
     for (size_t k = st; k < end && tn < sizeof(tmp) - 1; k++) {
         if (lx->s[k] != '_') {
             tmp[tn++] = lx->s[k];
@@ -6472,17 +6475,28 @@ static int binop(R *r, size_t pos, int op, const jv *a, const jv *b, jv *out)
                 }
                 *out = jv_int(op == '%' ? m : q);
             } else {
+                /* CPython's float divmod, signs of zeros included */
                 if (fy == 0.0) {
                     return rfail(r, pos, op == '%' ? "float modulo" : "float floor division by zero");
                 }
-                double m = fmod(fx, fy);
-                if (m != 0 && ((m < 0) != (fy < 0))) {
-                    m += fy;
+                double m = fmod(fx, fy), div = (fx - m) / fy, fdiv;
+                if (m != 0.0) {
+                    if ((fy < 0) != (m < 0)) {
+                        m += fy;
+                        div -= 1.0;
+                    }
+                } else {
+                    m = copysign(0.0, fy);
                 }
-                *out = op == '%' ? jv_float(m) : jv_float(floor((fx - m) / fy + 0.5 - 0.5));
-                if (op == OP_FLOORDIV) {
-                    *out = jv_float(floor(fx / fy));
+                if (div != 0.0) {
+                    fdiv = floor(div);
+                    if (div - fdiv > 0.5) {
+                        fdiv += 1.0;
+                    }
+                } else {
+                    fdiv = copysign(0.0, fx / fy);
                 }
+                *out = jv_float(op == '%' ? m : fdiv);
             }
             return 0;
         case OP_POW:

@@ -532,6 +532,10 @@ static const jcase cases[] = {
       "{{ ['b', 'A', 'a', 'B'] | sort(reverse=true) }} {{ [{'n': 1, 'i': 'x'}, {'n': 0, 'i': 'y'}, {'n': 1, 'i': 'z'}] | sort(attribute='n', reverse=true) | map(attribute='i') | join }}",
       "{}",
       "['b', 'B', 'A', 'a'] xzy" },
+    { "float_divmod_signs",
+      "{{ 7.5 // 2 }} {{ -7.5 // 2 }} {{ -0.0 % 2 }} {{ 4.0 % -2 }} {{ 1 // -0.3 }} {{ -1e-300 % 1e300 }} {{ 0.0 // -1 }} {{ 5.5 % -2 }}",
+      "{}",
+      "3.0 -4.0 0.0 -0.0 -4.0 1e+300 -0.0 -0.5" },
 };
 
 /* Renders tpl with vars (a JSON object); NULL with err on failure. */
