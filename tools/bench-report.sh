@@ -150,6 +150,14 @@ for m in $MODELS; do
 done
 
 echo
+# the client's exact lengths, checked against the server's own usage counts
+jq -rs '
+  (map(select(.server_prompt_tokens == .total_input_tokens)) | length) as $p
+  | (map(select(.output_len_mismatch == 0)) | length) as $o
+  | "Lengths held: in \($p) of \(length) runs through nginx the prompt tokens the server counted equal the client'"'"'s exact prompt lengths; in \($o) of \(length) every request got exactly its output length."' \
+  "$RES"/nginx-*-c*.json
+
+echo
 echo "### Overhead of nginx against the offline engine"
 echo
 echo "Bars: through nginx, output throughput >= 97 % of the offline engine's at"

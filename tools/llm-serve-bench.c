@@ -451,8 +451,13 @@ static char *make_prompt(const tokenizer *tok, int n, uint64_t *rng,
         /* ids[0..m) are kept from the last round; top up with random ones */
         while (m < n) {
             int32_t id = (int32_t) (rng_next(rng) % (uint64_t) vocab);
+            const char *bytes = tokenizer_token_bytes(tok, id, &tlen);
 
-            if (tokenizer_is_special(tok, id) || tokenizer_token_bytes(tok, id, &tlen) == NULL) {
+            /* no special tokens, and no NUL byte: the prompt travels as
+             * a C string in JSON, where a NUL would cut it short */
+            if (bytes == NULL || tokenizer_is_special(tok, id)
+                || memchr(bytes, '\0', tlen) != NULL)
+            {
                 continue;
             }
             ids[m++] = id;
