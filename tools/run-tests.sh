@@ -6,7 +6,8 @@
 #
 # Usage: tools/run-tests.sh [BUILD_DIR]   (default build; run from anywhere)
 # Environment: TEST_NGINX_BINARY (nginx to run, default: nginx in PATH);
-# any TEST_NGINX_* setting of t/README.md is passed on.  Unless a port or
+# TEST_FILE_TIMEOUT (seconds per .t file, default 600); any TEST_NGINX_*
+# setting of t/README.md is passed on.  Unless a port or
 # server root is chosen (TEST_NGINX_PORT, TEST_NGINX_SERVROOT,
 # TEST_NGINX_RANDOMIZE), each test file gets a free random port and its own
 # t/servroot_PORT, so that several people can run the suite at once.
@@ -61,8 +62,13 @@ else
     for so in $TEST_NGINX_LOAD_MODULES; do
         [ -f "$so" ] || echo "warning: $so does not exist (make module)"
     done
+    # A hung test file must not hang make test: each gets
+    # TEST_FILE_TIMEOUT seconds (default 600), then SIGTERM, on which the
+    # harness stops its nginx and the file counts as failed.
+    exec_cmd="perl $inc"
+    command -v timeout >/dev/null 2>&1 && exec_cmd="timeout ${TEST_FILE_TIMEOUT:-600} $exec_cmd"
     # shellcheck disable=SC2086
-    { prove $inc $files; echo $? > "$tmp/prove.rc"; } 2>&1 | tee "$tmp/prove.out"
+    { prove --exec "$exec_cmd" $files; echo $? > "$tmp/prove.rc"; } 2>&1 | tee "$tmp/prove.out"
     tests=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$tmp/prove.out" | tail -1)
     failed=$(sed -n 's/.*(Wstat: .* Tests: [0-9]* Failed: \([0-9]*\)).*/\1/p' "$tmp/prove.out" \
              | awk '{ s += $1 } END { print s + 0 }')
