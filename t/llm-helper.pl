@@ -99,6 +99,21 @@ sub llm_hold_request {
     return $s;
 }
 
+# Reads from $s until $re matches what arrived (or $limit seconds pass).
+sub llm_read_until {
+    my ($s, $re, $limit) = @_;
+    my $got = '';
+    my $sel = IO::Select->new($s);
+    my $deadline = time + ($limit // 10);
+    while ($got !~ $re && time < $deadline) {
+        next unless $sel->can_read(0.2);
+        my $n = sysread($s, my $chunk, 65536);
+        last unless $n;
+        $got .= $chunk;
+    }
+    return $got;
+}
+
 sub llm_post {
     my ($path, $body, $extra) = @_;
     $extra //= '';
