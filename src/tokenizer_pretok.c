@@ -33,12 +33,13 @@ char *pretok_onig_pattern(const char *pattern, char *err, size_t errlen)
             if (e == 's') {
                 o += (size_t) sprintf(out + o, in_class ? "%s" : "[%s]", ONIG_SPACE_SET);
             } else if (e == 'S') {
+                /* A negated set cannot be spelled inside a class; the
+                 * White_Space property (PCRE2 >= 10.40) is the same set. */
                 if (in_class) {
-                    snprintf(err, errlen, "\\S inside a character class is not supported");
-                    free(out);
-                    return NULL;
+                    o += (size_t) sprintf(out + o, "\\P{White_Space}");
+                } else {
+                    o += (size_t) sprintf(out + o, "[^%s]", ONIG_SPACE_SET);
                 }
-                o += (size_t) sprintf(out + o, "[^%s]", ONIG_SPACE_SET);
             } else {
                 out[o++] = c;
                 out[o++] = e;

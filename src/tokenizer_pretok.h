@@ -39,9 +39,9 @@ typedef struct {
 int  pretok_add_regex(pretok *p, const char *pattern, char *err, size_t errlen);
 void pretok_free(pretok *p);
 
-/* Rewrites \s and \S of pattern into Oniguruma's Unicode White_Space set.
- * Returns a malloc'ed pattern, or NULL (out of memory, or \S inside a
- * character class, which has no plain spelling; err says which). */
+/* Rewrites \s and \S of pattern into Oniguruma's Unicode White_Space set
+ * (spelled out; \S inside a character class becomes \P{White_Space}).
+ * Returns a malloc'ed pattern, or NULL when out of memory. */
 char *pretok_onig_pattern(const char *pattern, char *err, size_t errlen);
 
 int  pretok_thread_init(pretok_thread *th);

@@ -12,6 +12,7 @@
 #include "tokenizer.h"
 #include "tokenizer_unicode.h"
 #include "tokenizer_json.h"
+#include "tokenizer_pretok.h"
 
 #include <unistd.h>
 
@@ -415,6 +416,75 @@ static void test_nfc_quick_set(void)
         free(ia);
         free(ib);
     }
+}
+
+typedef struct {
+    char   out[256];
+    size_t len;
+} pieces;
+
+static int collect_piece(void *ctx, const uint8_t *p, size_t n)
+{
+    pieces *c = ctx;
+
+    if (c->len + n + 1 < sizeof(c->out)) {
+        memcpy(c->out + c->len, p, n);
+        c->len += n;
+        c->out[c->len++] = '|';
+        c->out[c->len] = '\0';
+    }
+    return 0;
+}
+
+/* Splits text with one regex stage and returns the pieces joined by '|'. */
+static const char *split_with(const char *pattern, const char *text, pieces *c)
+{
+    pretok p = { 0 };
+    pretok_thread th;
+    char err[256];
+    int rc;
+
+    c->len = 0;
+    c->out[0] = '\0';
+    if (pretok_add_regex(&p, pattern, err, sizeof(err)) != 0) {
+        snprintf(c->out, sizeof(c->out), "compile error: %.200s", err);
+        return c->out;
+    }
+    if (pretok_thread_init(&th) != 0) {
+        pretok_free(&p);
+        return "no thread state";
+    }
+    rc = pretok_split(&p, &th, (const uint8_t *) text, strlen(text), collect_piece, c,
+                      err, sizeof(err));
+    pretok_thread_free(&th);
+    pretok_free(&p);
+    return rc == 0 ? c->out : "split error";
+}
+
+/* The pre-tokenizer's regex semantics: Oniguruma's \s (with U+0085, the
+ * NEL), \S inside classes, literal backslashes, gaps between matches kept
+ * as pieces (Isolated), and a regex Qwen3 does not use. */
+static void test_pretok_regex(void)
+{
+    pieces c;
+    const char *got;
+
+    got = split_with("\\s+", "a\xC2\x85\xC2\xA0" "b", &c);
+    CHECK(strcmp(got, "a|\xC2\x85\xC2\xA0|" "b|") == 0, "\\s takes NEL and NBSP: %s", got);
+    got = split_with("\\S+", "ab\xC2\x85" "cd", &c);
+    CHECK(strcmp(got, "ab|\xC2\x85|cd|") == 0, "\\S leaves NEL out: %s", got);
+    got = split_with("[^\\S\r\n]+", "x \xC2\x85\ny", &c);
+    CHECK(strcmp(got, "x| \xC2\x85|\ny|") == 0, "[^\\S\\r\\n]: %s", got);
+    got = split_with("[^\\s\\p{L}]+", "ab!?\xC2\x85" "c", &c);
+    CHECK(strcmp(got, "ab|!?|\xC2\x85" "c|") == 0, "\\s inside a class: %s", got);
+    got = split_with("\\\\s", "a\\sb s", &c);
+    CHECK(strcmp(got, "a|\\s|b s|") == 0, "an escaped backslash then s: %s", got);
+    got = split_with("(?i:'s|'t)", "IT'S it'T", &c);
+    CHECK(strcmp(got, "IT|'S| it|'T|") == 0, "case-insensitive group: %s", got);
+    got = split_with("\\p{N}{1,3}", "12345", &c);
+    CHECK(strcmp(got, "123|45|") == 0, "Llama 3 digit groups: %s", got);
+    got = split_with("(", "x", &c);
+    CHECK(strncmp(got, "compile error", 13) == 0, "a bad regex is an error: %s", got);
 }
 
 /* nfc_normalize (quick-check stretches + own canonical ordering) equals
@@ -894,6 +964,7 @@ int main(void)
     RUN(test_stream_all_ids);
     RUN(test_nfc_quick_set);
     RUN(test_nfc_differential);
+    RUN(test_pretok_regex);
     RUN(test_megabyte_goldens);
     RUN(test_megabyte_prompt);
     RUN(test_threads);
