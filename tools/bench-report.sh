@@ -73,45 +73,54 @@ for m in $MODELS; do
     done
 done
 
-plot_list() {   # column title-suffix
-    local s first=1 out=""
+# one colour per series (offline/nginx x model); p50 solid, p99 dashed
+plot_list() {   # column
+    local s i=0 out=""
     for s in "${SERIES[@]}"; do
-        [ $first = 1 ] || out+=", "
-        first=0
-        out+="'$TMP/$s.dat' using 1:$1 with linespoints title '$s$2'"
+        i=$((i + 1))
+        [ $i = 1 ] || out+=", "
+        out+="'$TMP/$s.dat' using 1:$1 with linespoints linecolor $i pointtype $((i + 4)) title '$s'"
     done
     echo "$out"
 }
 pct_list() {    # p50col p99col
-    local s first=1 out=""
+    local s i=0 out=""
     for s in "${SERIES[@]}"; do
-        [ $first = 1 ] || out+=", "
-        first=0
-        out+="'$TMP/$s.dat' using 1:$1 with linespoints title '$s p50', "
-        out+="'$TMP/$s.dat' using 1:$2 with linespoints dashtype 2 title '$s p99'"
+        i=$((i + 1))
+        [ $i = 1 ] || out+=", "
+        out+="'$TMP/$s.dat' using 1:$1 with linespoints linecolor $i pointtype $((i + 4)) title '$s p50', "
+        out+="'$TMP/$s.dat' using 1:$2 with linespoints linecolor $i dashtype 2 pointtype $((i + 4)) title '$s p99'"
     done
     echo "$out"
 }
 
+# BENCH_REPORT_FORMAT=png renders PNG charts instead (pngcairo)
+FMT=${BENCH_REPORT_FORMAT:-svg}
+case $FMT in
+svg) TERMINAL="svg size 760,520 dynamic font 'sans,11' background '#ffffff'" ;;
+png) TERMINAL="pngcairo size 760,520 font 'sans,10' background '#ffffff'" ;;
+*)   echo "bench-report: BENCH_REPORT_FORMAT is svg or png" >&2; exit 2 ;;
+esac
+
 gnuplot <<EOF
-set terminal svg size 760,440 dynamic font 'sans,11' background '#ffffff'
+set terminal $TERMINAL
 set logscale x 2
 set logscale y 10
 set grid
-set key outside right top
+set key below
 set xlabel 'concurrency'
 
-set output 'docs/bench-throughput.svg'
+set output 'docs/bench-throughput.$FMT'
 set title 'Output tokens/s vs concurrency (CPU, $(meta cpus) cores)'
 set ylabel 'output tokens/s'
-plot $(plot_list 2 "")
+plot $(plot_list 2)
 
-set output 'docs/bench-ttft.svg'
+set output 'docs/bench-ttft.$FMT'
 set title 'Time to first token, p50 and p99'
 set ylabel 'TTFT (ms)'
 plot $(pct_list 3 5)
 
-set output 'docs/bench-tpot.svg'
+set output 'docs/bench-tpot.$FMT'
 set title 'Time per output token, p50 and p99'
 set ylabel 'TPOT (ms)'
 plot $(pct_list 6 8)
@@ -209,9 +218,9 @@ for f in "$RES"/scale-*.json; do
 done
 
 echo
-echo "![output throughput](bench-throughput.svg)"
-echo "![TTFT](bench-ttft.svg)"
-echo "![TPOT](bench-tpot.svg)"
+echo "![output throughput](bench-throughput.$FMT)"
+echo "![TTFT](bench-ttft.$FMT)"
+echo "![TPOT](bench-tpot.$FMT)"
 } > "$DOC"
 
-echo "bench-report: wrote $DOC, docs/bench-throughput.svg, docs/bench-ttft.svg, docs/bench-tpot.svg from $RES" >&2
+echo "bench-report: wrote $DOC and docs/bench-{throughput,ttft,tpot}.$FMT from $RES" >&2

@@ -65,7 +65,7 @@ model_in()     { case $1 in tiny) echo 64 ;; q06) echo 32 ;; esac; }
 model_outlen() { case $1 in tiny) echo 64 ;; q06) echo 16 ;; esac; }
 model_prompts() {   # model concurrency
     case $1 in
-    tiny) case $2 in 1) echo 8 ;; 4) echo 16 ;; 16) echo 64 ;; *) echo $(( $2 * 2 )) ;; esac ;;
+    tiny) case $2 in 1|4) echo 32 ;; 16) echo 64 ;; *) echo $(( $2 * 2 )) ;; esac ;;
     q06)  case $2 in 1) echo 4 ;; 4) echo 8 ;; *) echo "$2" ;; esac ;;
     esac
 }
