@@ -129,6 +129,7 @@ our $PidFile    = "$LogDir/nginx.pid";
 $ENV{TEST_NGINX_HTML_DIR} //= $HtmlDir;
 
 our $ErrLogFilePos = 0;
+our $KeepServRoot;        # a failure to inspect happened
 our $PrevConfig;
 our $ChildPid;            # nginx run in the foreground (valgrind mode)
 our $InSubprocess;
@@ -759,11 +760,21 @@ sub start_nginx ($$$) {
             $waited += 0.2;
             next;
         }
-        # TAP shows only the first line of a bail-out reason: put nginx's
-        # own complaint there, and the whole stderr in a diagnostic.
+        # Once nginx has parsed its configuration, its stderr is the error
+        # log: a module failing to initialise only complains there.  TAP
+        # shows only the first line of a bail-out reason: put nginx's own
+        # complaint there, the rest in diagnostics.
+        my $errlog = file_tail($ErrLogFile, 20);
         Test::More::diag("nginx stderr:\n$stderr") if $stderr ne '';
-        my ($why) = $stderr =~ /^(.*\[(?:emerg|alert|crit)\].*)$/m;
-        ($why) = $stderr =~ /(\S.*)\s*\z/ unless defined $why;
+        Test::More::diag("end of $ErrLogFile:\n$errlog") if $errlog ne '';
+        my $why;
+        for my $text ($stderr, $errlog) {
+            ($why) = $text =~ /^(.*\[(?:emerg|alert|crit)\].*)$/m;
+            ($why) = $text =~ /^(.*\[error\].*)$/m unless defined $why;
+            last if defined $why;
+        }
+        ($why) = "$stderr$errlog" =~ /(\S.*)\s*\z/ unless defined $why;
+        $KeepServRoot = 1;
         bail_out("$name - Cannot start nginx using command \"$cmd\" "
                  . "(status code $status): " . ($why // 'no message'));
     }
@@ -898,7 +909,7 @@ END {
         && !$ENV{TEST_NGINX_NO_CLEAN})
     {
         my $tb = Test::More->builder;
-        if (grep { !$_ } $tb->summary) {
+        if ($KeepServRoot || grep { !$_ } $tb->summary) {
             Test::More::diag("server root kept for inspection: $ServRoot");
         } else {
             remove_tree($ServRoot);
