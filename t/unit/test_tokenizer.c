@@ -364,6 +364,14 @@ static void test_stream_all_ids(void)
     CHECK(one && utf8_first_invalid((const uint8_t *) one, len) == len, "output is UTF-8");
     free(one);
     free(streamed);
+    /* The same with special tokens skipped (partial sequences continue
+     * across a skipped token, as in the one-shot decode). */
+    one = tokenizer_decode(tok, ids, n, 1, &len, err, sizeof(err));
+    streamed = stream_decode(ids, n, 1, &slen);
+    CHECK(one && streamed && slen == len && memcmp(one, streamed, len) == 0,
+          "stream of all ids, skipping special tokens, differs from one-shot");
+    free(one);
+    free(streamed);
     free(ids);
 }
 
