@@ -717,6 +717,18 @@ static void test_logprobs_and_stop_token(void)
     CHECK(b.reason == LLM_FINISH_STOP && b.n <= 3
           && b.toks[b.n - 1] == a.toks[2], "stop token: reason %d n %d",
           b.reason, b.n);
+    /* below min_tokens the stop token is masked: it cannot end the
+     * request early, and the greedy first token changes */
+    release_all(&b, 1);
+    params_tokens(&p, prompt, 20, 8);
+    p.stop_token_ids = &a.toks[0];
+    p.n_stop_token_ids = 1;
+    p.min_tokens = 3;
+    REQUIRE(submit(e, &p, &b) == 0, "submit");
+    REQUIRE(run_until_done(e, &b, 1) == 0, "hang");
+    CHECK(b.n >= 3 && b.toks[0] != a.toks[0] && b.toks[1] != a.toks[0]
+          && b.toks[2] != a.toks[0], "min_tokens: %d tokens, first %d (masked %d)",
+          b.n, b.toks[0], a.toks[0]);
     release_all(&a, 1);
     release_all(&b, 1);
     llm_engine_destroy(e);
