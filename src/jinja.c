@@ -2017,7 +2017,7 @@ typedef enum {
     FL_LOWER, FL_MAP, FL_MAX, FL_MIN, FL_REJECT, FL_REJECTATTR, FL_REPLACE,
     FL_REVERSE, FL_ROUND, FL_SAFE, FL_SELECT, FL_SELECTATTR, FL_SORT,
     FL_STRING, FL_SUM, FL_TITLE, FL_TOJSON, FL_TRIM, FL_UNIQUE, FL_UPPER,
-    FL_DICTSORT
+    FL_DICTSORT, FL_FORMAT
 } filter_id;
 
 static const struct { const char *name; filter_id id; } filter_table[] = {
@@ -2034,6 +2034,7 @@ static const struct { const char *name; filter_id id; } filter_table[] = {
     { "sort", FL_SORT }, { "string", FL_STRING }, { "sum", FL_SUM },
     { "title", FL_TITLE }, { "tojson", FL_TOJSON }, { "trim", FL_TRIM },
     { "unique", FL_UNIQUE }, { "upper", FL_UPPER }, { "dictsort", FL_DICTSORT },
+    { "format", FL_FORMAT },
 };
 
 typedef enum {
@@ -5387,6 +5388,7 @@ static int apply_test(R *r, size_t pos, int tid, const jv *v, const call_args *a
 /* ------------------------------------------------------------------ */
 
 static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args *a, jv *out);
+static int percent_format(R *r, size_t pos, const jv *fmt, const jv *args, jv *out);
 
 /* Python float() of a string; 0 when it is not a number. */
 static int parse_py_float(const jv *s, double *out)
@@ -6287,6 +6289,42 @@ static int apply_filter(R *r, size_t pos, int fid, const jv *v, const call_args 
         out->u.l = l;
         return 0;
     }
+    case FL_FORMAT: {
+        /* Jinja: str(value) % (kwargs or args) */
+        jv fargs;
+        if (a->npos && a->nkw) {
+            return rfail(r, pos, "can't handle positional and keyword arguments at the same time");
+        }
+        if (to_str(r, pos, v, &sv) < 0) {
+            return -1;
+        }
+        if (a->nkw) {
+            jdict *d = dict_new(&r->mem, a->nkw);
+            if (d == NULL) {
+                return oom(r, pos);
+            }
+            for (size_t i = 0; i < a->nkw; i++) {
+                if (dict_set(&r->mem, d, jv_str(a->kwname[i], strlen(a->kwname[i])), a->kw[i]) < 0) {
+                    return oom(r, pos);
+                }
+            }
+            fargs.t = JV_DICT;
+            fargs.tuple = 0;
+            fargs.u.d = d;
+        } else {
+            jlist *l = list_new(&r->mem, a->npos);
+            if (l == NULL) {
+                return oom(r, pos);
+            }
+            for (size_t i = 0; i < a->npos; i++) {
+                l->v[i] = a->pos[i];
+            }
+            fargs.t = JV_LIST;
+            fargs.tuple = 1;
+            fargs.u.l = l;
+        }
+        return percent_format(r, pos, &sv, &fargs, out);
+    }
     case FL_TOJSON:
         return filter_tojson(r, pos, v, a, out);
     case FL_INDENT:
@@ -6404,6 +6442,275 @@ static const char *op_name(int op)
     case OP_POW: return "** or pow()";
     default: return "?";
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* printf-style formatting: Python's  str % args  (and the format filter) */
+/* ------------------------------------------------------------------ */
+
+/* Pads text to width code points (left- or right-justified). */
+static void put_padded(sbuf *b, const char *p, size_t n, int64_t width, int left, char fill)
+{
+    int64_t len = (int64_t) u8_count(p, n);
+    if (!left) {
+        for (int64_t i = len; i < width; i++) {
+            sb_putc(b, fill);
+        }
+    }
+    sb_put(b, p, n);
+    if (left) {
+        for (int64_t i = len; i < width; i++) {
+            sb_putc(b, ' ');
+        }
+    }
+}
+
+/*
+ * fmt % args.  args: a tuple (several arguments), a dict (for %(name)s) or
+ * any other single value.  Conversions s r a d i u o x X e E f F g G c %.
+ */
+static int percent_format(R *r, size_t pos, const jv *fmt, const jv *args, jv *out)
+{
+    const char *f = fmt->u.s.p;
+    size_t n = fmt->u.s.n, i = 0, argi = 0;
+    int is_tuple = args->t == JV_LIST && args->tuple;
+    int is_map = args->t == JV_DICT;
+    size_t nargs = is_tuple ? args->u.l->n : 1;
+    int used_key = 0;
+    sbuf b = { 0 };
+    char num[512];
+
+    b.max = r->lim.max_output;
+#define FAIL(...) do { free(b.p); return rfail(r, pos, __VA_ARGS__); } while (0)
+    while (i < n) {
+        const char *pct = memchr(f + i, '%', n - i);
+        if (pct == NULL) {
+            sb_put(&b, f + i, n - i);
+            break;
+        }
+        sb_put(&b, f + i, (size_t) (pct - (f + i)));
+        i = (size_t) (pct - f) + 1;
+        if (i >= n) {
+            FAIL("incomplete format");
+        }
+        jv v = JV_UNDEFINED;
+        int have_v = 0;
+        if (f[i] == '(') {
+            size_t st = ++i;
+            int depth = 1;
+            while (i < n && depth) {
+                depth += f[i] == '(' ? 1 : f[i] == ')' ? -1 : 0;
+                i++;
+            }
+            if (depth) {
+                FAIL("incomplete format key");
+            }
+            if (!is_map) {
+                FAIL("format requires a mapping");
+            }
+            long k = dict_find(args->u.d, &(jv){ .t = JV_STR, .u.s = { f + st, i - 1 - st } });
+            if (k < 0) {
+                FAIL("KeyError: '%.*s'", (int) (i - 1 - st), f + st);
+            }
+            v = args->u.d->vals[k];
+            have_v = 1;
+            used_key = 1;
+        }
+        int left = 0, zero = 0, plus = 0, space = 0, alt = 0;
+        for (; i < n && strchr("-0+ #", f[i]) && f[i]; i++) {
+            left |= f[i] == '-';
+            zero |= f[i] == '0';
+            plus |= f[i] == '+';
+            space |= f[i] == ' ';
+            alt |= f[i] == '#';
+        }
+        int64_t width = -1, prec = -1;
+        for (int part = 0; part < 2; part++) {
+            int64_t *dst = part == 0 ? &width : &prec;
+            if (part == 1) {
+                if (i < n && f[i] == '.') {
+                    i++;
+                    prec = 0;
+                } else {
+                    break;
+                }
+            }
+            if (i < n && f[i] == '*') {
+                i++;
+                if (is_map || argi >= nargs) {
+                    FAIL("* wants int");
+                }
+                const jv *w = is_tuple ? &args->u.l->v[argi] : args;
+                argi++;
+                if (w->t != JV_INT && w->t != JV_BOOL) {
+                    FAIL("* wants int");
+                }
+                *dst = w->u.i;
+                if (part == 0 && *dst < 0) {
+                    left = 1;
+                    *dst = -*dst;
+                }
+            } else {
+                int64_t val = part == 0 ? -1 : 0;
+                while (i < n && is_digit(f[i])) {
+                    val = (val < 0 ? 0 : val) * 10 + (f[i++] - '0');
+                    if (val > 100000) {
+                        FAIL("width or precision too big");
+                    }
+                }
+                *dst = val;
+            }
+        }
+        while (i < n && (f[i] == 'h' || f[i] == 'l' || f[i] == 'L')) {
+            i++;
+        }
+        if (i >= n) {
+            FAIL("incomplete format");
+        }
+        char type = f[i++];
+        if (type == '%') {
+            sb_putc(&b, '%');
+            continue;
+        }
+        if (!have_v) {
+            if (argi >= nargs) {
+                FAIL("not enough arguments for format string");
+            }
+            v = is_tuple ? args->u.l->v[argi] : *args;
+            argi++;
+        }
+        switch (type) {
+        case 's': case 'r': case 'a': {
+            sbuf t = { 0 };
+            t.max = r->lim.max_output;
+            put_value(&t, &v, type != 's', 0);
+            size_t len = t.n;
+            if (prec >= 0) {
+                len = u8_offset(t.p ? t.p : "", t.n, (size_t) prec);
+            }
+            put_padded(&b, t.p ? t.p : "", len, width, left, ' ');
+            free(t.p);
+            break;
+        }
+        case 'd': case 'i': case 'u': case 'o': case 'x': case 'X': case 'c': {
+            int64_t iv;
+            if (type == 'c' && v.t == JV_STR) {
+                if (u8_count(v.u.s.p, v.u.s.n) != 1) {
+                    FAIL("%%c requires an int or a unicode character");
+                }
+                put_padded(&b, v.u.s.p, v.u.s.n, width, left, ' ');
+                break;
+            }
+            if (v.t == JV_INT || v.t == JV_BOOL) {
+                iv = v.u.i;
+            } else if (v.t == JV_FLOAT && (type == 'd' || type == 'i' || type == 'u')) {
+                if (!isfinite(v.u.f) || fabs(v.u.f) >= 9.2e18) {
+                    FAIL("cannot convert float to integer");
+                }
+                iv = (int64_t) v.u.f;
+            } else {
+                FAIL("%%%c format: %s is required, not %s", type,
+                     type == 'd' || type == 'i' || type == 'u' ? "a real number" : "an integer",
+                     type_name(&v));
+            }
+            if (type == 'c') {
+                char cb[4];
+                if (iv < 0 || iv > 0x10FFFF) {
+                    FAIL("%%c arg not in range(0x110000)");
+                }
+                put_padded(&b, cb, u8_encode((uint32_t) iv, cb), width, left, ' ');
+                break;
+            }
+            uint64_t mag = iv < 0 ? 0 - (uint64_t) iv : (uint64_t) iv;
+            const char *prefix = "";
+            char digits[80];
+            if (type == 'o') {
+                snprintf(digits, sizeof(digits), "%llo", (unsigned long long) mag);
+                prefix = alt ? "0o" : "";
+            } else if (type == 'x' || type == 'X') {
+                snprintf(digits, sizeof(digits), type == 'x' ? "%llx" : "%llX",
+                         (unsigned long long) mag);
+                prefix = alt ? (type == 'x' ? "0x" : "0X") : "";
+            } else {
+                snprintf(digits, sizeof(digits), "%llu", (unsigned long long) mag);
+            }
+            const char *sign = iv < 0 ? "-" : plus ? "+" : space ? " " : "";
+            size_t nd = strlen(digits);
+            int64_t body = (int64_t) (strlen(sign) + strlen(prefix))
+                           + (prec > (int64_t) nd ? prec : (int64_t) nd);
+            if (!left && !zero) {
+                for (int64_t k = body; k < width; k++) {
+                    sb_putc(&b, ' ');
+                }
+            }
+            sb_puts(&b, sign);
+            sb_puts(&b, prefix);
+            if (!left && zero) {
+                for (int64_t k = body; k < width; k++) {
+                    sb_putc(&b, '0');
+                }
+            }
+            for (int64_t k = (int64_t) nd; k < prec; k++) {
+                sb_putc(&b, '0');
+            }
+            sb_puts(&b, digits);
+            if (left) {
+                for (int64_t k = body; k < width; k++) {
+                    sb_putc(&b, ' ');
+                }
+            }
+            break;
+        }
+        case 'e': case 'E': case 'f': case 'F': case 'g': case 'G': {
+            char spec[32];
+            int o = 0;
+            if (!is_number(&v)) {
+                FAIL("must be real number, not %s", type_name(&v));
+            }
+            spec[o++] = '%';
+            if (left) spec[o++] = '-';
+            if (zero) spec[o++] = '0';
+            if (plus) spec[o++] = '+';
+            if (space) spec[o++] = ' ';
+            if (alt) spec[o++] = '#';
+            spec[o++] = '*';
+            spec[o++] = '.';
+            spec[o++] = '*';
+            spec[o++] = type;
+            spec[o] = '\0';
+            int w = snprintf(num, sizeof(num), spec, (int) (width < 0 ? 0 : width),
+                             (int) (prec < 0 ? 6 : prec), num_as_double(&v));
+            if (w < 0 || (size_t) w >= sizeof(num)) {
+                FAIL("formatted number too long");
+            }
+            sb_put(&b, num, (size_t) w);
+            break;
+        }
+        default:
+            FAIL("unsupported format character '%c' (0x%x) at index %zu", type,
+                 (unsigned) (unsigned char) type, i - 1);
+        }
+    }
+    /* Python: a tuple must be used up; a single argument too, unless it
+     * supports item access (dict, list, Undefined), which format strings
+     * without conversions may ignore */
+    if (is_tuple ? argi < nargs
+                 : argi == 0 && !used_key && !is_map && args->t != JV_LIST && args->t != JV_UNDEF) {
+        FAIL("not all arguments converted during string formatting");
+    }
+#undef FAIL
+    if (b.overflow) {
+        free(b.p);
+        return rfail(r, pos, "formatted string too large");
+    }
+    char *res = r_strdup(r, b.p ? b.p : "", b.n);
+    size_t rn = b.n;
+    free(b.p);
+    if (res == NULL) {
+        return oom(r, pos);
+    }
+    *out = jv_str(res, rn);
+    return 0;
 }
 
 static int binop(R *r, size_t pos, int op, const jv *a, const jv *b, jv *out)
@@ -6554,7 +6861,7 @@ static int binop(R *r, size_t pos, int op, const jv *a, const jv *b, jv *out)
         }
     }
     if (op == '%' && a->t == JV_STR) {
-        return rfail(r, pos, "printf-style string formatting is not supported");
+        return percent_format(r, pos, a, b, out);
     }
     if (op == '+' && a->t == JV_STR) {
         return rfail(r, pos, "can only concatenate str (not \"%s\") to str", type_name(b));

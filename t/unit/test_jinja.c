@@ -536,6 +536,10 @@ static const jcase cases[] = {
       "{{ 7.5 // 2 }} {{ -7.5 // 2 }} {{ -0.0 % 2 }} {{ 4.0 % -2 }} {{ 1 // -0.3 }} {{ -1e-300 % 1e300 }} {{ 0.0 // -1 }} {{ 5.5 % -2 }}",
       "{}",
       "3.0 -4.0 0.0 -0.0 -4.0 1e+300 -0.0 -0.5" },
+    { "percent_format",
+      "{{ '%s-%d-%5.2f|%-4s|%04d|%x|%#X|%o|%+d|% d|%e|%g|%c|%c|%%|%r|%.2s|%5s' % ('a', 3.9, 3.14159, 'ab', 42, 255, 255, 8, 5, 5, 12345.678, 0.0001, 65, 'z', 'q', 'h\303\251llo', 'x') }}|{{ '%(a)s=%(b)03d' % {'a': 'k', 'b': 7} }}|{{ '%s' | format([1]) }}|{{ '%s and %s' | format(1, 2) }}|{{ '%(x)s' | format(x='y') }}|{{ 'none' % [1] }}|{{ '%s' % none }}|{{ '%-6.3f|' % -1.5 }}{{ '%*d' % (5, 3) }}|{{ '%.3d' % 5 }}|{{ '%x' % -255 }}|{{ '%5.1f%%' % 99.44 }}|{{ '%s' % (1,) }}|{{ '%s' % [1, 2] }}|{{ '%-+5d|' % 3 }}",
+      "{}",
+      "a-3- 3.14|ab  |0042|ff|0XFF|10|+5| 5|1.234568e+04|0.0001|A|z|%|'q'|h\303\251|    x|k=007|[1]|1 and 2|y|none|None|-1.500|    3|005|-ff| 99.4%|1|[1, 2]|+3   |" },
 };
 
 /* Renders tpl with vars (a JSON object); NULL with err on failure. */
@@ -646,7 +650,13 @@ static void test_render_errors(void)
     expect_error("{{ l[::0] }}", "{\"l\": [1]}", "slice step cannot be zero", NULL);
     expect_error("{{ 'x'.startswith(1) }}", NULL, "must be str", NULL);
     expect_error("{{ 9223372036854775807 + 1 }}", NULL, "integer overflow", NULL);
-    expect_error("{{ '%s' % 1 }}", NULL, "string formatting is not supported", NULL);
+    expect_error("{{ '%s %s' % 1 }}", NULL, "not enough arguments for format string", NULL);
+    expect_error("{{ 'x' % 1 }}", NULL, "not all arguments converted", NULL);
+    expect_error("{{ '%s' % (1, 2) }}", NULL, "not all arguments converted", NULL);
+    expect_error("{{ '%d' % 'a' }}", NULL, "%d format: a real number is required, not str", NULL);
+    expect_error("{{ '%(k)s' % {} }}", NULL, "KeyError: 'k'", NULL);
+    expect_error("{{ '%y' % 1 }}", NULL, "unsupported format character 'y'", NULL);
+    expect_error("{{ '%s' | format(1, k=2) }}", NULL, "positional and keyword arguments", NULL);
     expect_error("{{ {[1]: 2} }}", NULL, "unhashable type: 'list'", NULL);
     expect_error("{{ 'a'.upper(1) }}", NULL, "takes no arguments", NULL);
     expect_error("{{ 'a'.replace(old='a', bogus=1) }}", NULL, "unexpected keyword argument 'bogus'", NULL);
