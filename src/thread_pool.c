@@ -1,14 +1,22 @@
 /*
- * Fork/join thread pool: generation counter + futex.  See thread_pool.h.
+ * Fork/join thread pool, see thread_pool.h.
+ *
+ * A job is published as one 64-bit word: generation (24 bits), task count
+ * (20 bits) and the next unclaimed task (20 bits).  A thread claims a task
+ * with a compare-and-swap on that word, so a claim is only ever granted
+ * for the job that is current, and the job's function and context are
+ * read after the claim (the caller cannot replace them while a claimed
+ * task is unfinished).  The caller returns when every task is done, not
+ * when every thread has checked in: on an oversubscribed machine a worker
+ * that the scheduler parked is simply not waited for.
  */
 #include "thread_pool.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,27 +28,25 @@
  * pass, short enough not to burn a shared core while the engine idles. */
 #define SPIN_ITERS 20000
 
-struct thread_pool {
-    int             n_threads;
-    pthread_t      *threads;
-    /* the job */
-    thread_pool_fn  fn;
-    void           *ctx;
-    int             n_tasks;
-    atomic_int      next_task;
-    /* fork: bumped once per job; workers wait for it to change */
-    atomic_uint     generation;
-    atomic_int      sleepers;
-    /* join: workers still running the current job */
-    atomic_int      pending;
-    atomic_int      caller_sleeping;
-    atomic_int      stop;
-};
+#define GEN_SHIFT  40
+#define N_SHIFT    20
+#define FIELD_MASK ((1ULL << 20) - 1)
+#define MAX_TASKS  ((int) FIELD_MASK)
 
-typedef struct {
-    thread_pool *pool;
-    int          id;
-} worker_arg;
+struct thread_pool {
+    int                   n_threads;
+    pthread_t            *threads;
+    /* the job: valid for whoever holds a claim on the current generation */
+    thread_pool_fn        fn;
+    void                 *ctx;
+    _Atomic uint64_t      job;        /* gen | n_tasks | next */
+    atomic_uint           wake;       /* futex word: bumped per job */
+    atomic_int            sleepers;
+    /* join */
+    atomic_uint           done;       /* tasks finished in the current job */
+    atomic_int            caller_sleeping;
+    atomic_int            stop;
+};
 
 static void futex_wait(atomic_uint *addr, unsigned val)
 {
@@ -63,48 +69,63 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void run_tasks(thread_pool *p, int thread)
+/* Claims and runs tasks of the current job until none are left.  Returns
+ * the number run. */
+static int run_tasks(thread_pool *p, int thread)
 {
-    int t;
+    uint64_t w = atomic_load_explicit(&p->job, memory_order_acquire);
+    int ran = 0;
 
-    while ((t = atomic_fetch_add_explicit(&p->next_task, 1,
-                                          memory_order_relaxed)) < p->n_tasks) {
-        p->fn(p->ctx, t, thread);
+    for (;;) {
+        uint64_t n = (w >> N_SHIFT) & FIELD_MASK, next = w & FIELD_MASK;
+        unsigned total;
+        if (next >= n) {
+            return ran;
+        }
+        if (!atomic_compare_exchange_weak_explicit(&p->job, &w, w + 1,
+                                                   memory_order_acq_rel,
+                                                   memory_order_acquire)) {
+            continue;                     /* w reloaded: retry */
+        }
+        p->fn(p->ctx, (int) next, thread);
+        ran++;
+        total = atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1;
+        if (total == n && atomic_load(&p->caller_sleeping)) {
+            futex_wake_all(&p->done);
+        }
+        w = atomic_load_explicit(&p->job, memory_order_acquire);
     }
 }
 
 static void *worker_main(void *arg)
 {
-    worker_arg *wa = arg;
-    thread_pool *p = wa->pool;
-    int id = wa->id;
-    unsigned seen = 0, g;
+    thread_pool *p = ((void **) arg)[0];
+    int id = (int) (intptr_t) ((void **) arg)[1];
+    /* wake starts at 0: a thread the scheduler starts late must not take
+     * a later value (a job's or destroy's bump) as its starting point */
+    unsigned seen = 0;
 
-    free(wa);
+    free(arg);
     for (;;) {
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->generation,
-                                         memory_order_acquire)) == seen) {
+        unsigned w;
+        while ((w = atomic_load_explicit(&p->wake, memory_order_acquire))
+               == seen && !atomic_load(&p->stop)) {
             if (++spins < SPIN_ITERS) {
                 cpu_relax();
                 continue;
             }
-            /* The caller bumps generation before reading sleepers, and we
-             * count ourselves before re-checking it in futex_wait, so a
-             * wake-up cannot be lost. */
+            /* The caller bumps wake before reading sleepers, and we count
+             * ourselves before futex_wait re-checks wake: no lost wake-up. */
             atomic_fetch_add(&p->sleepers, 1);
-            futex_wait(&p->generation, seen);
+            futex_wait(&p->wake, seen);
             atomic_fetch_sub(&p->sleepers, 1);
         }
-        seen = g;
+        seen = w;
         if (atomic_load(&p->stop)) {
             return NULL;
         }
         run_tasks(p, id);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1
-            && atomic_load(&p->caller_sleeping)) {
-            futex_wake_all((atomic_uint *) &p->pending);
-        }
     }
 }
 
@@ -124,18 +145,18 @@ thread_pool *thread_pool_create(int n_threads, char *err, size_t errlen)
     }
     p->n_threads = 1;
     for (int i = 1; i < n_threads; i++) {
-        worker_arg *wa = malloc(sizeof(*wa));
+        void **arg = malloc(2 * sizeof(void *));
         int rc;
-        if (wa == NULL) {
+        if (arg == NULL) {
             snprintf(err, errlen, "thread pool: out of memory");
             thread_pool_destroy(p);
             return NULL;
         }
-        wa->pool = p;
-        wa->id = i;
-        rc = pthread_create(&p->threads[i], NULL, worker_main, wa);
+        arg[0] = p;
+        arg[1] = (void *) (intptr_t) i;
+        rc = pthread_create(&p->threads[i], NULL, worker_main, arg);
         if (rc != 0) {
-            free(wa);
+            free(arg);
             snprintf(err, errlen, "thread pool: cannot start thread %d: %s",
                      i, strerror(rc));
             thread_pool_destroy(p);
@@ -151,11 +172,55 @@ int thread_pool_size(const thread_pool *p)
     return p->n_threads;
 }
 
+/* One job of at most MAX_TASKS tasks. */
+static void run_job(thread_pool *p, int n_tasks, thread_pool_fn fn, void *ctx)
+{
+    uint64_t w = atomic_load(&p->job);
+    uint64_t gen = ((w >> GEN_SHIFT) + 1) & ((1ULL << 24) - 1);
+    int spins = 0;
+    unsigned d;
+
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->job, (gen << GEN_SHIFT)
+                                       | ((uint64_t) n_tasks << N_SHIFT),
+                          memory_order_release);
+    atomic_fetch_add(&p->wake, 1);
+    if (atomic_load(&p->sleepers) > 0) {
+        futex_wake_all(&p->wake);
+    }
+    run_tasks(p, 0);
+    while ((d = atomic_load_explicit(&p->done, memory_order_acquire))
+           != (unsigned) n_tasks) {
+        if (++spins < SPIN_ITERS) {
+            cpu_relax();
+            continue;
+        }
+        atomic_store(&p->caller_sleeping, 1);
+        d = atomic_load(&p->done);
+        if (d != (unsigned) n_tasks) {
+            futex_wait(&p->done, d);
+        }
+        atomic_store(&p->caller_sleeping, 0);
+    }
+}
+
+typedef struct {
+    thread_pool_fn fn;
+    void          *ctx;
+    int            base;
+} slice_ctx;
+
+static void slice_task(void *ctx, int task, int thread)
+{
+    slice_ctx *s = ctx;
+    s->fn(s->ctx, s->base + task, thread);
+}
+
 void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
                      void *ctx)
 {
-    int spins = 0, left;
-
     if (n_tasks <= 0) {
         return;
     }
@@ -165,28 +230,15 @@ void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
         }
         return;
     }
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
-    atomic_fetch_add(&p->generation, 1);          /* publishes the job */
-    if (atomic_load(&p->sleepers) > 0) {
-        futex_wake_all(&p->generation);
+    if (n_tasks <= MAX_TASKS) {
+        run_job(p, n_tasks, fn, ctx);
+        return;
     }
-    run_tasks(p, 0);
-    while ((left = atomic_load_explicit(&p->pending, memory_order_acquire))
-           != 0) {
-        if (++spins < SPIN_ITERS) {
-            cpu_relax();
-            continue;
-        }
-        atomic_store(&p->caller_sleeping, 1);
-        left = atomic_load(&p->pending);
-        if (left != 0) {
-            futex_wait((atomic_uint *) &p->pending, (unsigned) left);
-        }
-        atomic_store(&p->caller_sleeping, 0);
+    /* more tasks than the job word counts: slices of MAX_TASKS */
+    for (int base = 0; base < n_tasks; base += MAX_TASKS) {
+        slice_ctx s = { fn, ctx, base };
+        run_job(p, n_tasks - base < MAX_TASKS ? n_tasks - base : MAX_TASKS,
+                slice_task, &s);
     }
 }
 
@@ -196,8 +248,8 @@ void thread_pool_destroy(thread_pool *p)
         return;
     }
     atomic_store(&p->stop, 1);
-    atomic_fetch_add(&p->generation, 1);
-    futex_wake_all(&p->generation);
+    atomic_fetch_add(&p->wake, 1);
+    futex_wake_all(&p->wake);
     for (int i = 1; i < p->n_threads; i++) {
         pthread_join(p->threads[i], NULL);
     }

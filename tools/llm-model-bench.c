@@ -3,13 +3,15 @@
  * memory-bandwidth roofline.
  *
  *   llm-model-bench MODEL_DIR [--dummy] [--threads N] [--prompt 16]
- *                   [--gen 128] [--prefill 512] [--runs 3] [--seed S]
+ *                   [--gen 128] [--prefill 512] [--runs 3] [--seed S] [--fast]
  *
  * Per run: the N-thread read bandwidth (a stream over a buffer far larger
  * than the L3 cache), batch-1 decode (--gen tokens after a --prompt-token
  * prompt, greedy) and its roofline ratio tok/s / (bandwidth / weight bytes
  * read per token), and the prefill speed of one --prefill-token prompt.
  * Prints best and median over the runs, and the RSS after loading.
+ * --fast: the backend's fast precision (bf16 activations, as llama.cpp);
+ * the default is the exact precision the server uses.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -236,14 +238,15 @@ static double best_of(const double *v, int n)
 static void usage(void)
 {
     fprintf(stderr, "usage: llm-model-bench MODEL_DIR [--dummy] [--threads N] "
-            "[--prompt 16] [--gen 128] [--prefill 512] [--runs 3] [--seed S]\n");
+            "[--prompt 16] [--gen 128] [--prefill 512] [--runs 3] [--seed S] "
+            "[--fast]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
-    int dummy = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
+    int dummy = 0, fast = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
     uint64_t seed = 1;
     char err[512];
     model *m;
@@ -260,6 +263,8 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (strcmp(a, "--dummy") == 0) {
             dummy = 1;
+        } else if (strcmp(a, "--fast") == 0) {
+            fast = 1;
         } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
             threads = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--prompt") == 0) {
@@ -290,7 +295,9 @@ int main(int argc, char **argv)
     }
     load_s = now() - t0;
     rss_load = rss_kb();
-    be = cpu_backend_create(m, threads, err, sizeof(err));
+    be = cpu_backend_create_ex(m, threads, fast ? CPU_PRECISION_FAST
+                                                : CPU_PRECISION_EXACT,
+                               err, sizeof(err));
     if (be == NULL) {
         fprintf(stderr, "llm-model-bench: %s\n", err);
         return 1;
@@ -323,10 +330,10 @@ int main(int argc, char **argv)
     }
     bpt = bytes_per_token(m);
     printf("model %s%s: %d layers, hidden %d, vocab %d; weights read per "
-           "token %.3f GB; kernels %s; threads %d\n", dir,
+           "token %.3f GB; kernels %s, %s precision; threads %d\n", dir,
            dummy ? " (dummy weights)" : "", m->cfg.n_layers,
            m->cfg.hidden_size, r.vocab, bpt / 1e9,
-           kern_isa_name(kern_get_isa()), threads);
+           kern_isa_name(kern_get_isa()), fast ? "fast" : "exact", threads);
     /* warm-up: touch every weight page once */
     if (run(&r, ids, prompt, 0) != 0) {
         return 1;

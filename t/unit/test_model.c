@@ -16,6 +16,7 @@
 #include "cpu_kernels.h"
 #include "model.h"
 #include "safetensors.h"
+#include "thread_pool.h"
 
 #define BS         16
 #define MAX_BLOCKS 16
@@ -515,6 +516,45 @@ static void test_other_shapes(void)
     free(got);
 }
 
+/* ---- thread pool ---------------------------------------------------------- */
+
+typedef struct {
+    int *hits;
+    int  n;
+} hit_job;
+
+static void hit_task(void *ctx, int task, int thread)
+{
+    hit_job *j = ctx;
+    (void) thread;
+    __atomic_fetch_add(&j->hits[task], 1, __ATOMIC_RELAXED);
+}
+
+/* Every task of every job runs exactly once, jobs back to back; pools are
+ * created and destroyed at once (threads the scheduler starts late must
+ * still see the stop). */
+static void test_thread_pool(void)
+{
+    char err[128];
+    int hits[300];
+    int bad = 0;
+
+    for (int round = 0; round < 50; round++) {
+        thread_pool *p = thread_pool_create(1 + round % 4, err, sizeof(err));
+        REQUIRE(p != NULL, "%s", err);
+        for (int job = 0; job < (round % 5 == 0 ? 0 : 400); job++) {
+            hit_job j = { hits, 1 + (job * 37 + round) % 300 };
+            memset(hits, 0, sizeof(hits));
+            thread_pool_run(p, j.n, hit_task, &j);
+            for (int t = 0; t < j.n; t++) {
+                bad += hits[t] != 1;
+            }
+        }
+        thread_pool_destroy(p);
+    }
+    CHECK(bad == 0, "%d tasks did not run exactly once", bad);
+}
+
 /* ---- config and dummy weights ---------------------------------------------- */
 
 static void test_config_qwen3_4b(void)
@@ -876,6 +916,7 @@ static void test_bad_batches(void)
 int main(void)
 {
     printf("# kernels: %s\n", kern_isa_name(kern_get_isa()));
+    RUN(test_thread_pool);
     RUN(test_golden_tied);
     RUN(test_golden_untied);
     RUN(test_decode_and_chunks_equal_prefill);
