@@ -11,8 +11,11 @@
 typedef struct chat_template chat_template;
 
 /* Reads tokenizer_config.json: chat_template (string, or the list form
- * with a "default" entry), bos_token, eos_token.  NULL with err naming the
- * file, or the template position of a syntax error. */
+ * with a "default" entry) and the special tokens (bos/eos/unk/pad/sep/cls/
+ * mask_token as strings or {"content": ...}, additional_special_tokens),
+ * which become template variables as in transformers.  A chat_template.jinja
+ * in the same directory takes priority, as in transformers.  NULL with err
+ * naming the file, or the template position of a syntax error. */
 chat_template *chat_template_load(const char *tokenizer_config_path,
                                   char *err, size_t errlen);
 /* From template source directly (tests). */
@@ -23,7 +26,11 @@ chat_template *chat_template_from_source(const char *source,
 void chat_template_free(chat_template *ct);
 
 /*
- * Renders.  messages_json: JSON array of OpenAI messages (content a string
+ * Renders with the variables transformers' apply_chat_template passes:
+ * messages, tools (None when tools_json is NULL or "null"), documents
+ * (None), add_generation_prompt, the special tokens, then kwargs (which may
+ * override special tokens but not the four names before).
+ * messages_json: JSON array of OpenAI messages (content a string
  * or a list of {"type":"text","text":...} parts, tool_calls, tool_call_id,
  * reasoning_content); tools_json: JSON array or NULL; kwargs_json: JSON
  * object of extra template variables (e.g. {"enable_thinking": false}) or

@@ -7,12 +7,18 @@
  *
  * Supported: text, {{ }}, {# #}, {% raw %}, whitespace control (- and +),
  * for (loop.*, tuple targets, `if` filter, else, break/continue), if/elif/
- * else, set (name, tuple, ns.attr, block form), generation; expressions with
- * Python semantics (literals, arithmetic, ~, comparisons, and/or/not, in,
+ * else, set (name, tuple, ns.attr, block form), macro (defaults, varargs,
+ * kwargs, recursion), generation; expressions with Python semantics
+ * (literals, arithmetic, printf-style %, ~, comparisons, and/or/not, in,
  * is-tests, conditional expressions, subscripts, slices, attributes, calls
  * of string/dict/list methods, filters, range/namespace/dict globals).
- * Not supported (a clear error at parse time): macros, call/filter blocks,
- * include/import/extends/block, recursive loops.
+ * Not supported (a clear error at parse time): call/filter blocks,
+ * include/import/extends/block, recursive loops.  Known differences: the
+ * results of map/select/reject/unique/items/reverse behave as Jinja's
+ * generators (always true, no len(), not JSON) but can be iterated more
+ * than once and print as "<generator object>"; str.format() is not
+ * implemented; case mapping is per code point (utf8proc), so 'ß'.upper()
+ * stays 'ß'.
  *
  * A parsed template is immutable and may be rendered from many threads at
  * once; every render has its own jinja_render state (values, variables,
@@ -30,8 +36,9 @@ typedef struct jinja_render jinja_render;
 
 /*
  * Parses template source (len bytes, need not be NUL-terminated).  Returns
- * NULL with err ("line L, column C: what") on a syntax error, an unknown
- * filter or test, or an unsupported tag.
+ * NULL with err ("line L, column C: what") on a syntax error, an unsupported
+ * tag, or an unknown filter or test (inside an if or a conditional
+ * expression an unknown filter fails only when reached, as in Jinja).
  */
 jinja_template *jinja_parse(const char *source, size_t len,
                             char *err, size_t errlen);
