@@ -449,7 +449,22 @@ static void run_tokens(cpu_backend *b, tok_job *j, int what)
 
     j->what = what;
     if (what == TOK_ATTN) {
-        thread_pool_run(b->pool, b->n_tiles * b->n_kv, tok_task, j);
+        /* a short decode step's attention is a few microseconds of work:
+         * less than waking the pool and joining it */
+        double flops = 0;
+        for (int t = 0; t < b->n_tiles; t++) {
+            int bi = j->c0 + b->tile_start[t];
+            flops += (double) b->tile_len[t] * (j->batch->positions[bi] + 1);
+        }
+        flops *= 4.0 * b->n_heads * b->hd;
+        tasks = b->n_tiles * b->n_kv;
+        if (flops < 1e6) {
+            for (int t = 0; t < tasks; t++) {
+                tok_task(j, t, 0);
+            }
+            return;
+        }
+        thread_pool_run(b->pool, tasks, tok_task, j);
         return;
     }
     j->per_task = j->n < 16 ? j->n : (j->n + b->n_threads * 4 - 1)

@@ -379,6 +379,8 @@ int main(int argc, char **argv)
     printf("median: decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
            "tok/s, bandwidth %.1f GB/s\n", median(dec, runs),
            100 * median(roof, runs), median(pre, runs), median(bw, runs) / 1e9);
+    printf("RSS after the runs (weights, KV pool, scratch of a %d-token "
+           "prefill): %.1f MB\n", prefill, rss_kb() / 1024.0);
     thread_pool_destroy(pool);
     be->ops->destroy(be);
     model_free(m);
