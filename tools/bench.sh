@@ -183,7 +183,8 @@ run() {
     say "$name: $*"
     "$@" >> "$LOG" 2>&1 || rc=$?
     la=$(loadavg)
-    printf '%s\t%s\t%s\t%.1f\n' "$name" "$lb" "$la" "$(echo "$(date +%s.%N) - $t0" | bc)" >> "$OUT/runs.tsv"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$lb" "$la" \
+        "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')" >> "$OUT/runs.tsv"
     [ $rc = 0 ] || say "$name: exit status $rc (see $LOG)"
     return 0
 }
