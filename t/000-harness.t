@@ -185,6 +185,29 @@ _EOF_
 }
 
 {
+    my ($out) = run_file('pidfile', <<'_EOF_');
+use Test::Nginx::Socket 'no_plan';
+run_tests();
+__DATA__
+
+=== TEST 1: the pid file disappears (make clean during a run)
+--- config
+    location = /t { return 200 "ok\n"; }
+--- init
+unlink $Test::Nginx::Util::PidFile or die "unlink: $!";
+Test::More::diag("nginx pid $Test::Nginx::Util::NginxPid");
+--- request
+GET /t
+--- response_body
+ok
+_EOF_
+    my ($pid) = $out =~ /^# nginx pid (\d+)$/m;
+    ok($pid, "the subprocess started nginx") or diag $out;
+    ok($pid && !Test::Nginx::Util::is_running($pid),
+       "nginx is stopped at the end even without its pid file");
+}
+
+{
     my ($out) = run_file('only', <<'_EOF_');
 use Test::Nginx::Socket 'no_plan';
 run_tests();

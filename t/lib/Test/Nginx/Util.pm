@@ -312,6 +312,8 @@ sub stop_nginx ($) {
     my $name = shift;
     my $pid = get_pid_from_pidfile($name);
     $pid = $ChildPid if !defined $pid && defined $ChildPid;
+    # The pid file can vanish under us (make clean during a run).
+    $pid = $NginxPid if !defined $pid && defined $NginxPid && is_running($NginxPid);
     if (defined $NginxPid && !is_running($NginxPid) && !defined $ChildPid) {
         Test::More::fail(($NginxBlockName // $name)
                          . " - nginx exited before the end of the block");
@@ -901,7 +903,7 @@ END {
     my $exit = $?;
     cleanup();
     if (!$ENV{TEST_NGINX_NO_CLEAN} || $UseValgrind) {
-        stop_nginx('END') if -f $PidFile;
+        stop_nginx('END') if -f $PidFile || defined $NginxPid;
     }
     # A random server root is removed, unless something failed: then its
     # logs are what one wants to read.
