@@ -145,8 +145,13 @@ echo "Offline: \`llm-bench\` drives the engine in-process (random token-id promp
 echo "Through nginx: \`llm-serve-bench\` streams \`/v1/completions\` over HTTP/1.1 with"
 echo "prompts of the same exact token count (random text, re-encoded until exact),"
 echo "\`ignore_eos\`, greedy sampling.  Both count time from submission; neither has a"
-echo "warm-up.  Each row's load is the 1-minute load average before the run: on a"
-echo "loaded machine the numbers are noise-bound, compare rows taken together."
+echo "warm-up.  TTFT through nginx also holds the loopback HTTP round trip, request"
+echo "parsing and the prompt's tokenization (offline submits token ids).  Each row's"
+echo "load is the 1-minute load average before the run: on a loaded machine the"
+echo "numbers are noise-bound; compare rows taken together."
+echo
+echo "Reproduce: \`make bench && make bench-report\`; every command with its full"
+echo "output is in \`${RES}/bench.log\`, per-run wall times and loads in \`runs.tsv\`."
 for m in $MODELS; do
     echo
     echo "### $(model_desc "$m"), $(lens "$m")"
