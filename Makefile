@@ -121,8 +121,12 @@ test: all
 unit-test: units
 	@t/unit/run.sh "$(BUILD)/t"
 
+# One .t file: make nginx-test T=t/110-chat.t
+T ?= t/
 nginx-test: module
-	@LLM_MODULE="$(abspath $(MODULE))" prove -I t/lib -r t/
+	@TEST_NGINX_LOAD_MODULES="$(abspath $(MODULE))" \
+	 TEST_NGINX_MODEL_DIR="$(abspath t/fixtures/tiny-qwen3)" LLM_BUILD_DIR="$(abspath $(BUILD))" \
+	 prove $$(perl -MTest::Nginx::Socket -e1 2>/dev/null || echo -I t/lib) -r $(T)
 
 deps:
 	@tools/deps.sh
