@@ -149,9 +149,7 @@ static int hex4(const char *s, uint32_t *v)
     return 0;
 }
 
-/* Decodes the string whose '"' is at s[*i] into out (room for its raw
- * length); moves *i past it.  Returns the decoded length or -1. */
-static long read_string(const char *s, size_t end, size_t *i, char *out)
+long tjson_read_string(const char *s, size_t end, size_t *i, char *out)
 {
     size_t j = *i + 1;
     long o = 0;
@@ -256,7 +254,7 @@ long tjson_parse_vocab(const char *s, size_t start, size_t end,
         char *num_end;
         long id;
 
-        if (s[i] != '"' || n == cap || (klen = read_string(s, end, &i, o)) < 0) {
+        if (s[i] != '"' || n == cap || (klen = tjson_read_string(s, end, &i, o)) < 0) {
             snprintf(err, errlen, "model.vocab: malformed entry %zu", n);
             goto fail;
         }
@@ -323,7 +321,7 @@ long tjson_parse_merges(const char *s, size_t start, size_t end,
         if (s[i] == '"') {
             char *sp;
 
-            len = read_string(s, end, &i, o);
+            len = tjson_read_string(s, end, &i, o);
             sp = len > 0 ? memchr(o, ' ', (size_t) len) : NULL;
             if (sp == NULL) {
                 snprintf(err, errlen, "model.merges[%zu] is not \"a b\"", n);
@@ -336,14 +334,14 @@ long tjson_parse_merges(const char *s, size_t start, size_t end,
             o += len;
         } else if (s[i] == '[') {
             i = skip_ws(s, end, i + 1);
-            len = i < end && s[i] == '"' ? read_string(s, end, &i, o) : -1;
+            len = i < end && s[i] == '"' ? tjson_read_string(s, end, &i, o) : -1;
             i = skip_ws(s, end, i);
             if (len < 0 || i >= end || s[i] != ',') {
                 snprintf(err, errlen, "model.merges[%zu] is not [\"a\", \"b\"]", n);
                 goto fail;
             }
             i = skip_ws(s, end, i + 1);
-            len2 = i < end && s[i] == '"' ? read_string(s, end, &i, o + len) : -1;
+            len2 = i < end && s[i] == '"' ? tjson_read_string(s, end, &i, o + len) : -1;
             i = skip_ws(s, end, i);
             if (len2 < 0 || i >= end || s[i] != ']') {
                 snprintf(err, errlen, "model.merges[%zu] is not [\"a\", \"b\"]", n);

@@ -34,6 +34,11 @@ size_t tjson_skip_value(const char *s, size_t len, size_t i);
 int tjson_find_member(const char *s, size_t len, size_t obj, const char *key,
                       size_t *start, size_t *end);
 
+/* Decodes the JSON string whose '"' is at s[*i] (s[0..end)) into out, which
+ * has room for the raw length; moves *i past it.  Returns the decoded
+ * length (U+0000 included as a byte), or -1 when malformed. */
+long tjson_read_string(const char *s, size_t end, size_t *i, char *out);
+
 /* Parses the vocab object s[start..end).  Decoded keys go to *strings
  * (malloc'ed, freed by the caller with the entries).  Returns the number
  * of entries, or -1 with err. */

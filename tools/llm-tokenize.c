@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "tokenizer.h"
+#include "tokenizer_json.h"
 
 static double now(void)
 {
@@ -309,46 +310,56 @@ static void print_json_error(const char *msg)
 
 static int mode_jsonl(const tokenizer *t)
 {
-    char *line = NULL;
-    size_t cap = 0;
+    char *line = NULL, *text = NULL;
+    size_t cap = 0, text_cap = 0;
     ssize_t got;
 
     while ((got = getline(&line, &cap, stdin)) >= 0) {
-        cJSON *j;
         char err[512];
         int32_t *ids = NULL;
+        size_t i = 0, end;
+        long len;
         int n;
 
-        if (got > 0 && line[got - 1] == '\n') {
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) {
             line[--got] = '\0';
         }
         if (got == 0) {
             continue;
         }
-        j = cJSON_ParseWithLength(line, (size_t) got);
-        if (!cJSON_IsString(j)) {
-            print_json_error("each line must be a JSON string");
-            cJSON_Delete(j);
+        if ((size_t) got + 1 > text_cap) {
+            char *grown = realloc(text, (size_t) got + 1);
+
+            if (grown == NULL) {
+                print_json_error("out of memory");
+                continue;
+            }
+            text = grown;
+            text_cap = (size_t) got + 1;
+        }
+        /* The tokenizer's own JSON string reader: it keeps U+0000, which
+         * a C-string JSON parser would cut the text at. */
+        end = (size_t) got;
+        len = line[0] == '"' ? tjson_read_string(line, end, &i, text) : -1;
+        if (len < 0 || i != end) {
+            print_json_error("each line must be one JSON string");
             continue;
         }
-        /* cJSON strings are NUL-terminated: a text holding U+0000 is cut
-         * there (the fuzz does not generate it). */
-        n = tokenizer_encode(t, j->valuestring, strlen(j->valuestring), 0, &ids,
-                             err, sizeof(err));
-        cJSON_Delete(j);
+        n = tokenizer_encode(t, text, (size_t) len, 0, &ids, err, sizeof(err));
         if (n < 0) {
             print_json_error(err);
             continue;
         }
         putchar('[');
-        for (int i = 0; i < n; i++) {
-            printf(i ? ",%d" : "%d", ids[i]);
+        for (int k = 0; k < n; k++) {
+            printf(k ? ",%d" : "%d", ids[k]);
         }
         puts("]");
         free(ids);
         fflush(stdout);
     }
     free(line);
+    free(text);
     return 0;
 }
 

@@ -10,11 +10,11 @@
 // left out on purpose: U+0085 (NEL) and U+FEFF (BOM), where JavaScript's \s
 // differs from Oniguruma's (HF's regex engine): \s includes U+0085 in
 // Oniguruma but not in JavaScript, and U+FEFF the other way round.  The C
-// tokenizer follows Oniguruma.  U+0000 is left out because the jsonl mode
-// reads C strings.  Code points unassigned in Unicode 14.0 are left out too:
-// PCRE2 10.42 (and the Oniguruma in HF tokenizers) classify them with
-// Unicode 14-16 tables, while Node's ICU knows Unicode 17, where e.g. U+0CDC
-// became a letter (a mismatch the fuzz found; see test_tokenizer.c).
+// tokenizer follows Oniguruma.  Code points unassigned in Unicode 14.0 are
+// left out too: PCRE2 10.42 (and the Oniguruma in HF tokenizers) classify
+// them with Unicode 14-16 tables, while Node's ICU knows Unicode 17, where
+// e.g. U+0CDC became a letter (a mismatch the fuzz found; see
+// test_tokenizer.c).
 import test from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -56,7 +56,7 @@ const WORDS = ["the", "The", "THE", "hello", "world", "token", "nginx", "Qwen", 
   "we", "I", "you", "it", "naïve", "café", "straße", "übermäßig", "SELECT", "printf",
   "Ⅻ", "ǅungla", "ﬁnance", "K", "ſtop", "İstanbul", "ΣΊΣΥΦΟΣ"];
 const CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
-const WHITESPACE = [" ", "  ", "   ", "\t", "\n", "\r", "\r\n", "\n\n", " \n", "\t\t ", "\u000b",
+const WHITESPACE = ["\u0000", " ", "  ", "   ", "\t", "\n", "\r", "\r\n", "\n\n", " \n", "\t\t ", "\u000b",
   "\u000c", "\u00a0", "\u3000", "\u2003", "\u2009", "\u2028", "\u2029", "\u1680", "\u202f",
   "\u205f", "\u200b", "\u200d", "\u2060"];
 const CODE = ["int main(void) {\n    return 0;\n}\n", "if (x != NULL && y->z[3] >= 0) {",
@@ -200,7 +200,7 @@ function makeText(r) {
   let s = "";
   for (let i = 0; i < n; i++) s += GENERATORS[pick(r, CLASSES)](r);
   // The fixed exclusions (see the header comment).
-  return s.replace(/[\u0000\u0085\ufeff]/g, "");
+  return s.replace(/[\u0085\ufeff]/g, "");
 }
 
 // One llm-tokenize process; texts go in as JSON lines, ids come back in order.
