@@ -18,6 +18,7 @@
 
 #define TOKENIZER_JSON "t/fixtures/qwen3-tokenizer/tokenizer.json"
 #define GOLDENS        "t/fixtures/tokenizer_goldens.jsonl"
+#define CHAT_GOLDENS   "t/fixtures/chat_template_goldens.jsonl"
 
 static tokenizer *tok;
 
@@ -142,6 +143,48 @@ static void test_goldens(void)
     printf("# %d golden cases: %d id mismatches, %d decode mismatches, %d stream mismatches\n",
            cases, id_fail, dec_fail, stream_fail);
     CHECK(cases == 1558, "expected 1558 golden cases, read %d", cases);
+}
+
+/* The chat-template goldens' rendered texts (special tokens, tool calls,
+ * JSON) and the ids HF gave them, where the golden has ids. */
+static void test_chat_template_texts(void)
+{
+    size_t len = 0;
+    char *text = unit_read_file(CHAT_GOLDENS, &len);
+    char *line, *save = NULL;
+    int cases = 0, bad = 0;
+
+    REQUIRE(tok != NULL && text != NULL, "cannot read %s", CHAT_GOLDENS);
+    for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *c = cJSON_Parse(line);
+        const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(c, "text"));
+        cJSON *jids = cJSON_GetObjectItem(c, "ids");
+        int32_t *ids = NULL;
+        char err[256];
+        int n;
+
+        if (t == NULL || !cJSON_IsArray(jids)) {
+            cJSON_Delete(c);
+            continue;
+        }
+        cases++;
+        n = tokenizer_encode(tok, t, strlen(t), 0, &ids, err, sizeof(err));
+        if (n != cJSON_GetArraySize(jids)) {
+            bad++;
+        } else {
+            for (int i = 0; i < n; i++) {
+                if (ids[i] != cJSON_GetArrayItem(jids, i)->valueint) {
+                    bad++;
+                    break;
+                }
+            }
+        }
+        free(ids);
+        cJSON_Delete(c);
+    }
+    free(text);
+    printf("# %d chat-template texts with ids: %d mismatches\n", cases, bad);
+    CHECK(cases > 0 && bad == 0, "%d of %d chat-template texts tokenize differently", bad, cases);
 }
 
 /* Fixed cases: text and the ids Hugging Face gives (cases the goldens do
@@ -964,6 +1007,7 @@ int main(void)
 {
     RUN(test_load);
     RUN(test_goldens);
+    RUN(test_chat_template_texts);
     RUN(test_fixed_cases);
     RUN(test_special_tokens_decode);
     RUN(test_invalid_utf8);
