@@ -14,6 +14,9 @@
 #define BPE_CACHE_BYTES   26
 #define BPE_CACHE_IDS     8
 
+/* Scratch kept between pieces: up to 64K symbols (4 MB with the heap). */
+#define BPE_SCRATCH_KEEP  65536
+
 typedef struct {
     uint32_t hash;
     uint8_t  len;           /* 0: empty slot */
@@ -330,6 +333,16 @@ long bpe_encode_piece(const bpe_model *m, bpe_scratch *s,
         ce->n_ids = (uint8_t) n_out;
         memcpy(ce->bytes, p, n);
         memcpy(ce->ids, out, (size_t) n_out * sizeof(int32_t));
+    }
+    if (s->cap > BPE_SCRATCH_KEEP) {
+        /* A huge piece (a megabyte of one letter) needed 64 bytes a byte
+         * of scratch: give it back rather than keep it for the thread's
+         * life. */
+        free(s->syms);
+        free(s->heap);
+        s->syms = NULL;
+        s->heap = NULL;
+        s->cap = 0;
     }
     return n_out;
 }
