@@ -415,10 +415,17 @@ static cJSON *normalize_messages(const cJSON *msgs, oai_error *err)
         snprintf(param, sizeof(param), "messages[%d].content", i);
         content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (content == NULL || cJSON_IsNull(content)) {
-            /* an assistant turn that only calls tools has no content */
+            /* an assistant turn that only calls tools has no content;
+             * templates test it with `in`, which fails on None */
             if (strcmp(role->valuestring, "assistant") != 0) {
                 bad_value(err, param, "'%s' is required", param);
                 goto fail;
+            }
+            if (content != NULL) {
+                cJSON_ReplaceItemInObjectCaseSensitive(copy, "content",
+                                                       cJSON_CreateString(""));
+            } else {
+                cJSON_AddStringToObject(copy, "content", "");
             }
         } else if (cJSON_IsArray(content)) {
             oai_buf joined = { 0 };

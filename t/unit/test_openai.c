@@ -145,6 +145,8 @@ static void test_chat_content_parts(void)
                  ->valuestring, "a\nb") == 0, "parts joined");
     CHECK(cJSON_GetObjectItem(cJSON_GetArrayItem(m, 2), "tool_calls") != NULL,
           "tool calls kept");
+    CHECK(cJSON_IsString(cJSON_GetObjectItem(cJSON_GetArrayItem(m, 2),
+                                             "content")), "null content -> \"\"");
     cJSON_Delete(m);
     oai_request_free(&req);
 }
