@@ -761,7 +761,13 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
     h.n_generated = r->n_generated;
     r->sp.suppress_eos = r->n_generated < r->min_tokens;
     memset(&res, 0, sizeof(res));
-    sampler_sample(logits, e->vocab, &r->sp, &h, &r->rng, e->scratch, &res);
+    if (sampler_sample(logits, e->vocab, &r->sp, &h, &r->rng, e->scratch,
+                       &res) != 0)
+    {
+        /* Parameters are validated at submit; this is a bug, not input. */
+        finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
+        return;
+    }
     tok = res.token;
     if (sched_seq_append(seq, tok) != 0) {
         finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);

@@ -231,7 +231,15 @@ llm_request *engine_request_new(const llm_request_params *p,
     }
     r->sp.logprobs = s->logprobs || s->top_logprobs > 0;
     r->sp.top_logprobs = s->top_logprobs;
-    sampler_rng_seed(&r->rng, s->has_seed ? s->seed : d->seed);
+    if (s->has_seed) {
+        sampler_rng_seed(&r->rng, s->seed);
+    } else {
+        /* Unseeded requests must not all draw the same numbers: mix a
+         * per-process request counter into the engine's seed. */
+        static atomic_uint_fast64_t unseeded_count;
+        uint64_t k = atomic_fetch_add(&unseeded_count, 1) + 1;
+        sampler_rng_seed(&r->rng, d->seed ^ (k * 0x9E3779B97F4A7C15ull));
+    }
 
     r->max_tokens_given = p->max_tokens > 0;
     r->max_tokens = p->max_tokens > 0 ? p->max_tokens : d->max_model_len;
