@@ -31,8 +31,9 @@ main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 0
 --- request
 GET /v1/metrics
 --- response_body_like: llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_usage_perc\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n.*finished_reason="abort"\} 1\n
---- error_log
-client prematurely closed connection
+--- error_log eval
+# noticed on the read event, or by a failed write
+qr/client prematurely closed connection|(?:writev|send)\(\) failed|Connection reset by peer|Broken pipe/
 
 
 
