@@ -393,6 +393,17 @@ static int parse_config(const cJSON *c, const char *file, model_config *cfg,
                  "not supported", file);
         return -1;
     }
+    {
+        int sliding = 0;
+        if (get_bool(c, "use_sliding_window", &sliding, file, err, errlen) < 0) {
+            return -1;
+        }
+        if (sliding) {
+            snprintf(err, errlen, "%s: use_sliding_window true is not "
+                     "supported (full attention only)", file);
+            return -1;
+        }
+    }
     cfg->qk_norm = strcmp(cfg->model_type, "qwen3") == 0;
     cfg->torch_dtype = DTYPE_BF16;
     dt = cJSON_GetObjectItemCaseSensitive(c, "torch_dtype");

@@ -580,6 +580,155 @@ static void test_config_qwen3_4b(void)
     CHECK(g.min_p < 0 && g.repetition_penalty < 0, "absent defaults");
 }
 
+/* config.json variants: rope_scaling types, defaults, rejections. */
+static int config_from(const char *json, model_config *c, char *err,
+                       size_t errlen)
+{
+    char dir[128], p[256];
+    generation_defaults g;
+    FILE *f;
+    int rc;
+
+    snprintf(dir, sizeof(dir), "/tmp/llm-test-cfg-%d", (int) getpid());
+    mkdir(dir, 0755);
+    snprintf(p, sizeof(p), "%s/config.json", dir);
+    f = fopen(p, "w");
+    if (f == NULL) {
+        return -2;
+    }
+    fputs(json, f);
+    fclose(f);
+    rc = model_config_load(dir, c, &g, err, errlen);
+    unlink(p);
+    rmdir(dir);
+    return rc;
+}
+
+#define BASE_CFG "\"vocab_size\": 100, \"hidden_size\": 64, " \
+    "\"intermediate_size\": 96, \"num_hidden_layers\": 1, " \
+    "\"num_attention_heads\": 4, \"max_position_embeddings\": 4096"
+
+static void test_config_variants(void)
+{
+    model_config c;
+    char err[256];
+
+    REQUIRE(config_from("{\"model_type\": \"llama\", " BASE_CFG "}", &c, err,
+                        sizeof(err)) == 0, "%s", err);
+    CHECK(c.n_kv_heads == 4 && c.head_dim == 16 && !c.qk_norm
+          && !c.attention_bias && !c.tie_word_embeddings
+          && c.rope_theta == 10000.0 && c.rope_scaling == ROPE_SCALING_NONE,
+          "llama defaults");
+    REQUIRE(config_from("{\"model_type\": \"qwen2\", " BASE_CFG
+                        ", \"eos_token_id\": [5, 6, 5]}", &c, err,
+                        sizeof(err)) == 0, "%s", err);
+    CHECK(c.attention_bias && !c.qk_norm && c.n_eos == 2, "qwen2 flags");
+    REQUIRE(config_from("{\"model_type\": \"qwen3\", " BASE_CFG
+                        ", \"rope_scaling\": {\"rope_type\": \"yarn\", "
+                        "\"factor\": 4.0, \"original_max_position_embeddings\":"
+                        " 1024}}", &c, err, sizeof(err)) == 0, "%s", err);
+    CHECK(c.rope_scaling == ROPE_SCALING_YARN && c.rope_factor == 4.0
+          && c.rope_original_max_pos == 1024 && c.yarn_beta_fast == 32.0
+          && c.yarn_beta_slow == 1.0, "yarn");
+    REQUIRE(config_from("{\"model_type\": \"qwen3\", " BASE_CFG
+                        ", \"rope_scaling\": {\"type\": \"linear\", "
+                        "\"factor\": 2}}", &c, err, sizeof(err)) == 0, "%s", err);
+    CHECK(c.rope_scaling == ROPE_SCALING_LINEAR && c.rope_factor == 2.0, "linear");
+    REQUIRE(config_from("{\"model_type\": \"qwen3\", " BASE_CFG
+                        ", \"rope_parameters\": {\"rope_type\": \"dynamic\", "
+                        "\"factor\": 2, \"rope_theta\": 500000}}", &c, err,
+                        sizeof(err)) == 0, "%s", err);
+    CHECK(c.rope_scaling == ROPE_SCALING_DYNAMIC && c.rope_theta == 500000.0,
+          "transformers 5 rope_parameters");
+    CHECK(config_from("{\"model_type\": \"qwen3\", " BASE_CFG
+                      ", \"rope_scaling\": {\"type\": \"longrope\", "
+                      "\"factor\": 2}}", &c, err, sizeof(err)) != 0
+          && strstr(err, "longrope") && strstr(err, "config.json"),
+          "longrope: %s", err);
+    CHECK(config_from("{\"model_type\": \"gpt2\", " BASE_CFG "}", &c, err,
+                      sizeof(err)) != 0 && strstr(err, "gpt2"), "%s", err);
+    CHECK(config_from("{\"model_type\": \"qwen3\", \"vocab_size\": 100}", &c,
+                      err, sizeof(err)) != 0 && strstr(err, "hidden_size"),
+          "%s", err);
+    CHECK(config_from("{\"model_type\": \"qwen3\", " BASE_CFG
+                      ", \"num_key_value_heads\": 3}", &c, err,
+                      sizeof(err)) != 0 && strstr(err, "multiple"), "%s", err);
+    CHECK(config_from("{\"model_type\": \"qwen3\", \"vocab_size\": 100, "
+                      "\"hidden_size\": -5, \"intermediate_size\": 96, "
+                      "\"num_hidden_layers\": 1, \"num_attention_heads\": 4}",
+                      &c, err, sizeof(err)) != 0 && strstr(err, "hidden_size"),
+          "negative hidden: %s", err);
+    CHECK(config_from("{\"model_type\": \"qwen2\", " BASE_CFG
+                      ", \"use_sliding_window\": true}", &c, err,
+                      sizeof(err)) != 0 && strstr(err, "sliding"), "%s", err);
+    CHECK(config_from("not json", &c, err, sizeof(err)) != 0
+          && strstr(err, "config.json"), "%s", err);
+}
+
+/* Every rope scaling type runs (dummy weights) and gives finite logits
+ * that differ from unscaled rope at positions past the original range. */
+static void test_rope_scaling_runs(void)
+{
+    const char *scalings[] = {
+        "null",
+        "{\"type\": \"linear\", \"factor\": 4}",
+        "{\"type\": \"dynamic\", \"factor\": 4, \"original_max_position_embeddings\": 8}",
+        "{\"type\": \"yarn\", \"factor\": 4, \"original_max_position_embeddings\": 8}",
+    };
+    int32_t ids[40];
+    float *out[4];
+    char dir[128], p[256], err[256];
+    int V = 1000;
+
+    for (int i = 0; i < 40; i++) {
+        ids[i] = (int32_t) ((i * 13 + 1) % V);
+    }
+    snprintf(dir, sizeof(dir), "/tmp/llm-test-rope-%d", (int) getpid());
+    mkdir(dir, 0755);
+    snprintf(p, sizeof(p), "%s/config.json", dir);
+    for (int k = 0; k < 4; k++) {
+        FILE *f = fopen(p, "w");
+        model *m;
+        fixture fx;
+        seq_state s;
+        REQUIRE(f != NULL, "write config");
+        fprintf(f, "{\"model_type\": \"qwen3\", \"vocab_size\": 1000, "
+                "\"hidden_size\": 64, \"intermediate_size\": 96, "
+                "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                "\"num_key_value_heads\": 2, \"head_dim\": 32, "
+                "\"max_position_embeddings\": 4096, \"rope_scaling\": %s}\n",
+                scalings[k]);
+        fclose(f);
+        out[k] = malloc((size_t) V * sizeof(float));
+        m = model_load(dir, 1, 5, err, sizeof(err));
+        REQUIRE(m != NULL, "%s", err);
+        fx.m = m;
+        fx.be = cpu_backend_create(m, 2, err, sizeof(err));
+        REQUIRE(fx.be != NULL, "%s", err);
+        REQUIRE(fx.be->ops->kv_alloc(fx.be, N_BLOCKS, BS, err, sizeof(err)) == 0,
+                "%s", err);
+        fx.vocab = V;
+        seq_init(&s, 0, 1);
+        CHECK(run_one(&fx, &s, ids, 40, 0, out[k]) == 0, "run %d", k);
+        for (int i = 0; i < V; i++) {
+            if (!isfinite(out[k][i])) {
+                CHECK(0, "scaling %d: logit %d not finite", k, i);
+                break;
+            }
+        }
+        fixture_close(&fx);
+    }
+    for (int k = 1; k < 4; k++) {
+        CHECK(rel_err(out[k], out[0], (size_t) V) > 1e-4,
+              "scaling %d changes nothing", k);
+    }
+    for (int k = 0; k < 4; k++) {
+        free(out[k]);
+    }
+    unlink(p);
+    rmdir(dir);
+}
+
 static double bf16_sumsq(const tensor_ref *t, size_t n)
 {
     double ss = 0;
@@ -924,6 +1073,8 @@ int main(void)
     RUN(test_threads_and_isas_agree);
     RUN(test_other_shapes);
     RUN(test_config_qwen3_4b);
+    RUN(test_config_variants);
+    RUN(test_rope_scaling_runs);
     RUN(test_dummy_weights);
     RUN(test_broken_models);
     RUN(test_shards);
