@@ -12,13 +12,20 @@
  * Exactness: activations, accumulations and the KV cache are f32 (the KV
  * cache in f32 costs 2x the memory of bf16 but keeps step-by-step decode
  * equal to a full prefill and both equal to transformers' f32 forward).
+ * bf16 weights meet the activations through AVX512-BF16 dot products of
+ * a two-term bf16 split of each activation (see cpu_kernels.h); the
+ * "fast" precision drops the second term.  Every output element is summed
+ * in an order that does not depend on the batch, so a token's logits
+ * have the same bits alone, in any batch, decoded or prefilled in chunks.
  *
- * Memory besides weights and the KV pool ("scratch"): per chunk token
- * (4 * hidden + 3 * q_dim + 2 * kv_dim + 2 * intermediate) floats plus a
- * bf16 hi/lo pair of the widest activation; for Qwen3-0.6B about 80 KB a
- * token, 40 MB at the 512-token chunk cap, for Qwen3-4B about 190 KB a
- * token (96 MB).  It grows to the largest chunk seen, so decode-only use
- * stays small.  Attention scores take n_rep * context floats per thread;
+ * Memory besides weights and the KV pool ("scratch"), sized for
+ * min(batch tokens, CPU_CHUNK_TOKENS) tokens and grown on demand: per
+ * token 3 * hidden + 2 * q_dim + 2 * kv_dim + 2 * intermediate floats, the
+ * bf16 hi/lo pair of the widest activation and the token's rope table.
+ * Qwen3-0.6B: 74 KB a token, 38 MB at the 512-token chunk cap; Qwen3-4B:
+ * 189 KB a token, 97 MB.  A max_num_batched_tokens above 512 costs no
+ * more (the batch runs in 512-token chunks), below 512 proportionally
+ * less.  Attention scores: ATTN_TILE * n_rep * context floats per thread;
  * logit rows keep one hidden vector each until the LM head.
  */
 #include "backend.h"
