@@ -118,7 +118,7 @@ trap 'stop_nginx aborted' EXIT
 # start_nginx NAME MODEL_DIR FORMAT: one worker (the engine lives in it), a
 # connection limit and queue far above the 2,000-connection scale check
 start_nginx() {
-    local name=$1 dir=$2 format=$3 user="" i
+    local name=$1 dir=$2 format=$3 user=""
     NGX_PREFIX=$(mktemp -d /tmp/llm-bench-nginx.XXXXXX)
     mkdir -p "$NGX_PREFIX/logs" "$NGX_PREFIX/conf"
     PORT=$(free_port)
@@ -150,13 +150,13 @@ http {
 EOF
     "$NGINX" -p "$NGX_PREFIX" -c "$NGX_PREFIX/conf/nginx.conf" -e "$NGX_PREFIX/logs/error.log" \
         >> "$LOG" 2>&1 || { cat "$NGX_PREFIX/logs/error.log" >&2; return 1; }
-    for i in $(seq 600); do
+    for _ in $(seq 600); do
         [ -s "$NGX_PREFIX/logs/nginx.pid" ] && break
         sleep 0.1
     done
     NGX_PID=$(cat "$NGX_PREFIX/logs/nginx.pid")
     # ready when /health says so (the worker loads the weights first)
-    for i in $(seq 1200); do
+    for _ in $(seq 1200); do
         if curl -sf -o /dev/null "http://127.0.0.1:$PORT/health"; then
             return 0
         fi
@@ -170,7 +170,7 @@ EOF
 
 worker_pid() {
     local w
-    w=$(cat "/proc/$NGX_PID/task/$NGX_PID/children" 2>/dev/null | awk '{print $1}')
+    w=$(awk '{print $1}' "/proc/$NGX_PID/task/$NGX_PID/children" 2>/dev/null)
     echo "${w:-$NGX_PID}"
 }
 
