@@ -594,6 +594,19 @@ ngx_http_llm_api_key_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 {
+#if (NGX_THREADS)
+    ngx_http_llm_main_conf_t  *mcf;
+
+    /* /tokenize and /detokenize work on nginx's "default" thread pool
+     * (created here unless the configuration declares it) */
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    if (mcf->models.nelts > 0) {
+        mcf->thread_pool = ngx_thread_pool_add(cf, NULL);
+        if (mcf->thread_pool == NULL) {
+            return NGX_ERROR;
+        }
+    }
+#endif
     return ngx_http_llm_filter_init(cf);
 }
 

@@ -417,6 +417,26 @@ ngx_http_llm_metrics(ngx_http_request_t *r)
 
 /* ---- tokenize / detokenize -------------------------------------------- */
 
+/*
+ * Tokenizing a long prompt (and rendering a template) takes milliseconds to
+ * seconds, so the work runs on nginx's "default" thread pool; the request
+ * is parked (r->main->blocked, as nginx's own thread I/O does) until the
+ * completion event.  Parsing and the reply stay on the event loop.
+ */
+typedef struct {
+    ngx_http_request_t    *request;
+    llm_engine            *engine;
+    ngx_uint_t             detokenize;
+    oai_tokenize_request   t;            /* tokenize input */
+    int32_t               *ids;          /* detokenize input, tokenize output */
+    int                    n;
+    char                  *text;         /* detokenize output */
+    size_t                 text_len;
+    int                    failed;
+    char                   err[LLM_ERR_MAX];
+} ngx_http_llm_tok_job_t;
+
+
 static const char *
 ngx_http_llm_token_text_cb(void *engine, int32_t id, size_t *len)
 {
@@ -424,119 +444,130 @@ ngx_http_llm_token_text_cb(void *engine, int32_t id, size_t *len)
 }
 
 
-static ngx_int_t
-ngx_http_llm_do_tokenize(ngx_http_request_t *r, u_char *body, size_t len)
+/* The work; any thread (the engine's tokenizer calls are thread-safe). */
+static void
+ngx_http_llm_tok_work(void *data, ngx_log_t *log)
 {
-    ngx_http_llm_loc_conf_t  *lcf;
-    oai_tokenize_request      t;
-    oai_error                 err;
-    char                      msg[LLM_ERR_MAX], *text = NULL, *json;
-    const char               *src;
-    size_t                    src_len, out_len = 0;
-    int32_t                  *ids;
-    int                       n, max;
-    ngx_int_t                 rc;
+    ngx_http_llm_tok_job_t  *job = data;
+    char                    *rendered = NULL;
+    const char              *src;
+    size_t                   src_len;
+    int                      max;
 
-    lcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-    if (oai_parse_tokenize((const char *) body, len, &t, &err) != 0) {
-        return ngx_http_llm_send_error(r, &err);
-    }
-    if (ngx_http_llm_check_model(r, t.model, &err) != NGX_OK) {
-        oai_tokenize_request_free(&t);
-        return ngx_http_llm_send_error(r, &err);
+    (void) log;
+    job->err[0] = '\0';
+
+    if (job->detokenize) {
+        job->text = llm_detokenize(job->engine, job->ids, job->n, 0,
+                                   &job->text_len, job->err,
+                                   sizeof(job->err));
+        job->failed = job->text == NULL;
+        return;
     }
 
-    msg[0] = '\0';
-    if (t.prompt != NULL) {
-        src = t.prompt;
-        src_len = t.prompt_len;
+    if (job->t.prompt != NULL) {
+        src = job->t.prompt;
+        src_len = job->t.prompt_len;
     } else {
-        text = llm_render_chat(lcf->model->engine, t.messages_json,
-                               t.tools_json, t.kwargs_json,
-                               t.add_generation_prompt, msg, sizeof(msg));
-        if (text == NULL) {
-            oai_tokenize_request_free(&t);
-            return ngx_http_llm_error(r, NGX_HTTP_BAD_REQUEST,
-                                      "invalid_request_error", NULL,
-                                      "chat template: %s", msg);
+        rendered = llm_render_chat(job->engine, job->t.messages_json,
+                                   job->t.tools_json, job->t.kwargs_json,
+                                   job->t.add_generation_prompt, job->err,
+                                   sizeof(job->err));
+        if (rendered == NULL) {
+            job->failed = 1;
+            return;
         }
-        src = text;
-        src_len = strlen(text);
+        src = rendered;
+        src_len = strlen(rendered);
     }
 
     /* byte-level BPE: never more ids than bytes, plus special tokens */
     max = (int) ngx_min(src_len + 16, (size_t) 0x7fffffff);
-    ids = malloc((size_t) max * sizeof(int32_t));
-    if (ids == NULL) {
-        free(text);
-        oai_tokenize_request_free(&t);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    job->ids = malloc((size_t) max * sizeof(int32_t));
+    if (job->ids == NULL) {
+        free(rendered);
+        snprintf(job->err, sizeof(job->err), "out of memory");
+        job->failed = 1;
+        return;
     }
-    n = llm_tokenize(lcf->model->engine, src, src_len, t.add_special_tokens,
-                     ids, max, msg, sizeof(msg));
-    free(text);
-    if (n < 0) {
-        free(ids);
-        oai_tokenize_request_free(&t);
-        return ngx_http_llm_error(r, NGX_HTTP_BAD_REQUEST,
-                                  "invalid_request_error", NULL,
-                                  "tokenize: %s", msg);
+    job->n = llm_tokenize(job->engine, src, src_len, job->t.add_special_tokens,
+                          job->ids, max, job->err, sizeof(job->err));
+    free(rendered);
+    if (job->n < 0) {
+        job->failed = 1;
+    } else if (job->n > max) {
+        job->n = max;
     }
-    json = oai_tokenize_json(ids, ngx_min(n, max),
-                             ngx_http_llm_max_model_len(lcf->model),
-                             t.return_token_strs ? ngx_http_llm_token_text_cb
-                                                 : NULL,
-                             lcf->model->engine, &out_len);
-    free(ids);
-    oai_tokenize_request_free(&t);
-    rc = ngx_http_llm_send_owned(r, NGX_HTTP_OK, json, out_len);
+}
+
+
+/* The reply, on the event loop; frees the job's buffers. */
+static ngx_int_t
+ngx_http_llm_tok_reply(ngx_http_llm_tok_job_t *job)
+{
+    ngx_http_request_t       *r = job->request;
+    ngx_http_llm_loc_conf_t  *lcf;
+    char                     *json = NULL;
+    size_t                    len = 0;
+    ngx_int_t                 rc;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    if (job->failed) {
+        rc = ngx_http_llm_error(r, NGX_HTTP_BAD_REQUEST,
+                                "invalid_request_error", NULL, "%s: %s",
+                                job->detokenize ? "detokenize"
+                                : job->t.prompt ? "tokenize" : "chat template",
+                                job->err);
+    } else {
+        json = job->detokenize
+               ? oai_detokenize_json(job->text, job->text_len, &len)
+               : oai_tokenize_json(job->ids, job->n,
+                                   ngx_http_llm_max_model_len(lcf->model),
+                                   job->t.return_token_strs
+                                   ? ngx_http_llm_token_text_cb : NULL,
+                                   job->engine, &len);
+        rc = ngx_http_llm_send_owned(r, NGX_HTTP_OK, json, len);
+    }
+    free(job->ids);
+    free(job->text);
+    job->ids = NULL;
+    job->text = NULL;
+    oai_tokenize_request_free(&job->t);
     return rc;
 }
 
 
-static ngx_int_t
-ngx_http_llm_do_detokenize(ngx_http_request_t *r, u_char *body, size_t len)
-{
-    ngx_http_llm_loc_conf_t  *lcf;
-    oai_error                 err;
-    char                      msg[LLM_ERR_MAX], *model, *text, *json;
-    int32_t                  *ids;
-    int                       n;
-    size_t                    text_len = 0, out_len = 0;
+#if (NGX_THREADS)
 
-    lcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-    if (oai_parse_detokenize((const char *) body, len, &model, &ids, &n, &err)
-        != 0)
-    {
-        return ngx_http_llm_send_error(r, &err);
-    }
-    if (ngx_http_llm_check_model(r, model, &err) != NGX_OK) {
-        free(model);
-        free(ids);
-        return ngx_http_llm_send_error(r, &err);
-    }
-    free(model);
-    msg[0] = '\0';
-    text = llm_detokenize(lcf->model->engine, ids, n, 0, &text_len, msg,
-                          sizeof(msg));
-    free(ids);
-    if (text == NULL) {
-        return ngx_http_llm_error(r, NGX_HTTP_BAD_REQUEST,
-                                  "invalid_request_error", NULL,
-                                  "detokenize: %s", msg);
-    }
-    json = oai_detokenize_json(text, text_len, &out_len);
-    free(text);
-    return ngx_http_llm_send_owned(r, NGX_HTTP_OK, json, out_len);
+static void
+ngx_http_llm_tok_done(ngx_event_t *ev)
+{
+    ngx_http_llm_tok_job_t  *job = ev->data;
+    ngx_http_request_t      *r = job->request;
+    ngx_connection_t        *c = r->connection;
+
+    r->main->blocked--;
+    r->aio = 0;
+    ngx_http_finalize_request(r, ngx_http_llm_tok_reply(job));
+    ngx_http_run_posted_requests(c);
 }
+
+#endif
 
 
 static void
 ngx_http_llm_tokenize_body(ngx_http_request_t *r, ngx_uint_t detokenize)
 {
-    ngx_http_llm_loc_conf_t  *lcf;
-    u_char                   *body;
-    size_t                    len;
+    ngx_http_llm_loc_conf_t   *lcf;
+    ngx_http_llm_tok_job_t    *job;
+    oai_error                  err;
+    u_char                    *body;
+    size_t                     len;
+    char                      *model = NULL;
+#if (NGX_THREADS)
+    ngx_http_llm_main_conf_t  *mcf;
+    ngx_thread_task_t         *task;
+#endif
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
     if (ngx_http_llm_read_body(r, &body, &len) != NGX_OK) {
@@ -552,9 +583,67 @@ ngx_http_llm_tokenize_body(ngx_http_request_t *r, ngx_uint_t detokenize)
                                   : "the model is not loaded"));
         return;
     }
-    ngx_http_finalize_request(r, detokenize
-                              ? ngx_http_llm_do_detokenize(r, body, len)
-                              : ngx_http_llm_do_tokenize(r, body, len));
+
+#if (NGX_THREADS)
+    task = ngx_thread_task_alloc(r->pool, sizeof(ngx_http_llm_tok_job_t));
+    if (task == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+    job = task->ctx;
+#else
+    job = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_tok_job_t));
+    if (job == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+#endif
+    ngx_memzero(job, sizeof(*job));
+    job->request = r;
+    job->engine = lcf->model->engine;
+    job->detokenize = detokenize;
+
+    if (detokenize) {
+        if (oai_parse_detokenize((const char *) body, len, &model, &job->ids,
+                                 &job->n, &err) != 0)
+        {
+            ngx_http_finalize_request(r, ngx_http_llm_send_error(r, &err));
+            return;
+        }
+    } else {
+        if (oai_parse_tokenize((const char *) body, len, &job->t, &err) != 0) {
+            ngx_http_finalize_request(r, ngx_http_llm_send_error(r, &err));
+            return;
+        }
+    }
+    if (ngx_http_llm_check_model(r, detokenize ? model : job->t.model, &err)
+        != NGX_OK)
+    {
+        free(model);
+        free(job->ids);
+        oai_tokenize_request_free(&job->t);
+        ngx_http_finalize_request(r, ngx_http_llm_send_error(r, &err));
+        return;
+    }
+    free(model);
+
+#if (NGX_THREADS)
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+    if (mcf->thread_pool != NULL) {
+        task->handler = ngx_http_llm_tok_work;
+        task->event.handler = ngx_http_llm_tok_done;
+        task->event.data = job;
+        if (ngx_thread_task_post(mcf->thread_pool, task) == NGX_OK) {
+            /* as nginx's thread I/O: the request waits for the task */
+            r->main->blocked++;
+            r->aio = 1;
+            return;
+        }
+    }
+#endif
+
+    ngx_http_llm_tok_work(job, r->connection->log);
+    ngx_http_finalize_request(r, ngx_http_llm_tok_reply(job));
 }
 
 

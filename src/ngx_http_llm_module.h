@@ -55,6 +55,9 @@ typedef struct {
     ngx_connection_t       *efd_conn;
     ngx_queue_t             orphans;         /* ngx_http_llm_slot_t */
     ngx_event_t             reaper;          /* releases finished orphans */
+#if (NGX_THREADS)
+    ngx_thread_pool_t      *thread_pool;     /* tokenize/detokenize work */
+#endif
 } ngx_http_llm_main_conf_t;
 
 typedef struct {
