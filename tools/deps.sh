@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential nginx nginx-dev libcjson-dev libpcre2-dev libutf8proc-dev
 libcurl4-openssl-dev curl ca-certificates
 libtest-base-perl libtext-diff-perl libipc-run-perl liblist-moreutils-perl
-libwww-perl libjson-pp-perl nodejs npm clang valgrind chromium"
+libwww-perl libjson-pp-perl nodejs npm clang valgrind chromium jq gnuplot-nox"
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
