@@ -220,7 +220,32 @@ $j->{error}{code} eq 'model_not_found' && $j->{error}{param} eq 'model'
 
 
 
-=== TEST 15: served_name is the model's API name
+=== TEST 15: sampling parameters act: top_k 1 and min_p 1 are greedy; penalties and logit_bias change it
+--- init
+my %base = (messages => [{role => 'user', content => 'Tell'}], max_tokens => 6,
+            ignore_eos => JSON::PP::true, temperature => 0);
+my $g = main::llm_json_post('/v1/chat/completions', { %base, logprobs => JSON::PP::true });
+$main::greedy = $g->{choices}[0]{message}{content};
+my $first = $g->{choices}[0]{logprobs}{content}[0]{token};
+my $ids = main::llm_json_post('/v1/tokenize', { prompt => $first, add_special_tokens => JSON::PP::false })->{tokens};
+$block->set_value('request', [
+    main::llm_request_text('/v1/chat/completions', { %base, temperature => 1, top_k => 1, seed => 5 }),
+    main::llm_request_text('/v1/chat/completions', { %base, temperature => 1, min_p => 1, seed => 5 }),
+    main::llm_request_text('/v1/chat/completions', { %base, frequency_penalty => 2 }),
+    main::llm_request_text('/v1/chat/completions', { %base, repetition_penalty => 2 }),
+    main::llm_request_text('/v1/chat/completions', { %base, logit_bias => { $ids->[0] => -100 } }),
+]);
+--- request eval
+["GET /v1/models", "GET /v1/models", "GET /v1/models", "GET /v1/models", "GET /v1/models"]
+--- json_check
+my $c = $j->{choices}[0]{message}{content};
+length($main::greedy) > 0 && ($idx < 2 ? $c eq $main::greedy : $c ne $main::greedy)
+--- no_error_log
+[error]
+
+
+
+=== TEST 16: served_name is the model's API name
 --- http_config
     llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m served_name=org/tiny-chat;
 --- config
@@ -235,7 +260,7 @@ $j->{error}{code} eq 'model_not_found' && $j->{error}{param} eq 'model'
 
 
 
-=== TEST 16: llm_max_tokens is the default and the cap
+=== TEST 17: llm_max_tokens is the default and the cap
 --- http_config
     llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m;
 --- config
