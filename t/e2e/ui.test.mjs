@@ -130,6 +130,12 @@ function freePort() {
   });
 }
 
+// JSON for failure messages, with long answer texts cut short.
+function brief(v) {
+  return JSON.stringify(v, (k, x) => (typeof x === 'string' && x.length > 120
+    ? `${x.slice(0, 120)}... (${x.length} chars)` : x));
+}
+
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 // Sum of a metric's samples (over its labels) in /metrics' text.
@@ -189,7 +195,7 @@ describe('chat page in Chromium', { skip: skipBrowser, timeout: 300000 }, () => 
     for (;;) {
       last = await fn();
       if (last.ok) return last;
-      if (Date.now() > deadline) assert.fail(`${what}: gave up after ${limitMs} ms (last: ${JSON.stringify(last)})`);
+      if (Date.now() > deadline) assert.fail(`${what}: gave up after ${limitMs} ms (last: ${brief(last)})`);
       await sleep(50);
     }
   }
@@ -197,6 +203,7 @@ describe('chat page in Chromium', { skip: skipBrowser, timeout: 300000 }, () => 
   async function openPage(path, options = {}) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, ...options });
     const page = await context.newPage();
+    page.setDefaultTimeout(15000);
     page.on('pageerror', (e) => pageErrors.push(`${path}: ${e.message}`));
     const res = await page.goto(base + path);
     assert.equal(res.status(), 200, `GET ${path}`);
@@ -232,7 +239,7 @@ describe('chat page in Chromium', { skip: skipBrowser, timeout: 300000 }, () => 
       const a = await lastAnswer(page);
       assert.ok(a, 'an assistant message appeared');
       assert.equal(a.error, '', 'no error while streaming');
-      assert.ok(a.streaming && a.stopEnabled, `the answer ended before growing ${growths} times: ${JSON.stringify(a)} after ${lengths}`);
+      assert.ok(a.streaming && a.stopEnabled, `the answer ended before growing ${growths} times: ${brief(a)} after lengths ${lengths}`);
       if (a.text.length > 0 && (lengths.length === 0 || a.text.length > lengths[lengths.length - 1])) {
         lengths.push(a.text.length);
       }
@@ -352,6 +359,7 @@ http {
     // Long enough never to end by itself while the test watches; EOS
     // ignored so that the random model cannot stop early.
     await page.fill('#max_tokens', String(maxModelLen - 200));
+    await page.click('#settings summary');   // "Advanced" is folded
     await page.fill('#extra', '{"ignore_eos": true}');
     const lengths = await sendAndWatch(page, 'Tell me a very long story.', 4);
     for (let i = 1; i < lengths.length; i++) assert.ok(lengths[i] > lengths[i - 1]);
@@ -407,7 +415,12 @@ http {
   test('an API error is shown with its message', async () => {
     const page = await openPage('/');
     await page.fill('#temperature', '5');
+    // Shift+Enter is a newline, not a send
     await page.fill('#input', 'Hi');
+    await page.press('#input', 'Shift+Enter');
+    await page.type('#input', 'there');
+    assert.equal(await page.inputValue('#input'), 'Hi\nthere');
+    assert.equal(await page.locator('.msg').count(), 0, 'nothing was sent');
     await page.click('#send');
     const a = (await waitFor('the error to show', async () => {
       const x = await lastAnswer(page);
@@ -416,6 +429,7 @@ http {
     assert.match(a.error, /400/);
     assert.match(a.error, /temperature/);
     assert.equal(a.streaming, false);
+    assert.equal(await page.textContent('.msg.user .content'), 'Hi\nthere');
     await page.context().close();
   });
 
@@ -481,8 +495,9 @@ http {
     assert.equal(layout.settingsShown, false, 'settings are folded away on a phone');
     await page.click('#toggle-settings');
     assert.equal(await page.isVisible('#system'), true, 'the Settings button opens them');
-    await page.click('#toggle-settings');
     await page.fill('#max_tokens', '12');
+    await page.click('#toggle-settings');
+    assert.equal(await page.isVisible('#system'), false, 'and closes them');
     await page.fill('#input', 'Hello from a phone');
     await page.click('#send');
     const a = (await waitFor('the answer under /chat/', async () => {
