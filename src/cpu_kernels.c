@@ -6,6 +6,7 @@
 #include "cpu_kernels.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -17,45 +18,54 @@
 
 /* ---- ISA selection ----------------------------------------------------- */
 
-static kern_isa isa_detected = (kern_isa) -1;
-static kern_isa isa_current = (kern_isa) -1;
+/* -1 until first use; atomics because the first use may come from any
+ * compute thread (every thread computes the same value). */
+static _Atomic int isa_detected = -1;
+static _Atomic int isa_current = -1;
 
 kern_isa kern_detect_isa(void)
 {
-    if ((int) isa_detected >= 0) {
-        return isa_detected;
+    int isa = isa_detected;
+
+    if (isa >= 0) {
+        return (kern_isa) isa;
     }
-    isa_detected = KERN_ISA_SCALAR;
+    isa = KERN_ISA_SCALAR;
 #if KERN_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
         && __builtin_cpu_supports("f16c")) {
-        isa_detected = KERN_ISA_AVX2;
+        isa = KERN_ISA_AVX2;
         if (__builtin_cpu_supports("avx512f")
             && __builtin_cpu_supports("avx512bw")
             && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512dq")
             && __builtin_cpu_supports("avx512bf16")) {
-            isa_detected = KERN_ISA_AVX512BF16;
+            isa = KERN_ISA_AVX512BF16;
         }
     }
 #endif
-    return isa_detected;
+    isa_detected = isa;
+    return (kern_isa) isa;
 }
 
 kern_isa kern_get_isa(void)
 {
-    if ((int) isa_current < 0) {
-        isa_current = kern_detect_isa();
+    int isa = isa_current;
+
+    if (isa < 0) {
+        isa = (int) kern_detect_isa();
+        isa_current = isa;
     }
-    return isa_current;
+    return (kern_isa) isa;
 }
 
 kern_isa kern_set_isa(kern_isa want)
 {
     kern_isa best = kern_detect_isa();
 
-    isa_current = want > best ? best : want;
-    return isa_current;
+    isa_current = (int) (want > best ? best : want);
+    return (kern_isa) isa_current;
 }
 
 const char *kern_isa_name(kern_isa isa)
