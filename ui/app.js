@@ -470,6 +470,7 @@ function send() {
   const text = input.value;
   if (text.trim() === '') return;
   input.value = '';
+  fitComposer();
   const msg = { role: 'user', content: text };
   state.messages.push(msg);
   addMessageView(msg);
@@ -500,6 +501,12 @@ function newChat() {
   $('input').focus();
 }
 
+function fitComposer() {
+  const input = $('input');
+  input.style.height = 'auto';
+  input.style.height = input.scrollHeight + 2 + 'px';
+}
+
 // ---- wiring ----------------------------------------------------------------
 function init() {
   loadSettings();
@@ -526,6 +533,11 @@ function init() {
   $('model').addEventListener('change', modelChanged);
   $('reload-models').addEventListener('click', loadModels);
   for (const id of SETTING_IDS) $(id).addEventListener('change', saveSettings);
+  // another server or key: list its models
+  $('api-base').addEventListener('change', loadModels);
+  $('api-key').addEventListener('change', loadModels);
+  // the composer grows with its text (up to its CSS max-height)
+  $('input').addEventListener('input', fitComposer);
   $('toggle-settings').addEventListener('click', () => {
     const open = document.body.classList.toggle('settings-open');
     $('toggle-settings').setAttribute('aria-expanded', String(open));

@@ -479,6 +479,7 @@ http {
       stats: seen.stats,
     });
     assert.match(seen.stats, /5 prompt \+ 9 tokens · finish: tool_calls/);
+    await page.screenshot({ path: join(outDir, 'ui-tool-call.png') });
     await page.context().close();
   });
 
