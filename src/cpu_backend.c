@@ -25,7 +25,7 @@
  * Qwen3-0.6B: 74 KB a token, 38 MB at the 512-token chunk cap; Qwen3-4B:
  * 189 KB a token, 97 MB.  A max_num_batched_tokens above 512 costs no
  * more (the batch runs in 512-token chunks), below 512 proportionally
- * less.  Attention scores: ATTN_TILE * n_rep * context floats per thread;
+ * less.  Attention scores: at most 16 MB per thread (ATTN_SCORE_FLOATS);
  * logit rows keep one hidden vector each until the LM head.
  */
 #include "backend.h"
@@ -40,7 +40,11 @@
 #include <unistd.h>
 
 #define CPU_CHUNK_TOKENS 512
-#define ATTN_TILE        8
+/* Attention tiles: up to ATTN_TILE tokens share each K/V load; fewer for
+ * long contexts so that the scores of a tile stay under
+ * ATTN_SCORE_FLOATS per thread (16 MB). */
+#define ATTN_TILE         16
+#define ATTN_SCORE_FLOATS (4u << 20)
 
 typedef struct {
     float      *input_norm, *post_norm, *q_norm, *k_norm;
@@ -81,6 +85,7 @@ typedef struct {
      * tokens of one sequence */
     int         *tile_start, *tile_len;
     int          n_tiles, tile_cap;
+    int          attn_tile;      /* tile length limit of this forward */
     int          logit_cap;
     float       *final_rows;
     uint16_t    *final_hi, *final_lo;
@@ -520,9 +525,14 @@ static int ensure_scratch(cpu_backend *b, int n_tok, int max_ctx,
         }
         b->cap = n_tok;
     }
-    if (kern_attention_scratch(ATTN_TILE * b->n_rep, max_ctx, b->block_size)
+    b->attn_tile = (int) (ATTN_SCORE_FLOATS
+                          / kern_attention_scratch(b->n_rep, max_ctx,
+                                                   b->block_size));
+    b->attn_tile = b->attn_tile < 1 ? 1
+                 : b->attn_tile > ATTN_TILE ? ATTN_TILE : b->attn_tile;
+    if (kern_attention_scratch(b->attn_tile * b->n_rep, max_ctx, b->block_size)
         > b->scores_per_thread) {
-        size_t per = kern_attention_scratch(ATTN_TILE * b->n_rep, max_ctx,
+        size_t per = kern_attention_scratch(b->attn_tile * b->n_rep, max_ctx,
                                             b->block_size);
         b->scores = xrealloc(b->scores, per * b->n_threads * sizeof(float),
                              &failed);
@@ -638,7 +648,7 @@ static void build_tiles(cpu_backend *b, const llm_batch *bt, int c0, int n)
         int k = b->n_tiles - 1;
         if (t > 0 && b->tok_seq[bi] == b->tok_seq[bi - 1]
             && bt->positions[bi] == bt->positions[bi - 1] + 1
-            && b->tile_len[k] < ATTN_TILE) {
+            && b->tile_len[k] < b->attn_tile) {
             b->tile_len[k]++;
             continue;
         }
