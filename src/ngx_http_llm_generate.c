@@ -257,8 +257,9 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llm_send_sse_headers(ngx_http_llm_ctx_t *ctx)
 {
-    ngx_http_request_t  *r = ctx->request;
-    ngx_int_t            rc;
+    ngx_http_request_t        *r = ctx->request;
+    ngx_int_t                  rc;
+    ngx_http_core_loc_conf_t  *clcf;
 
     r->headers_out.status = NGX_HTTP_OK;
     ngx_str_set(&r->headers_out.content_type, "text/event-stream");
@@ -271,6 +272,16 @@ ngx_http_llm_send_sse_headers(ngx_http_llm_ctx_t *ctx)
 
     if (ngx_http_llm_add_header(r, "Cache-Control", "no-cache") != NGX_OK
         || ngx_http_llm_add_header(r, "X-Accel-Buffering", "no") != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* Events are small writes spaced by decode steps: without TCP_NODELAY
+     * Nagle holds each one back until the previous is acknowledged (nginx
+     * itself sets it only on keepalive and upstream connections, as
+     * ngx_http_upstream_send_response does here). */
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    if (clcf->tcp_nodelay && ngx_tcp_nodelay(r->connection) != NGX_OK)
     {
         return NGX_ERROR;
     }

@@ -49,8 +49,9 @@ if ! check; then
 fi
 
 # Node packages for the end-to-end tests (openai client, reference tokenizer).
-if [ -f t/e2e/package.json ] && [ ! -d t/e2e/node_modules ]; then
+if [ -f t/e2e/package.json ] && { [ ! -d t/e2e/node_modules ] ||
+     [ t/e2e/package-lock.json -nt t/e2e/node_modules/.package-lock.json ]; }; then
     echo "deps: npm install in t/e2e"
-    (cd t/e2e && npm install --silent --no-audit --no-fund)
+    (cd t/e2e && npm ci --silent --no-audit --no-fund)
 fi
 echo "deps: ok"

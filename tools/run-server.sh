@@ -57,11 +57,19 @@ http {
     client_max_body_size 16m;
     client_body_buffer_size 1m;
 
+    types { text/html html; text/css css; text/javascript js; }
+    default_type application/octet-stream;
+    charset utf-8;
+    charset_types text/css text/javascript;
+
     llm_model $name $model device=$device ${LLM_OPTIONS:-};
 
     server {
         listen 127.0.0.1:$port;
-        location / { llm_pass $name; }
+        # the chat page at /, the API next to it
+        location / { root $(pwd)/ui; add_header Cache-Control no-cache; }
+        location /v1/ { llm_pass $name; }
+        location ~ ^/(health|metrics|tokenize|detokenize|version)\$ { llm_pass $name; }
     }
 }
 CONF
@@ -70,6 +78,7 @@ CONF
 
 cat <<MSG
 Serving $model as "$name" on $device: http://127.0.0.1:$port  (config: $conf)
+Chat page: http://127.0.0.1:$port/
 Try:
   curl http://127.0.0.1:$port/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"$name","messages":[{"role":"user","content":"Hello!"}],"max_tokens":32}'
