@@ -292,6 +292,9 @@ st_file *st_file_open(const char *path, char *err, size_t errlen)
         st_file_close(f);
         return NULL;
     }
+    /* start reading the whole file in the background: the first forward
+     * pass touches every weight anyway */
+    (void) madvise(f->map, f->size, MADV_WILLNEED);
     p = f->map;
     for (int i = 7; i >= 0; i--) {
         hlen = (hlen << 8) | p[i];

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +37,15 @@ static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds of the whole process: with wall time, it tells how much of
+ * the machine the run actually got (the development machine is shared). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
 }
 
@@ -115,6 +125,9 @@ static double measure_bandwidth(thread_pool *pool, size_t bytes)
     if (buf == NULL) {
         return 0;
     }
+    /* huge pages where the kernel allows, as for the dummy weights: the
+     * roofline must not be the lower one of 4 KB pages */
+    (void) madvise(buf, bytes, MADV_HUGEPAGE);
     memset(buf, 1, bytes);
     memset(&j, 0, sizeof(j));
     j.buf = buf;
@@ -255,6 +268,7 @@ int main(int argc, char **argv)
     runner r;
     int32_t *ids;
     double t0, load_s, bw[64], dec[64], roof[64], pre[64];
+    double dec_share[64], pre_share[64];
     long rss_load, rss_ready;
     size_t bpt;
     int ctx, n_blocks;
@@ -344,7 +358,7 @@ int main(int argc, char **argv)
            n_blocks, rss_ready / 1024.0);
     for (int k = 0; k < runs; k++) {
         int32_t next;
-        double td, tp;
+        double td, tp, cd, cp;
 
         bw[k] = measure_bandwidth(pool, (size_t) 1 << 30);
         if (run(&r, ids, prompt, 0) != 0) {
@@ -352,6 +366,7 @@ int main(int argc, char **argv)
         }
         next = argmax(r.logits, r.vocab);
         td = now();
+        cd = cpu_now();
         for (int g = 0; g < gen; g++) {
             if (run(&r, &next, 1, prompt + g) != 0) {
                 return 1;
@@ -359,18 +374,25 @@ int main(int argc, char **argv)
             next = argmax(r.logits, r.vocab);
         }
         td = now() - td;
+        cd = cpu_now() - cd;
         dec[k] = gen / td;
+        dec_share[k] = cd / (td * threads);
         roof[k] = dec[k] / (bw[k] / (double) bpt);
         tp = now();
+        cp = cpu_now();
         if (run(&r, ids, prefill, 0) != 0) {
             return 1;
         }
         tp = now() - tp;
+        cp = cpu_now() - cp;
         pre[k] = prefill / tp;
+        pre_share[k] = cp / (tp * threads);
         printf("run %d: bandwidth %.1f GB/s (roofline %.1f tok/s); decode "
-               "%.2f tok/s = %.1f%% of roofline; prefill %d: %.1f tok/s\n",
+               "%.2f tok/s = %.1f%% of roofline; prefill %d: %.1f tok/s; "
+               "CPU share of %d threads: decode %.0f%%, prefill %.0f%%\n",
                k + 1, bw[k] / 1e9, bw[k] / (double) bpt, dec[k],
-               100 * roof[k], prefill, pre[k]);
+               100 * roof[k], prefill, pre[k], threads, 100 * dec_share[k],
+               100 * pre_share[k]);
         fflush(stdout);
     }
     printf("best:   decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
