@@ -78,6 +78,8 @@ struct llm_engine {
     kv_cache          *kv;
     scheduler         *sched;
     sampler_scratch   *scratch;
+    grammar_vocab     *gvocab;              /* token trie for constrained
+                                               requests, made at the first */
     float             *logits;
     size_t             logits_cap;           /* floats */
     int                max_model_len;
@@ -737,6 +739,62 @@ static int out_text(llm_engine *e, llm_request *r, const char *text,
     return 0;
 }
 
+/* Error event for a request whose sequence is in the scheduler. */
+static void fail_running(llm_engine *e, llm_request *r, llm_status st,
+                         const char *param, const char *msg)
+{
+    if (r->seq_inited && r->seq.state != SEQ_DONE && r->seq.state != SEQ_NEW) {
+        scheduler_remove(e->sched, &r->seq);
+        update_gauges(e);
+    }
+    finish_error(e, r, st, param, msg);
+}
+
+/* Token bytes for the constrained-decoding vocabulary: special tokens
+ * (eos among them, added by grammar_vocab_new itself) and the padding rows
+ * past the tokenizer never appear in constrained output. */
+static const char *grammar_token_bytes(void *ctx, int32_t id, size_t *len)
+{
+    llm_engine *e = ctx;
+
+    if (id >= tokenizer_vocab_size(e->tok) || tokenizer_is_special(e->tok, id)) {
+        return NULL;
+    }
+    return tokenizer_token_bytes(e->tok, id, len);
+}
+
+/* Masks r's logits to the tokens its constraint allows next.  Returns 0,
+ * or -1 after finishing the request with an error. */
+static int constrain_logits(llm_engine *e, llm_request *r, float *logits)
+{
+    const uint64_t *words;
+    int left, ctx_left;
+
+    if (e->gvocab == NULL) {
+        e->gvocab = grammar_vocab_new(e->vocab, grammar_token_bytes, e,
+                                      e->m->cfg.eos_token_ids,
+                                      e->m->cfg.n_eos);
+    }
+    if (r->gm == NULL && e->gvocab != NULL) {
+        r->gm = grammar_matcher_new(r->grammar, e->gvocab);
+    }
+    if (r->gm == NULL) {
+        fail_running(e, r, LLM_ERR_INTERNAL, NULL,
+                     "out of memory for the constrained-decoding masks");
+        return -1;
+    }
+    left = r->max_tokens - r->n_generated;
+    ctx_left = e->max_model_len - r->seq.n_tokens;
+    grammar_matcher_set_budget(r->gm, left < ctx_left ? left : ctx_left);
+    if (grammar_matcher_mask(r->gm, &words) <= 0) {
+        fail_running(e, r, LLM_ERR_INTERNAL, NULL,
+                     "the output constraint allows no next token");
+        return -1;
+    }
+    grammar_apply_mask(logits, e->vocab, words);
+    return 0;
+}
+
 /* Samples one token for r from its logits row and publishes what follows
  * from it; finishes the request when a stop condition holds. */
 static void process_token(llm_engine *e, llm_request *r, float *logits)
@@ -759,6 +817,9 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
     h.n_prompt = seq->n_prompt;
     h.generated = seq->tokens + seq->n_prompt;
     h.n_generated = r->n_generated;
+    if (r->grammar != NULL && constrain_logits(e, r, logits) != 0) {
+        return;
+    }
     r->sp.suppress_eos = r->n_generated < r->min_tokens;
     memset(&res, 0, sizeof(res));
     if (sampler_sample(logits, e->vocab, &r->sp, &h, &r->rng, e->scratch,
@@ -769,6 +830,14 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
         return;
     }
     tok = res.token;
+    if (r->gm != NULL && grammar_matcher_accept(r->gm, tok) != 0) {
+        /* Only when min_tokens or a logit bias removed every allowed
+         * token: the output cannot go on within the constraint. */
+        fail_running(e, r, LLM_ERR_INVALID, "min_tokens",
+                     "the output constraint and min_tokens/logit_bias leave "
+                     "no token to generate");
+        return;
+    }
     if (sched_seq_append(seq, tok) != 0) {
         finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
         return;
@@ -790,7 +859,10 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
     /* Stop tokens and eos end the text without adding their own. */
     e->out_len = 0;
     check = r->n_generated >= r->min_tokens;
-    if (check && !r->ignore_eos && in_list(r->suppress_ids, r->n_eos_ids, tok)) {
+    if ((check && !r->ignore_eos && in_list(r->suppress_ids, r->n_eos_ids, tok))
+        || (r->gm != NULL && in_list(r->suppress_ids, r->n_eos_ids, tok)))
+    {
+        /* A constrained output takes eos only where it is complete. */
         reason = LLM_FINISH_STOP;
     } else if (check && in_list(r->stop_ids, r->n_stop_ids, tok)) {
         reason = LLM_FINISH_STOP;
@@ -811,6 +883,12 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
         if (stop_reason != NULL) {
             reason = LLM_FINISH_STOP;
         }
+    }
+    if (reason == LLM_FINISH_NONE && r->gm != NULL
+        && grammar_matcher_terminal(r->gm))
+    {
+        /* The constrained output is complete and nothing may follow. */
+        reason = LLM_FINISH_STOP;
     }
     if (reason == LLM_FINISH_NONE
         && (r->n_generated >= r->max_tokens || seq->n_tokens >= e->max_model_len))
@@ -1154,6 +1232,8 @@ static void engine_free_all(llm_engine *e)
     free(e->logits);
     free(e->out);
     sampler_scratch_free(e->scratch);
+    grammar_vocab_free(e->gvocab);
+    e->gvocab = NULL;
     scheduler_free(e->sched);
     kv_cache_free(e->kv);
     if (e->be) e->be->ops->destroy(e->be);

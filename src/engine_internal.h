@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "grammar.h"
 #include "llm.h"
 #include "model.h"
 #include "sampler.h"
@@ -56,6 +57,7 @@ struct llm_request {
     int                include_stop_str;
     int                echo;
     int                skip_special;
+    grammar           *grammar;          /* constraint_json compiled, or NULL */
 
     /* Engine side: touched by the prep thread, then the engine thread. */
     struct llm_request *qnext;           /* prep / incoming queue link */
@@ -63,6 +65,7 @@ struct llm_request {
     int                seq_inited;
     int                queued;           /* counted in the engine's queue */
     sampler_rng        rng;
+    grammar_matcher   *gm;               /* engine thread: made at first token */
     tokenizer_stream   ts;
     int                n_generated;
     double             t_submit, t_first, t_last;

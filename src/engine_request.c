@@ -3,6 +3,7 @@
  * event queues, stop-string hold-back.
  */
 #include "engine_internal.h"
+#include "json_schema.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -67,6 +68,8 @@ static void request_free(llm_request *r)
     stop_matcher_free(r->sm);
     free(r->stop_ids);
     free(r->suppress_ids);
+    grammar_matcher_free(r->gm);
+    grammar_free(r->grammar);
     if (r->seq_inited) {
         sched_seq_destroy(&r->seq);
     }
@@ -253,6 +256,19 @@ llm_request *engine_request_new(const llm_request_params *p,
         r->sm = stop_matcher_create(p->stop, p->n_stop,
                                     p->include_stop_str_in_output, err, errlen);
         if (r->sm == NULL) {
+            request_free(r);
+            *status = LLM_ERR_INVALID;
+            return NULL;
+        }
+    }
+    if (p->constraint_json != NULL) {
+        /* Compiled here so that an unsupported schema is refused at
+         * submit (the caller answers 400 naming the keyword). */
+        const char *param;
+
+        r->grammar = json_schema_constraint(p->constraint_json, err, errlen,
+                                            &param);
+        if (r->grammar == NULL) {
             request_free(r);
             *status = LLM_ERR_INVALID;
             return NULL;

@@ -1589,6 +1589,7 @@ typedef struct {
     uint64_t      hash;
     int           used;
     int           count;
+    int           max_after;     /* longest completion after a token */
     grammar_state key;
     uint64_t     *words;
 } mask_entry;
@@ -1602,7 +1603,6 @@ struct grammar_matcher {
     int                  next_victim;
     int                 *min_len;     /* per node (grammar_distance) */
     int                  budget;      /* tokens left; < 0 unknown */
-    int                  window;      /* budget margin that needs care */
     uint64_t            *end_mask;    /* near the budget's end (uncached) */
     uint64_t             computed, cached;
 };
@@ -1626,18 +1626,7 @@ grammar_matcher *grammar_matcher_new(const grammar *g, const grammar_vocab *v)
         free(m);
         return NULL;
     }
-    /* One token may lengthen the shortest completion: by opening values
-     * (each at most the largest minimal value) or choosing a key. */
-    {
-        int i, big = 0;
 
-        for (i = 0; i < g->n_nodes; i++) {
-            if (m->min_len[i] < DIST_INF && m->min_len[i] > big) {
-                big = m->min_len[i];
-            }
-        }
-        m->window = big > 1024 ? 4096 : 4 * big + 16;
-    }
     grammar_state_init(g, &m->st);
     return m;
 }
@@ -1680,9 +1669,12 @@ static int state_equal(const grammar_state *a, const grammar_state *b)
               == 0;
 }
 
-/* Sets the bits of the trie's tokens that the automaton accepts from s. */
+/* Sets the bits of the trie's tokens that the automaton accepts from s
+ * and after which the shortest completion is at most limit bytes (any, for
+ * a negative limit); *max_after: the longest such completion seen. */
 static void trie_walk(grammar_matcher *m, const token_trie *t,
-                      const grammar_state *s, uint64_t *words, int limit)
+                      const grammar_state *s, uint64_t *words, int limit,
+                      int *max_after)
 {
     grammar_state *st = m->walk;
     int i = 0;
@@ -1696,46 +1688,67 @@ static void trie_walk(grammar_matcher *m, const token_trie *t,
             i = t->skip[i];
             continue;
         }
-        if (limit < 0 || (t->tok_start[i] < t->tok_start[i + 1]
-                          && grammar_distance(m->g, m->min_len, &st[d])
-                             <= limit))
-        {
-            for (k = t->tok_start[i]; k < t->tok_start[i + 1]; k++) {
-                int32_t id = t->toks[k];
+        if (t->tok_start[i] < t->tok_start[i + 1]) {
+            int after = grammar_distance(m->g, m->min_len, &st[d]);
 
-                words[id / 64] |= (uint64_t) 1 << (id % 64);
+            if (limit < 0 || after <= limit) {
+                for (k = t->tok_start[i]; k < t->tok_start[i + 1]; k++) {
+                    int32_t id = t->toks[k];
+
+                    words[id / 64] |= (uint64_t) 1 << (id % 64);
+                }
+                if (after > *max_after) {
+                    *max_after = after;
+                }
             }
         }
         i++;
     }
 }
 
+/* Does plain string text (see grammar_vocab) leave s unchanged?  Inside a
+ * string, and inside a free key that no known name matches any more. */
+static int plain_text_state(const grammar_state *s)
+{
+    const grammar_frame *f;
+
+    if (s->depth == 0) {
+        return 0;
+    }
+    f = &s->f[s->depth - 1];
+    return f->sub == 0
+           && (f->type == FT_STR || (f->type == FT_KEYFREE && f->bits == 0));
+}
+
 /* limit >= 0: only tokens after which the shortest completion is at most
- * limit bytes (eos always, where the output may end). */
-static void compute_mask(grammar_matcher *m, uint64_t *words, int limit)
+ * limit bytes (eos always, where the output may end).  Returns the longest
+ * shortest-completion after any allowed token. */
+static int compute_mask(grammar_matcher *m, uint64_t *words, int limit)
 {
     const grammar_vocab *v = m->v;
     const grammar_state *s = &m->st;
-    int i, accepting = grammar_state_accepting(m->g, s);
-    int in_text = s->depth > 0 && s->f[s->depth - 1].type == FT_STR
-                  && s->f[s->depth - 1].sub == 0;
+    int i, max_after = 0;
 
     memset(words, 0, (size_t) v->words * sizeof(uint64_t));
-    if (in_text) {
-        /* Plain text keeps a string in the same state (and its shortest
-         * completion): only the other tokens need the automaton. */
-        if (limit < 0 || grammar_distance(m->g, m->min_len, s) <= limit) {
+    if (plain_text_state(s)) {
+        /* Plain text keeps the state (and its shortest completion): only
+         * the other tokens need the automaton. */
+        int d = grammar_distance(m->g, m->min_len, s);
+
+        if (limit < 0 || d <= limit) {
             memcpy(words, v->plain, (size_t) v->words * sizeof(uint64_t));
+            max_after = d;
         }
-        trie_walk(m, &v->rest, s, words, limit);
+        trie_walk(m, &v->rest, s, words, limit, &max_after);
     } else if (!grammar_state_terminal(s)) {
-        trie_walk(m, &v->all, s, words, limit);
+        trie_walk(m, &v->all, s, words, limit, &max_after);
     }
-    if (accepting) {
+    if (grammar_state_accepting(m->g, s)) {
         for (i = 0; i < v->n_eos; i++) {
             words[v->eos[i] / 64] |= (uint64_t) 1 << (v->eos[i] % 64);
         }
     }
+    return max_after;
 }
 
 static int popcount_words(const uint64_t *w, int n)
@@ -1758,45 +1771,46 @@ int grammar_matcher_distance(const grammar_matcher *m)
     return grammar_distance(m->g, m->min_len, &m->st);
 }
 
+/* The mask when the budget is too close for every allowed token: keep the
+ * shortest completion within the tokens left after this one, less one for
+ * eos.  Every token shortens it by a byte or more at worst, so once this
+ * holds it holds to the end; when it cannot hold (a budget too small from
+ * the start), only tokens that shorten it are allowed. */
+static int budget_mask(grammar_matcher *m, const uint64_t **words, int limit)
+{
+    int d = grammar_distance(m->g, m->min_len, &m->st), count;
+
+    if (m->end_mask == NULL
+        && (m->end_mask = malloc((size_t) m->v->words * sizeof(uint64_t)))
+           == NULL)
+    {
+        *words = NULL;
+        return 0;
+    }
+    compute_mask(m, m->end_mask, d <= limit ? limit : (d > 0 ? d - 1 : 0));
+    count = popcount_words(m->end_mask, m->v->words);
+    if (count == 0) {
+        compute_mask(m, m->end_mask, -1);
+        count = popcount_words(m->end_mask, m->v->words);
+    }
+    m->computed++;
+    *words = m->end_mask;
+    return count;
+}
+
 int grammar_matcher_mask(grammar_matcher *m, const uint64_t **words)
 {
-    uint64_t h;
+    uint64_t h = state_hash(&m->st);
     mask_entry *e = NULL;
-    int i, count;
+    int i, limit = m->budget >= 0 ? m->budget - 2 : DIST_INF;
 
-    if (m->budget >= 0) {
-        /* Near the end of the budget: keep the shortest completion within
-         * the tokens left after this one, less one for eos.  Every token
-         * shortens it by a byte or more at worst, so once this holds it
-         * holds to the end; when it no longer can (a budget too small
-         * from the start), only tokens that shorten it are allowed. */
-        int d = grammar_distance(m->g, m->min_len, &m->st);
-        int limit = m->budget - 2;
-
-        if (limit - d < m->window) {
-            if (m->end_mask == NULL
-                && (m->end_mask = malloc((size_t) m->v->words
-                                         * sizeof(uint64_t))) == NULL)
-            {
-                *words = NULL;
-                return 0;
-            }
-            compute_mask(m, m->end_mask, d <= limit ? limit : d - 1);
-            count = popcount_words(m->end_mask, m->v->words);
-            if (count == 0) {
-                compute_mask(m, m->end_mask, -1);
-                count = popcount_words(m->end_mask, m->v->words);
-            }
-            m->computed++;
-            *words = m->end_mask;
-            return count;
-        }
-    }
-    h = state_hash(&m->st);
     for (i = 0; i < MASK_CACHE; i++) {
         if (m->cache[i].used && m->cache[i].hash == h
             && state_equal(&m->cache[i].key, &m->st))
         {
+            if (m->cache[i].max_after > limit) {
+                return budget_mask(m, words, limit);
+            }
             m->cached++;
             *words = m->cache[i].words;
             return m->cache[i].count;
@@ -1820,15 +1834,17 @@ int grammar_matcher_mask(grammar_matcher *m, const uint64_t **words)
             return 0;
         }
     }
-    compute_mask(m, e->words, -1);
-    count = popcount_words(e->words, m->v->words);
+    e->max_after = compute_mask(m, e->words, -1);
+    e->count = popcount_words(e->words, m->v->words);
     e->hash = h;
-    e->count = count;
     state_copy(&e->key, &m->st);
     e->used = 1;
     m->computed++;
+    if (e->max_after > limit) {
+        return budget_mask(m, words, limit);
+    }
     *words = e->words;
-    return count;
+    return e->count;
 }
 
 int grammar_matcher_accept(grammar_matcher *m, int32_t id)

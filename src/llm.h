@@ -161,6 +161,16 @@ typedef struct {
     int             include_stop_str_in_output;
     int             echo;               /* completions: events carry prompt */
     int             skip_special_tokens; /* 1 as in OpenAI servers */
+    /* Constrained decoding (src/json_schema.h), JSON text or NULL:
+     *   {"type": "json_object"}
+     *   {"type": "json_schema", "schema": {...}}
+     *   {"type": "tool_calls", "tools": [...OpenAI tools...],
+     *    "name": "only_this_function" (optional), "parallel": bool}
+     * Every generated token keeps the output a prefix of a match; the
+     * request ends (finish stop) when the match is complete, and near
+     * max_tokens the output is steered to close in time.  A schema
+     * feature that is not supported refuses the request at submit. */
+    const char     *constraint_json;
 
     void           *user;               /* caller's pointer, returned by
                                            llm_request_user() */
