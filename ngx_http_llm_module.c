@@ -19,7 +19,11 @@
 
 #define NGX_HTTP_LLM_DEFAULT_KEEPALIVE  15000    /* ms between SSE comments */
 #define NGX_HTTP_LLM_DEFAULT_MAX_N      128
+/* about the first 500 tokens of English text: a system prompt plus the
+ * start of the first user message */
+#define NGX_HTTP_LLM_DEFAULT_PREFIX_KEY_BYTES  2048
 
+static ngx_int_t ngx_http_llm_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_llm_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
@@ -95,12 +99,19 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, max_n),
       NULL },
 
+    { ngx_string("llm_prefix_key_bytes"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, prefix_key_bytes),
+      NULL },
+
       ngx_null_command
 };
 
 
 static ngx_http_module_t  ngx_http_llm_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_llm_preconfiguration,         /* preconfiguration */
     ngx_http_llm_postconfiguration,        /* postconfiguration */
 
     ngx_http_llm_create_main_conf,         /* create main configuration */
@@ -166,6 +177,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     lcf->request_timeout = NGX_CONF_UNSET_MSEC;
     lcf->sse_keepalive = NGX_CONF_UNSET_MSEC;
     lcf->max_n = NGX_CONF_UNSET;
+    lcf->prefix_key_bytes = NGX_CONF_UNSET;
     return lcf;
 }
 
@@ -187,6 +199,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_LLM_DEFAULT_KEEPALIVE);
     ngx_conf_merge_value(conf->max_n, prev->max_n,
                          NGX_HTTP_LLM_DEFAULT_MAX_N);
+    ngx_conf_merge_value(conf->prefix_key_bytes, prev->prefix_key_bytes,
+                         NGX_HTTP_LLM_DEFAULT_PREFIX_KEY_BYTES);
 
     if (conf->max_tokens < 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -196,6 +210,11 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->max_n < 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"llm_max_n\" must be at least 1");
+        return NGX_CONF_ERROR;
+    }
+    if (conf->prefix_key_bytes < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"llm_prefix_key_bytes\" must be at least 1");
         return NGX_CONF_ERROR;
     }
 
@@ -314,13 +333,70 @@ ngx_http_llm_valid_device(ngx_str_t *d)
 }
 
 
+/*
+ * devices=0,2,3: worker i runs on the i-th GPU of the list.  Entries are
+ * GPU indices (or cuda:N); a GPU belongs to one worker, so none repeats.
+ */
+static ngx_int_t
+ngx_http_llm_parse_devices(ngx_conf_t *cf, ngx_str_t *v,
+    ngx_http_llm_model_t *m)
+{
+    u_char      *p, *end, *comma;
+    ngx_str_t    item;
+    ngx_int_t    gpu;
+    ngx_uint_t  *slot, *seen, i;
+
+    m->devices = ngx_array_create(cf->pool, 4, sizeof(ngx_uint_t));
+    if (m->devices == NULL) {
+        return NGX_ERROR;
+    }
+    end = v->data + v->len;
+    for (p = v->data; p <= end; p = comma + 1) {
+        comma = ngx_strlchr(p, end, ',');
+        if (comma == NULL) {
+            comma = end;
+        }
+        item.data = p;
+        item.len = comma - p;
+        if (item.len > 5 && ngx_strncmp(item.data, "cuda:", 5) == 0) {
+            item.data += 5;
+            item.len -= 5;
+        }
+        gpu = ngx_atoi(item.data, item.len);
+        if (gpu == NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "llm_model: invalid devices=\"%V\": \"%*s\" "
+                               "is not a GPU index (a list such as 0,2,3)",
+                               v, (size_t) (comma - p), p);
+            return NGX_ERROR;
+        }
+        seen = m->devices->elts;
+        for (i = 0; i < m->devices->nelts; i++) {
+            if (seen[i] == (ngx_uint_t) gpu) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_model: invalid devices=\"%V\": GPU "
+                                   "%i is listed twice (a GPU belongs to one "
+                                   "worker)", v, gpu);
+                return NGX_ERROR;
+            }
+        }
+        slot = ngx_array_push(m->devices);
+        if (slot == NULL) {
+            return NGX_ERROR;
+        }
+        *slot = (ngx_uint_t) gpu;
+    }
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_main_conf_t  *mcf = conf;
     ngx_http_llm_model_t      *m, *models;
     ngx_str_t                 *value, key, val;
-    ngx_uint_t                 i;
+    ngx_uint_t                 i, device_given = 0;
     u_char                    *eq;
     char                       err[LLM_ERR_MAX], *path, *tok;
 
@@ -375,6 +451,14 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
             m->device = val;
+            device_given = 1;
+        } else if (KEY_IS("devices")) {
+            if (m->devices != NULL) {
+                return "has devices= twice";
+            }
+            if (ngx_http_llm_parse_devices(cf, &val, m) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
         } else if (KEY_IS("threads")) {
             if (ngx_http_llm_parse_int_opt(cf, &val, "threads", 0,
                                            &m->threads) != NGX_OK)
@@ -425,6 +509,17 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                    "(auto or dummy)", &val);
                 return NGX_CONF_ERROR;
             }
+        } else if (KEY_IS("precision")) {
+            if (val.len == 5 && ngx_strncmp(val.data, "exact", 5) == 0) {
+                m->fast = 0;
+            } else if (val.len == 4 && ngx_strncmp(val.data, "fast", 4) == 0) {
+                m->fast = 1;
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_model: invalid precision=\"%V\" "
+                                   "(exact or fast)", &val);
+                return NGX_CONF_ERROR;
+            }
         } else if (KEY_IS("prefix_caching")) {
             if (val.len == 2 && ngx_strncmp(val.data, "on", 2) == 0) {
                 m->prefix_caching = 1;
@@ -448,6 +543,23 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 #undef KEY_IS
+    }
+
+    /* a list implies device=cuda; any other device contradicts it */
+    if (m->devices != NULL) {
+        if (!device_given) {
+            ngx_str_set(&m->device, "cuda");
+        }
+        if (!(m->device.len == 4
+              && ngx_strncmp(m->device.data, "cuda", 4) == 0))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "llm_model \"%V\": devices= gives each worker "
+                               "a GPU and cannot go with device=%V (use "
+                               "device=cuda or leave device= out)",
+                               &m->name, &m->device);
+            return NGX_CONF_ERROR;
+        }
     }
 
     /* NUL-terminated copies, kept for the engine in the workers */
@@ -592,6 +704,14 @@ ngx_http_llm_api_key_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static ngx_int_t
+ngx_http_llm_preconfiguration(ngx_conf_t *cf)
+{
+    /* $llm_prefix_key works without any llm_model (a front nginx) */
+    return ngx_http_llm_add_variables(cf);
+}
+
+
+static ngx_int_t
 ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 {
 #if (NGX_THREADS)
@@ -650,8 +770,20 @@ ngx_http_llm_init_module(ngx_cycle_t *cycle)
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
     models = mcf->models.elts;
 
-    /* a GPU belongs to one worker: worker i takes cuda:i with device=cuda */
+    /* a GPU belongs to one worker: worker i takes cuda:i with device=cuda,
+     * or the i-th entry of devices= */
     for (i = 0; i < mcf->models.nelts; i++) {
+        if (models[i].devices != NULL
+            && (ngx_int_t) models[i].devices->nelts < ccf->worker_processes)
+        {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "llm_model \"%V\": devices= lists %ui GPU(s) but "
+                          "worker_processes is %i; each worker needs its own "
+                          "GPU: list one per worker or lower "
+                          "worker_processes", &models[i].name,
+                          models[i].devices->nelts, ccf->worker_processes);
+            return NGX_ERROR;
+        }
         if (ngx_strncmp(models[i].device.data, "cuda:", 5) == 0
             && ccf->worker_processes > 1)
         {
@@ -663,7 +795,12 @@ ngx_http_llm_init_module(ngx_cycle_t *cycle)
                           ccf->worker_processes);
             return NGX_ERROR;
         }
-        if (ngx_strcmp(models[i].device.data, "cuda") == 0) {
+        if (ngx_strcmp(models[i].device.data, "cuda") == 0
+            && models[i].devices == NULL)
+        {
+            /* the driver's count; CUDA_VISIBLE_DEVICES may show fewer, which
+             * only the worker learns (cudaGetDeviceCount): its engine then
+             * fails to load, says so in error_log and /health answers 503 */
             gpus = ngx_http_llm_gpu_count();
             if (gpus >= 0 && ccf->worker_processes > gpus) {
                 ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -679,6 +816,32 @@ ngx_http_llm_init_module(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * This worker's device: cuda -> cuda:<worker>, devices= -> its entry.
+ * NGX_ERROR when the list has no entry for this worker (init_module rejects
+ * such a configuration, so this is a guard, not a fallback).
+ */
+static ngx_int_t
+ngx_http_llm_worker_device(ngx_http_llm_model_t *m, char *out, size_t size)
+{
+    ngx_uint_t  *gpus;
+
+    if (m->devices != NULL) {
+        if (ngx_worker >= m->devices->nelts) {
+            snprintf(out, size, "none");
+            return NGX_ERROR;
+        }
+        gpus = m->devices->elts;
+        snprintf(out, size, "cuda:%lu", (unsigned long) gpus[ngx_worker]);
+    } else if (ngx_strcmp(m->device.data, "cuda") == 0) {
+        snprintf(out, size, "cuda:%lu", (unsigned long) ngx_worker);
+    } else {
+        snprintf(out, size, "%s", (const char *) m->device.data);
+    }
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_llm_init_process(ngx_cycle_t *cycle)
 {
@@ -686,7 +849,7 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
     ngx_http_llm_model_t      *m;
     llm_engine_options         o;
     ngx_uint_t                 i;
-    char                       device[32];
+    char                      *device;
 
     if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE)
     {
@@ -703,13 +866,22 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
     m = mcf->models.elts;
     for (i = 0; i < mcf->models.nelts; i++) {
         llm_engine_options_init(&o);
-        if (ngx_strcmp(m[i].device.data, "cuda") == 0) {
-            snprintf(device, sizeof(device), "cuda:%lu",
-                     (unsigned long) ngx_worker);
-        } else {
-            snprintf(device, sizeof(device), "%s",
-                     (const char *) m[i].device.data);
+        device = m[i].worker_device;
+        m[i].load_reported = 0;
+        if (ngx_http_llm_worker_device(&m[i], device,
+                                       sizeof(m[i].worker_device)) != NGX_OK)
+        {
+            snprintf(m[i].error, sizeof(m[i].error), "devices= has no GPU "
+                     "for worker %lu", (unsigned long) ngx_worker);
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "llm_model \"%V\": "
+                          "%s", &m[i].name, m[i].error);
+            m[i].engine = NULL;
+            m[i].load_reported = 1;
+            continue;
         }
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "llm_model \"%V\": worker %ui loads on %s",
+                      &m[i].name, ngx_worker, device);
         o.model_dir = (const char *) m[i].path.data;
         o.tokenizer_dir = m[i].tokenizer.len
                           ? (const char *) m[i].tokenizer.data : NULL;
@@ -722,6 +894,7 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         o.kv_cache_fraction = m[i].kv_cache_fraction;
         o.enable_prefix_caching = (int) m[i].prefix_caching;
         o.load_format = m[i].dummy ? LLM_LOAD_DUMMY : LLM_LOAD_AUTO;
+        o.cpu_precision = m[i].fast ? LLM_CPU_FAST : LLM_CPU_EXACT;
         o.seed = (uint64_t) m[i].seed;
         o.notify = ngx_http_llm_engine_notify;
         o.notify_ctx = &mcf->efd;
@@ -734,8 +907,10 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         m[i].engine = llm_engine_create(&o, m[i].error, sizeof(m[i].error));
         if (m[i].engine == NULL) {
             ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                          "llm_model \"%V\": engine not created: %s",
-                          &m[i].name, m[i].error);
+                          "llm_model \"%V\": engine not created on %s "
+                          "(worker %ui): %s", &m[i].name, device, ngx_worker,
+                          m[i].error);
+            m[i].load_reported = 1;
             /* the worker stays up; /health and requests answer 503 */
         }
     }

@@ -90,6 +90,40 @@ ngx_http_llm_orphan(ngx_http_llm_main_conf_t *mcf, ngx_http_llm_slot_t *slot)
 }
 
 
+/*
+ * Weights load on the engine thread (load_async), which notifies when done:
+ * the first wake-up after that says in error_log which device this worker's
+ * engine runs on, or why it failed (e.g. a GPU index that
+ * cudaGetDeviceCount does not show; /health answers 503 with the reason).
+ */
+static void
+ngx_http_llm_report_load(ngx_http_llm_model_t *m, ngx_log_t *log)
+{
+    char            err[LLM_ERR_MAX];
+    llm_model_info  info;
+
+    err[0] = '\0';
+    switch (llm_engine_get_state(m->engine, err, sizeof(err))) {
+    case LLM_STATE_LOADING:
+        return;
+    case LLM_STATE_READY:
+        llm_engine_model_info(m->engine, &info);
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "llm_model \"%V\": worker %ui serves on %s "
+                      "(%L KV blocks of %d tokens)", &m->name, ngx_worker,
+                      info.device, (int64_t) info.kv_blocks_total,
+                      info.block_size);
+        break;
+    default:
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "llm_model \"%V\": worker %ui failed to load on %s: "
+                      "%s", &m->name, ngx_worker, m->worker_device, err);
+        break;
+    }
+    m->load_reported = 1;
+}
+
+
 static void
 ngx_http_llm_wakeup(ngx_event_t *rev)
 {
@@ -111,6 +145,9 @@ ngx_http_llm_wakeup(ngx_event_t *rev)
     for (m = 0; m < mcf->models.nelts; m++) {
         if (models[m].engine == NULL) {
             continue;
+        }
+        if (!models[m].load_reported) {
+            ngx_http_llm_report_load(&models[m], rev->log);
         }
         do {
             n = llm_engine_ready(models[m].engine, ready,

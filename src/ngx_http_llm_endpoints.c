@@ -194,10 +194,17 @@ ngx_http_llm_version(ngx_http_request_t *r)
 
 /* ---- metrics ------------------------------------------------------------ */
 
+/*
+ * Every series is labelled with the model, this worker's device and the
+ * worker's index: behind one port each scrape reaches one worker, and with
+ * worker_processes N (one GPU each) the labels keep the N engines' series
+ * apart instead of one series jumping between them.
+ */
 typedef struct {
     ngx_http_llm_model_t  *model;
     llm_stats              stats;
     int                    have;
+    char                   labels[256];  /* model_name="..",device="..",.. */
 } ngx_http_llm_metrics_src_t;
 
 static int
@@ -233,9 +240,7 @@ ngx_http_llm_gauge(oai_buf *b, ngx_http_llm_metrics_src_t *src, const char *name
         return -1;
     }
     for (s = src; s->model; s++) {
-        if (ngx_http_llm_printf(b, "%s{model_name=\"%.*s\"} %.17g\n", name,
-                                (int) s->model->served_name.len,
-                                s->model->served_name.data,
+        if (ngx_http_llm_printf(b, "%s{%s} %.17g\n", name, s->labels,
                                 s->have ? get(&s->stats) : 0.0) < 0)
         {
             return -1;
@@ -259,32 +264,52 @@ ngx_http_llm_histogram(oai_buf *b, ngx_http_llm_metrics_src_t *src,
     }
     for (s = src; s->model; s++) {
         static const llm_histogram  empty;
-        int   nl = (int) s->model->served_name.len;
-        char *mn = (char *) s->model->served_name.data;
+        const char *l = s->labels;
 
         h = s->have ? (const llm_histogram *) ((const char *) &s->stats
                                                 + offset)
                     : &empty;
         for (i = 0; i < h->n && i < LLM_HIST_BUCKETS; i++) {
-            if (ngx_http_llm_printf(b, "%s_bucket{model_name=\"%.*s\","
-                                    "le=\"%g\"} %llu\n", name, nl, mn,
-                                    h->le[i],
+            if (ngx_http_llm_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n",
+                                    name, l, h->le[i],
                                     (unsigned long long) h->count[i]) < 0)
             {
                 return -1;
             }
         }
-        if (ngx_http_llm_printf(b, "%s_bucket{model_name=\"%.*s\",le=\"+Inf\"}"
-                                " %llu\n%s_sum{model_name=\"%.*s\"} %.17g\n"
-                                "%s_count{model_name=\"%.*s\"} %llu\n",
-                                name, nl, mn, (unsigned long long) h->total,
-                                name, nl, mn, h->sum, name, nl, mn,
+        if (ngx_http_llm_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n"
+                                "%s_sum{%s} %.17g\n%s_count{%s} %llu\n",
+                                name, l, (unsigned long long) h->total,
+                                name, l, h->sum, name, l,
                                 (unsigned long long) h->total) < 0)
         {
             return -1;
         }
     }
     return 0;
+}
+
+/* Prometheus label values escape '\\', '"' and newlines. */
+static void
+ngx_http_llm_metrics_labels(ngx_http_llm_model_t *m, char *out, size_t size)
+{
+    char        name[128], *p = name;
+    ngx_uint_t  i;
+
+    for (i = 0; i < m->served_name.len && p + 3 < name + sizeof(name); i++) {
+        u_char  c = m->served_name.data[i];
+
+        if (c == '"' || c == '\\' || c == '\n') {
+            *p++ = '\\';
+            c = (c == '\n') ? 'n' : c;
+        }
+        *p++ = (char) c;
+    }
+    *p = '\0';
+    snprintf(out, size, "model_name=\"%s\",device=\"%s\",worker=\"%lu\"",
+             name, m->worker_device[0] ? m->worker_device
+                                       : (const char *) m->device.data,
+             (unsigned long) ngx_worker);
 }
 
 static double m_running(const llm_stats *s) { return s->running; }
@@ -334,6 +359,8 @@ ngx_http_llm_metrics(ngx_http_request_t *r)
     }
     for (m = 0; m < mcf->models.nelts; m++) {
         src[m].model = &models[m];
+        ngx_http_llm_metrics_labels(&models[m], src[m].labels,
+                                    sizeof(src[m].labels));
         if (models[m].engine != NULL) {
             llm_engine_stats(models[m].engine, &src[m].stats);
             src[m].have = 1;
@@ -389,10 +416,8 @@ ngx_http_llm_metrics(ngx_http_request_t *r)
     for (s = src; ok && s->model; s++) {
         for (f = LLM_FINISH_STOP; ok && f <= LLM_FINISH_ERROR; f++) {
             ok = ngx_http_llm_printf(&b, "llm:request_success_total{"
-                                     "model_name=\"%.*s\",finished_reason="
-                                     "\"%s\"} %llu\n",
-                                     (int) s->model->served_name.len,
-                                     s->model->served_name.data, reasons[f],
+                                     "%s,finished_reason=\"%s\"} %llu\n",
+                                     s->labels, reasons[f],
                                      (unsigned long long) (s->have
                                      ? s->stats.requests_finished[f] : 0))
                  >= 0;

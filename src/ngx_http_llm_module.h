@@ -10,6 +10,8 @@
  *   src/ngx_http_llm_reply.c    JSON replies and OpenAI errors, including the
  *                               filter that turns nginx's own HTML error
  *                               pages (413, ...) into JSON in llm locations
+ *   src/ngx_http_llm_prefix_key.c  $llm_prefix_key, the upstream hash key
+ *                               of a front nginx (prefix-cache affinity)
  */
 #ifndef NGX_HTTP_LLM_MODULE_H
 #define NGX_HTTP_LLM_MODULE_H
@@ -29,6 +31,8 @@ typedef struct {
     ngx_str_t               path;            /* model directory */
     ngx_str_t               tokenizer;       /* "" = path */
     ngx_str_t               device;          /* cpu | cuda | cuda:N */
+    ngx_array_t            *devices;         /* devices=0,2,3: ngx_uint_t
+                                                GPU per worker, or NULL */
     ngx_str_t               served_name;     /* "model" in the API */
     ngx_int_t               threads;
     ngx_int_t               max_model_len;
@@ -38,11 +42,14 @@ typedef struct {
     double                  kv_cache_fraction;
     ngx_int_t               prefix_caching;  /* -1 default, 0, 1 */
     ngx_uint_t              dummy;           /* load_format=dummy */
+    ngx_uint_t              fast;            /* precision=fast (CPU) */
     ngx_int_t               seed;
     time_t                  created;
 
     /* per worker */
     llm_engine             *engine;
+    char                    worker_device[32]; /* this worker's: cuda:1 */
+    ngx_uint_t              load_reported;   /* load end in error_log */
     char                    error[LLM_ERR_MAX]; /* why engine is NULL */
     ngx_int_t               active;          /* engine requests in flight */
 } ngx_http_llm_model_t;
@@ -70,6 +77,7 @@ typedef struct {
     ngx_msec_t              request_timeout;
     ngx_msec_t              sse_keepalive;
     ngx_int_t               max_n;
+    ngx_int_t               prefix_key_bytes; /* llm_prefix_key_bytes */
 } ngx_http_llm_loc_conf_t;
 
 /*
@@ -155,6 +163,9 @@ ngx_int_t ngx_http_llm_read_body(ngx_http_request_t *r, u_char **body,
 /* The model the request names, or the location's; an error if unknown. */
 ngx_int_t ngx_http_llm_check_model(ngx_http_request_t *r, const char *name,
     oai_error *err);
+
+/* ngx_http_llm_prefix_key.c */
+ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
 
 /* ngx_http_llm_reply.c */
 ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,

@@ -212,9 +212,9 @@ main::llm_wait_ready('/v1/health');
 my $long = '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":30000,"ignore_eos":true,"stream":true}';
 my $long2 = '{"prompt":"Hi","max_tokens":30000,"ignore_eos":true}';
 main::llm_hold_request(main::llm_post('/v1/chat/completions', $long));
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 1\n/);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 1\n/);
 main::llm_hold_request(main::llm_post('/v1/completions', $long2));
-main::llm_poll('/v1/metrics', qr/llm:num_requests_waiting\{model_name="tiny"\} 1\n/);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_waiting\{model_name="tiny",device="cpu",worker="0"\} 1\n/);
 --- request
 POST /v1/chat/completions
 {"messages":[{"role":"user","content":"Hi"}],"max_tokens":1}
@@ -229,7 +229,7 @@ $j->{error}{code} eq 'rate_limit_exceeded'
 === TEST 14: the queue drains: the waiting requests' clients go away
 --- init
 $_->close for splice @main::LlmHeldSockets;
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 0\n/);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n/);
 --- request
 POST /v1/chat/completions
 {"messages":[{"role":"user","content":"Hi"}],"max_tokens":1}

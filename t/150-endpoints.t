@@ -123,21 +123,21 @@ length $j->{error}{message}
 ["Content-Type: application/json", "Content-Type: text/plain; version=0.0.4; charset=utf-8"]
 --- response_body_like eval
 ['chat.completion', CORE::join('.*',
-  '# TYPE llm:num_requests_running gauge\nllm:num_requests_running\{model_name="tiny"\} 0\n',
-  '# TYPE llm:num_requests_waiting gauge\nllm:num_requests_waiting\{model_name="tiny"\} 0\n',
-  'llm:kv_cache_usage_perc\{model_name="tiny"\} [\d.e-]+\n',
-  'llm:prefix_cache_queries_total\{model_name="tiny"\} \d+\n',
-  'llm:prefix_cache_hits_total\{model_name="tiny"\} \d+\n',
-  'llm:num_preemptions_total\{model_name="tiny"\} 0\n',
-  'llm:prompt_tokens_total\{model_name="tiny"\} [1-9]\d*\n',
-  'llm:generation_tokens_total\{model_name="tiny"\} [3-9]\d*\n',
+  '# TYPE llm:num_requests_running gauge\nllm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n',
+  '# TYPE llm:num_requests_waiting gauge\nllm:num_requests_waiting\{model_name="tiny",device="cpu",worker="0"\} 0\n',
+  'llm:kv_cache_usage_perc\{model_name="tiny",device="cpu",worker="0"\} [\d.e-]+\n',
+  'llm:prefix_cache_queries_total\{model_name="tiny",device="cpu",worker="0"\} \d+\n',
+  'llm:prefix_cache_hits_total\{model_name="tiny",device="cpu",worker="0"\} \d+\n',
+  'llm:num_preemptions_total\{model_name="tiny",device="cpu",worker="0"\} 0\n',
+  'llm:prompt_tokens_total\{model_name="tiny",device="cpu",worker="0"\} [1-9]\d*\n',
+  'llm:generation_tokens_total\{model_name="tiny",device="cpu",worker="0"\} [3-9]\d*\n',
   '# TYPE llm:time_to_first_token_seconds histogram\n',
-  'llm:time_to_first_token_seconds_bucket\{model_name="tiny",le="\+Inf"\} [1-9]\d*\n',
-  'llm:time_to_first_token_seconds_count\{model_name="tiny"\} [1-9]',
+  'llm:time_to_first_token_seconds_bucket\{model_name="tiny",device="cpu",worker="0",le="\+Inf"\} [1-9]\d*\n',
+  'llm:time_to_first_token_seconds_count\{model_name="tiny",device="cpu",worker="0"\} [1-9]',
   '# TYPE llm:inter_token_latency_seconds histogram\n',
   '# TYPE llm:e2e_request_latency_seconds histogram\n',
-  'llm:e2e_request_latency_seconds_sum\{model_name="tiny"\} [\d.e-]+\n',
-  'llm:request_success_total\{model_name="tiny",finished_reason="length"\} [1-9]')]
+  'llm:e2e_request_latency_seconds_sum\{model_name="tiny",device="cpu",worker="0"\} [\d.e-]+\n',
+  'llm:request_success_total\{model_name="tiny",device="cpu",worker="0",finished_reason="length"\} [1-9]')]
 --- no_error_log
 [error]
 

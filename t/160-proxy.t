@@ -41,7 +41,7 @@ Test::More::like($got, qr/^HTTP\/1\.1 200 .*\r\ndata: \{"id":"chatcmpl-/s,
                  "$name - the first events arrived through the proxy");
 my $port = Test::Nginx::Util::server_port_for_client();
 Test::More::like(main::llm_http_get($port, '/v1/metrics'),
-                 qr/llm:num_requests_running\{model_name="tiny"\} 1\n/,
+                 qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 1\n/,
                  "$name - while the generation is still running");
 $_->close for splice @main::LlmHeldSockets;
 --- request
@@ -52,10 +52,10 @@ GET /v1/health
 
 === TEST 3: the abandoned stream is cancelled behind the proxy
 --- init
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 0\n/, 20);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n/, 20);
 --- request
 GET /v1/metrics
---- response_body_like: llm:num_requests_running\{model_name="tiny"\} 0\n
+--- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n
 
 
 

@@ -24,13 +24,13 @@ Test::More::like($got, qr/data: \{"id":"chatcmpl-.*"delta":\{"content":"[^"]/s,
                  "$name - first events");
 my $port = Test::Nginx::Util::server_port_for_client();
 Test::More::like(main::llm_http_get($port, '/v1/metrics'),
-                 qr/llm:num_requests_running\{model_name="tiny"\} 1\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} [1-9]/s,
+                 qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 1\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} [1-9]/s,
                  "$name - running, with KV blocks");
 $_->close for splice @main::LlmHeldSockets;
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n/s, 20);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n/s, 20);
 --- request
 GET /v1/metrics
---- response_body_like: llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_usage_perc\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n.*finished_reason="abort"\} 1\n
+--- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_usage_perc\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n.*finished_reason="abort"\} 1\n
 --- error_log eval
 # noticed on the read event, or by a failed write
 qr/client prematurely closed connection|(?:writev|send)\(\) failed|Connection reset by peer|Broken pipe/
@@ -41,12 +41,12 @@ qr/client prematurely closed connection|(?:writev|send)\(\) failed|Connection re
 --- init
 my $long = '{"prompt":"Hello","max_tokens":30000,"ignore_eos":true}';
 main::llm_hold_request(main::llm_post('/v1/completions', $long));
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 1\n/, 20);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 1\n/, 20);
 $_->close for splice @main::LlmHeldSockets;
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n/s, 20);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n/s, 20);
 --- request
 GET /v1/metrics
---- response_body_like: llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n.*finished_reason="abort"\} 2\n
+--- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n.*finished_reason="abort"\} 2\n
 
 
 

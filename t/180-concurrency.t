@@ -33,7 +33,7 @@ my %ids = map { ((($_ // '') =~ /"id":"(chatcmpl-[0-9a-f]+)"/)[0] // 'none', 1) 
 Test::More::is(scalar(keys %ids), 64, "$name - 64 distinct ids");
 --- request
 GET /v1/metrics
---- response_body_like: llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:generation_tokens_total\{model_name="tiny"\} (10[2-9]\d|1[1-9]\d\d|[2-9]\d\d\d)\n
+--- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:generation_tokens_total\{model_name="tiny",device="cpu",worker="0"\} (10[2-9]\d|1[1-9]\d\d|[2-9]\d\d\d)\n
 --- no_error_log
 [error]
 
@@ -58,9 +58,9 @@ main::llm_hold_request(main::llm_post('/v1/chat/completions',
 === TEST 3: the slow client goes away; everything is released
 --- init
 $_->close for splice @main::LlmHeldSockets;
-main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n/s, 30);
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n/s, 30);
 --- request
 GET /v1/metrics
---- response_body_like: llm:num_requests_running\{model_name="tiny"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny"\} 0\n
+--- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n
 --- no_error_log
 [error]
