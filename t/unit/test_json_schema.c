@@ -78,8 +78,15 @@ static int run(const char *constraint, uint64_t seed, int max_tokens,
     }
     while (!done && unit_now() - t0 < HANG_GUARD_S) {
         if (!llm_request_next_event(r, &ev)) {
-            llm_engine_wait(engine, 20);
-            continue;
+            llm_request *ready[4];
+
+            /* Clear the ready list, or wait would return at once. */
+            while (llm_engine_ready(engine, ready, 4) == 4) {
+            }
+            if (!llm_request_next_event(r, &ev)) {
+                llm_engine_wait(engine, 20);
+                continue;
+            }
         }
         if (ev.type == LLM_EV_TOKEN) {
             out->text = realloc(out->text, out->len + ev.text_len + 1);
