@@ -7,7 +7,10 @@
 
 #include <stdint.h>
 
+#include "openai.h"
 #include "tool_parser.h"
+
+#include <cJSON.h>
 
 typedef struct {
     const char *name;
@@ -233,11 +236,238 @@ static void test_parse_text_and_ids(void)
     tool_parse_result_free(&r);
 }
 
+/* ---- through the OpenAI response layer ------------------------------- */
+
+static const oai_limits limits = { 0, 0, 0 };
+
+static const char *chat_body(int stream)
+{
+    return stream
+        ? "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+          "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}},"
+          "{\"type\":\"function\",\"function\":{\"name\":\"b\"}}],"
+          "\"stream\":true}"
+        : "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+          "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}},"
+          "{\"type\":\"function\",\"function\":{\"name\":\"b\"}}]}";
+}
+
+static void token_event(llm_event *ev, const char *text, size_t len)
+{
+    memset(ev, 0, sizeof(*ev));
+    ev->type = LLM_EV_TOKEN;
+    ev->text = (char *) text;
+    ev->text_len = len;
+}
+
+/* Reassembles an SSE stream: content, calls (name + arguments joined by
+ * index), finish_reason; and fails on markup in any content delta. */
+static void reassemble(const char *sse, cJSON *msg, char *finish, size_t fl)
+{
+    const char *p = sse;
+    cJSON *calls = cJSON_AddArrayToObject(msg, "tool_calls");
+    char content[2048] = "";
+
+    while ((p = strstr(p, "data: ")) != NULL) {
+        const char *end = strstr(p, "\n\n");
+        cJSON *o, *ch, *delta, *tc, *x;
+
+        p += 6;
+        if (strncmp(p, "[DONE]", 6) == 0) {
+            break;
+        }
+        o = cJSON_ParseWithLength(p, (size_t) (end - p));
+        p = end;
+        ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+        delta = cJSON_GetObjectItem(ch, "delta");
+        x = cJSON_GetObjectItem(ch, "finish_reason");
+        if (cJSON_IsString(x)) {
+            snprintf(finish, fl, "%s", x->valuestring);
+        }
+        x = cJSON_GetObjectItem(delta, "content");
+        if (cJSON_IsString(x)) {
+            CHECK(strstr(x->valuestring, "<tool_call>") == NULL,
+                  "markup streamed: %s", x->valuestring);
+            strncat(content, x->valuestring,
+                    sizeof(content) - strlen(content) - 1);
+        }
+        cJSON_ArrayForEach(tc, cJSON_GetObjectItem(delta, "tool_calls")) {
+            int idx = cJSON_GetObjectItem(tc, "index")->valueint;
+            cJSON *fn = cJSON_GetObjectItem(tc, "function");
+            cJSON *call = cJSON_GetArrayItem(calls, idx), *args;
+            const cJSON *piece = cJSON_GetObjectItem(fn, "arguments");
+            char *joined;
+
+            if (call == NULL) {
+                CHECK(cJSON_GetArraySize(calls) == idx
+                      && cJSON_GetObjectItem(tc, "id") != NULL
+                      && cJSON_GetObjectItem(fn, "name") != NULL,
+                      "first delta of call %d lacks id/name", idx);
+                call = cJSON_CreateObject();
+                cJSON_AddItemToArray(calls, call);
+                cJSON_AddStringToObject(call, "name",
+                    cJSON_GetStringValue(cJSON_GetObjectItem(fn, "name")));
+                cJSON_AddStringToObject(call, "arguments", "");
+            }
+            args = cJSON_GetObjectItem(call, "arguments");
+            joined = malloc(strlen(args->valuestring)
+                            + strlen(piece ? piece->valuestring : "") + 1);
+            strcpy(joined, args->valuestring);
+            strcat(joined, piece ? piece->valuestring : "");
+            cJSON_SetValuestring(args, joined);
+            free(joined);
+        }
+        cJSON_Delete(o);
+    }
+    cJSON_AddStringToObject(msg, "content", content);
+}
+
+static void test_stream_reassembles_to_non_stream(void)
+{
+    const char *text = "Sure.\n<tool_call>\n{\"name\": \"a\", \"arguments\": "
+                       "{\"city\": \"Par\\\"is\", \"n\": [1, 2]}}\n"
+                       "</tool_call>\n<tool_call>\n{\"name\": \"b\", "
+                       "\"arguments\": {}}\n</tool_call>";
+    size_t len = strlen(text), step;
+
+    for (step = 1; step <= len; step += (step < 8 ? 1 : 13)) {
+        oai_request sreq, nreq;
+        oai_response srs, nrs;
+        oai_error err;
+        oai_buf sse = { NULL, 0, 0 };
+        llm_event ev;
+        size_t at, jl;
+        char *body, finish[32] = "";
+        cJSON *want, *wmsg, *got = cJSON_CreateObject(), *wcalls;
+        int k;
+
+        REQUIRE(oai_parse_request(OAI_CHAT, chat_body(1), strlen(chat_body(1)),
+                                  &limits, &sreq, &err) == 0, "%s", err.message);
+        REQUIRE(oai_parse_request(OAI_CHAT, chat_body(0), strlen(chat_body(0)),
+                                  &limits, &nreq, &err) == 0, "%s", err.message);
+        REQUIRE(oai_response_init(&srs, &sreq, "m", NULL, NULL) == 0, "init");
+        REQUIRE(oai_response_init(&nrs, &nreq, "m", NULL, NULL) == 0, "init");
+        for (at = 0; at < len; at += step) {
+            size_t n = len - at < step ? len - at : step;
+
+            token_event(&ev, text + at, n);
+            REQUIRE(oai_stream_event(&srs, 0, &ev, &sse) == 0, "stream");
+            REQUIRE(oai_collect_event(&nrs, 0, &ev) == 0, "collect");
+        }
+        memset(&ev, 0, sizeof(ev));
+        ev.type = LLM_EV_FINISH;
+        ev.finish_reason = LLM_FINISH_STOP;
+        ev.stop_token = -1;
+        REQUIRE(oai_stream_event(&srs, 0, &ev, &sse) == 0, "stream finish");
+        REQUIRE(oai_collect_event(&nrs, 0, &ev) == 0, "collect finish");
+        REQUIRE(oai_stream_done(&srs, &sse) == 0, "done");
+        REQUIRE(oai_buf_append(&sse, "", 1) == 0, "nul");
+        body = oai_response_json(&nrs, &jl);
+        want = cJSON_Parse(body);
+        wmsg = cJSON_GetObjectItem(cJSON_GetArrayItem(
+                   cJSON_GetObjectItem(want, "choices"), 0), "message");
+        reassemble(sse.data, got, finish, sizeof(finish));
+        CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(
+                  cJSON_GetArrayItem(cJSON_GetObjectItem(want, "choices"), 0),
+                  "finish_reason")), "tool_calls") == 0, "non-stream finish");
+        CHECK(strcmp(finish, "tool_calls") == 0, "stream finish %s", finish);
+        CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(got, "content")),
+                     "Sure.") == 0
+              && strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(wmsg,
+                        "content")), "Sure.") == 0, "content: %s", body);
+        wcalls = cJSON_GetObjectItem(wmsg, "tool_calls");
+        CHECK(cJSON_GetArraySize(wcalls) == 2
+              && cJSON_GetArraySize(cJSON_GetObjectItem(got, "tool_calls"))
+                 == 2, "two calls each (step %zu): %s", step, body);
+        for (k = 0; k < cJSON_GetArraySize(wcalls); k++) {
+            cJSON *w = cJSON_GetArrayItem(wcalls, k);
+            cJSON *wf = cJSON_GetObjectItem(w, "function");
+            cJSON *g = cJSON_GetArrayItem(cJSON_GetObjectItem(got,
+                                                              "tool_calls"), k);
+
+            CHECK(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(w, "type")),
+                         "function") == 0
+                  && strncmp(cJSON_GetStringValue(cJSON_GetObjectItem(w,
+                             "id")), "call_", 5) == 0, "id/type");
+            CHECK(g != NULL
+                  && strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(wf,
+                            "name")), cJSON_GetStringValue(
+                            cJSON_GetObjectItem(g, "name"))) == 0
+                  && strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(wf,
+                            "arguments")), cJSON_GetStringValue(
+                            cJSON_GetObjectItem(g, "arguments"))) == 0,
+                  "call %d differs (step %zu)", k, step);
+        }
+        free(body);
+        cJSON_Delete(want);
+        cJSON_Delete(got);
+        oai_buf_free(&sse);
+        oai_response_free(&srs);
+        oai_response_free(&nrs);
+        oai_request_free(&sreq);
+        oai_request_free(&nreq);
+    }
+}
+
+static void test_tool_choice_and_response_format_checks(void)
+{
+    static const struct {
+        const char *extra, *param, *in_message;
+    } bad[] = {
+        { "\"tool_choice\":\"required\"", "tool_choice", "needs 'tools'" },
+        { "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}}],"
+          "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":"
+          "\"zz\"}}", "tool_choice", "\"zz\"" },
+        { "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}}],"
+          "\"tool_choice\":\"sometimes\"", "tool_choice", "tool_choice" },
+        { "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":"
+          "{\"name\":\"x\",\"schema\":{\"type\":\"string\",\"format\":"
+          "\"email\"}}}", "response_format", "\"format\"" },
+        { "\"response_format\":{\"type\":\"yaml\"}", "response_format",
+          "yaml" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[1024];
+        oai_request req;
+        oai_error err;
+
+        snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"hi\"}],%s}", bad[i].extra);
+        memset(&err, 0, sizeof(err));
+        CHECK(oai_parse_request(OAI_CHAT, body, strlen(body), &limits, &req,
+                                &err) == -1, "accepted: %s", body);
+        CHECK(err.status == 400 && strcmp(err.param, bad[i].param) == 0
+              && strstr(err.message, bad[i].in_message) != NULL,
+              "%s: %d %s %s", body, err.status, err.param, err.message);
+    }
+    {
+        const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":"
+            "\"hi\"}],\"response_format\":{\"type\":\"json_schema\","
+            "\"json_schema\":{\"name\":\"x\",\"schema\":{\"type\":\"object\","
+            "\"properties\":{\"a\":{\"type\":\"integer\"}}}}}}";
+        oai_request req;
+        oai_error err;
+        llm_request_params p;
+
+        REQUIRE(oai_parse_request(OAI_CHAT, body, strlen(body), &limits, &req,
+                                  &err) == 0, "%s", err.message);
+        oai_request_params(&req, 0, &p);
+        CHECK(p.constraint_json != NULL
+              && strstr(p.constraint_json, "\"json_schema\"") != NULL,
+              "constraint %s", p.constraint_json ? p.constraint_json : "-");
+        oai_request_free(&req);
+    }
+}
+
 int main(void)
 {
     RUN(test_whole_texts);
     RUN(test_split_at_every_byte);
     RUN(test_byte_by_byte);
     RUN(test_parse_text_and_ids);
+    RUN(test_stream_reassembles_to_non_stream);
+    RUN(test_tool_choice_and_response_format_checks);
     return unit_done();
 }
