@@ -627,7 +627,10 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
     }
 
     if (e->cuda_device < 0) {
-        e->be = cpu_backend_create(e->m, e->opt.threads, err, errlen);
+        e->be = cpu_backend_create_ex(e->m, e->opt.threads,
+                                      e->opt.cpu_precision == LLM_CPU_FAST
+                                      ? CPU_PRECISION_FAST : CPU_PRECISION_EXACT,
+                                      err, errlen);
     } else {
 #ifdef LLM_HAVE_CUDA
         e->be = cuda_backend_create(e->m, e->cuda_device, err, errlen);

@@ -37,6 +37,18 @@ typedef enum {
     LLM_LOAD_DUMMY         /* random weights of the configured shape */
 } llm_load_format;
 
+/*
+ * CPU matmul precision.  EXACT splits each activation into two bf16 terms
+ * so that bf16 weights times f32 activations land within ~1e-5 of a float32
+ * reference (the goldens' bar); FAST rounds activations to bf16 as
+ * llama.cpp does: same decode speed (memory bound), about twice the
+ * prefill throughput, ~1e-3 relative error in the logits.
+ */
+typedef enum {
+    LLM_CPU_EXACT = 0,
+    LLM_CPU_FAST
+} llm_cpu_precision;
+
 typedef enum {
     LLM_STATE_LOADING = 0,
     LLM_STATE_READY,
@@ -60,6 +72,7 @@ typedef struct {
     int               block_size;     /* 0: 16 */
     int               enable_prefix_caching; /* -1: default (on), 0 off, 1 on */
     llm_load_format   load_format;
+    llm_cpu_precision cpu_precision;  /* CPU backend: exact (default) or fast */
     uint64_t          seed;           /* dummy weights and unseeded requests */
     int               max_queue;      /* waiting requests before submit
                                          refuses with LLM_ERR_QUEUE_FULL;

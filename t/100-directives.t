@@ -224,3 +224,29 @@ sk-one
 ['"type":"timeout_error"', 'data: \{"error":\{"message":"the request did not finish within llm_request_timeout.*"code":504\}\}\n\ndata: \[DONE\]\n\n$']
 --- no_error_log
 [error]
+
+
+
+=== TEST 17: a bad precision
+--- http_config
+    llm_model a $TEST_NGINX_MODEL_DIR precision=half;
+--- config
+    location /v1/ { llm_pass a; }
+--- must_die
+--- error_log
+llm_model: invalid precision="half" (exact or fast)
+
+
+
+=== TEST 18: precision=fast serves the same API (bf16 activations on the CPU)
+--- http_config
+    llm_model f $TEST_NGINX_MODEL_DIR precision=fast threads=1 kv_cache=16m;
+--- config
+    location /v1/ { llm_pass f; }
+--- request
+POST /v1/completions
+{"prompt":"Hello","max_tokens":4,"ignore_eos":true,"temperature":0}
+--- json_check
+$j->{usage}{completion_tokens} == 4 && $j->{choices}[0]{finish_reason} eq 'length'
+--- no_error_log
+[error]

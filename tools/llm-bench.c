@@ -120,6 +120,7 @@ static void print_usage(FILE *f)
 "  --device cpu|cuda|cuda:N   (default cpu)\n"
 "  --threads N                CPU compute threads (default: online cores)\n"
 "  --load-format auto|dummy   dummy: random weights of the configured shape\n"
+"  --precision exact|fast     CPU matmul precision (default exact)\n"
 "  --max-num-seqs N  --max-num-batched-tokens N  --max-model-len N\n"
 "  --kv-cache-bytes N  --kv-cache-fraction F  --no-prefix-caching\n"
 "  --seed N                   prompt and weight seed (default 0)\n"
@@ -171,6 +172,11 @@ int main(int argc, char **argv)
             if (strcmp(v, "dummy") == 0) o.load_format = LLM_LOAD_DUMMY;
             else if (strcmp(v, "auto") == 0) o.load_format = LLM_LOAD_AUTO;
             else { fprintf(stderr, "llm-bench: --load-format auto|dummy\n"); return 2; }
+        }
+        else if (ARG("--precision")) {
+            if (strcmp(v, "fast") == 0) o.cpu_precision = LLM_CPU_FAST;
+            else if (strcmp(v, "exact") == 0) o.cpu_precision = LLM_CPU_EXACT;
+            else { fprintf(stderr, "llm-bench: --precision exact|fast\n"); return 2; }
         }
         else if (strcmp(a, "--no-prefix-caching") == 0) o.enable_prefix_caching = 0;
         else {
