@@ -20,6 +20,8 @@ struct tool_parser {
     char    *buf;            /* bytes not decided yet */
     size_t   len, cap;
     int      after_call;     /* drop whitespace at the start of text */
+    char     ws[64];         /* blanks before the open tag, given back if */
+    size_t   n_ws;           /* the block turns out not to be a call */
     int      n_calls;
     int      depth, in_str, esc;   /* arguments scanner */
     uint64_t rng;
@@ -306,6 +308,8 @@ static int drain(tool_parser *p, tool_deltas *out, int final)
                 if (emit_content(out, p->buf, k) != 0) {
                     return -1;
                 }
+                p->n_ws = e - k < sizeof(p->ws) ? e - k : sizeof(p->ws);
+                memcpy(p->ws, p->buf + e - p->n_ws, p->n_ws);
                 consume(p, e + TAG_OPEN_LEN);
                 p->mode = M_HEAD;
                 continue;
@@ -345,9 +349,12 @@ static int drain(tool_parser *p, tool_deltas *out, int final)
             }
             if (r != HEAD_OK) {
                 /* Not a call: the markup and all are plain text. */
-                if (emit_content(out, TAG_OPEN, TAG_OPEN_LEN) != 0) {
+                if (emit_content(out, p->ws, p->n_ws) != 0
+                    || emit_content(out, TAG_OPEN, TAG_OPEN_LEN) != 0)
+                {
                     return -1;
                 }
+                p->n_ws = 0;
                 p->mode = M_TEXT;
                 continue;
             }

@@ -40,7 +40,7 @@ static const parse_case cases[] = {
       "", 1, { "caf\xc3\xa9" }, { "{\"q\":1}" }, 0 },
     { "malformed block is content",
       "Hi <tool_call>\n{\"oops\": 1}\n</tool_call> bye",
-      "Hi<tool_call>\n{\"oops\": 1}\n</tool_call> bye", 0, {0}, {0}, 1 },
+      "Hi <tool_call>\n{\"oops\": 1}\n</tool_call> bye", 0, {0}, {0}, 1 },
     { "arguments not an object",
       "<tool_call>\n{\"name\": \"f\", \"arguments\": \"x\"}\n</tool_call>",
       "<tool_call>\n{\"name\": \"f\", \"arguments\": \"x\"}\n</tool_call>",
@@ -50,7 +50,7 @@ static const parse_case cases[] = {
       "", 1, { "f" }, { "{\"city\": \"Par" }, 0 },
     { "cut short in the head",
       "ok <tool_call>\n{\"name\": \"f",
-      "ok<tool_call>\n{\"name\": \"f", 0, {0}, {0}, 1 },
+      "ok <tool_call>\n{\"name\": \"f", 0, {0}, {0}, 1 },
     { "junk after the arguments is dropped",
       "<tool_call>\n{\"name\": \"f\", \"arguments\": {}, \"x\": 1}\n"
       "</tool_call>tail",
