@@ -79,7 +79,8 @@ struct llm_engine {
     scheduler         *sched;
     sampler_scratch   *scratch;
     grammar_vocab     *gvocab;              /* token trie for constrained
-                                               requests, made at the first */
+                                               requests: the prep thread
+                                               makes it at the first */
     float             *logits;
     size_t             logits_cap;           /* floats */
     int                max_model_len;
@@ -373,6 +374,8 @@ static void finish_request(llm_engine *e, llm_request *r,
 
 /* Tokenizes r's prompt into r->seq.  Returns 0, or -1 after publishing an
  * error event (and dropping the engine's reference). */
+static const char *grammar_token_bytes(void *ctx, int32_t id, size_t *len);
+
 static int prep_request(llm_engine *e, llm_request *r)
 {
     char err[LLM_ERR_MAX];
@@ -381,6 +384,21 @@ static int prep_request(llm_engine *e, llm_request *r)
     const char *what = "prompt";
 
     err[0] = '\0';
+    if (r->grammar != NULL && e->gvocab == NULL) {
+        /* The token trie for constrained decoding, built once, here rather
+         * than on the engine thread so that running requests do not stall
+         * for it.  Only this thread writes e->gvocab; the engine reads it
+         * for requests that came through here after it was set. */
+        e->gvocab = grammar_vocab_new(e->vocab, grammar_token_bytes, e,
+                                      e->m->cfg.eos_token_ids,
+                                      e->m->cfg.n_eos);
+        if (e->gvocab == NULL) {
+            finish_error(e, r, LLM_ERR_INTERNAL, NULL,
+                         "out of memory for the constrained-decoding "
+                         "vocabulary");
+            return -1;
+        }
+    }
     if (r->kind == LLM_PROMPT_TOKENS) {
         ids = r->prompt_ids;
         n = r->n_prompt_ids;
@@ -773,11 +791,7 @@ static int constrain_logits(llm_engine *e, llm_request *r, float *logits)
     const uint64_t *words;
     int left, ctx_left;
 
-    if (e->gvocab == NULL) {
-        e->gvocab = grammar_vocab_new(e->vocab, grammar_token_bytes, e,
-                                      e->m->cfg.eos_token_ids,
-                                      e->m->cfg.n_eos);
-    }
+    /* e->gvocab was built by the prep thread before r got here. */
     if (r->gm == NULL && e->gvocab != NULL) {
         r->gm = grammar_matcher_new(r->grammar, e->gvocab);
     }
