@@ -4,15 +4,29 @@
 #      build-asan/ and run by t/unit/run.sh; UBSan findings are fatal
 #      (halt_on_error), ASan's leak checker is on;
 #   2. test_engine built with -fsanitize=thread under build-tsan/ (the
-#      engine thread, the thread pool and the submit/cancel/event paths).
+#      engine thread, the thread pool and the submit/cancel/event paths);
+#   3. (stage "nginx") the Test::Nginx suite against the module built with
+#      -fsanitize=address,undefined under build-asan/, loaded into the
+#      distribution's nginx with gcc's libasan preloaded (nginx itself is not
+#      instrumented, so the runtime must come first: LD_PRELOAD, through a
+#      wrapper used as TEST_NGINX_BINARY so that perl and curl stay plain);
+#      leak checking is off there (nginx does not free its pools at exit:
+#      the valgrind stage is the leak check);
+#   4. (stage "valgrind") the Test::Nginx suite with the normal build/
+#      module under TEST_NGINX_USE_VALGRIND=1 (slow: opt-in).
 # CUDA is off in both (the GPU code is not what runs on the test machine's
 # CPU, and nvcc objects are not instrumented).  Prints one closing line
 # "sanitize: N passed, N failed" (one per stage: asan+ubsan build, asan+ubsan
 # unit run, tsan build, tsan run).
-#   SAN_STAGES="asan tsan" (default both)   SAN_NICE=10
+#   SAN_STAGES="asan tsan nginx valgrind" (default "asan tsan nginx")
+#   SAN_NICE=10   SAN_TEST_FILES="t/110-chat.t ..." (default: t/*.t but
+#   t/000-harness.t, which tests the harness itself on plain nginx,
+#   including its own valgrind mode)
 cd "$(dirname "$0")/.." || exit 1
 NICE=${SAN_NICE:-10}
-STAGES=${SAN_STAGES:-asan tsan}
+STAGES=${SAN_STAGES:-asan tsan nginx}
+NGINX=${TEST_NGINX_BINARY:-$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)}
+TEST_FILES=${SAN_TEST_FILES:-$(ls t/*.t | grep -v '^t/000-harness\.t$')}
 passed=0; failed=0
 pass() { passed=$((passed + 1)); echo "ok: $*"; }
 fail() { failed=$((failed + 1)); echo "FAILED: $*"; }
@@ -61,6 +75,66 @@ for stage in $STAGES; do
             fi
         else
             fail "tsan: build"
+        fi
+        ;;
+    nginx)
+        if ! nice -n "$NICE" make -s BUILD=build-asan CUDA=0 SAN=address,undefined \
+                OPT="-O1 -fno-sanitize-recover=undefined" module; then
+            fail "nginx+asan: module build"
+            continue
+        fi
+        logs=$PWD/build-asan/nginx-logs
+        rm -rf "$logs" && mkdir -p "$logs"
+        wrapper=$PWD/build-asan/nginx-asan
+        cat > "$wrapper" <<WRAP
+#!/bin/sh
+# $NGINX with ASan's runtime first (written by tools/sanitize.sh)
+LD_PRELOAD="$(gcc -print-file-name=libasan.so)\${LD_PRELOAD:+ \$LD_PRELOAD}" \\
+ASAN_OPTIONS="detect_leaks=0:log_path=$logs/asan" \\
+UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \\
+exec "$NGINX" "\$@"
+WRAP
+        chmod +x "$wrapper"
+        inc=""
+        perl -MTest::Nginx::Socket -e1 >/dev/null 2>&1 || inc="-I t/lib"
+        # shellcheck disable=SC2086
+        TEST_NGINX_BINARY=$wrapper \
+        TEST_NGINX_LOAD_MODULES=$PWD/build-asan/nginx/objs/ngx_http_llm_module.so \
+        TEST_NGINX_MODEL_DIR=$PWD/t/fixtures/tiny-qwen3 TEST_NGINX_RANDOMIZE=1 \
+            nice -n "$NICE" prove --exec "timeout ${TEST_FILE_TIMEOUT:-900} perl $inc" \
+            $TEST_FILES > build-asan/nginx-test.log 2>&1
+        rc=$?
+        result=$(grep -E '^(Result|Files=)' build-asan/nginx-test.log | tr '\n' ' ')
+        if [ -n "$(ls "$logs")" ]; then
+            fail "nginx+asan: sanitizer reports in $logs"
+            head -60 "$logs"/*
+        elif [ "$rc" -ne 0 ]; then
+            fail "nginx+asan: Test::Nginx $result (log build-asan/nginx-test.log)"
+            grep -E '^t/.*(Dubious|Failed)|^Failed|Wstat' build-asan/nginx-test.log | head -20
+        else
+            pass "nginx+asan: Test::Nginx $result"
+        fi
+        ;;
+    valgrind)
+        if ! nice -n "$NICE" make -s CUDA=0 module; then
+            fail "valgrind: module build"
+            continue
+        fi
+        inc=""
+        perl -MTest::Nginx::Socket -e1 >/dev/null 2>&1 || inc="-I t/lib"
+        # shellcheck disable=SC2086
+        TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_BINARY=$NGINX \
+        TEST_NGINX_LOAD_MODULES=$PWD/build/nginx/objs/ngx_http_llm_module.so \
+        TEST_NGINX_MODEL_DIR=$PWD/t/fixtures/tiny-qwen3 TEST_NGINX_RANDOMIZE=1 \
+            nice -n "$NICE" prove --exec "timeout ${TEST_FILE_TIMEOUT:-1800} perl $inc" \
+            $TEST_FILES > build/valgrind-test.log 2>&1
+        rc=$?
+        result=$(grep -E '^(Result|Files=)' build/valgrind-test.log | tr '\n' ' ')
+        if [ "$rc" -eq 0 ]; then
+            pass "valgrind: Test::Nginx $result"
+        else
+            fail "valgrind: Test::Nginx $result (log build/valgrind-test.log)"
+            grep -E 'valgrind reported|^t/.*(Dubious|Failed)' build/valgrind-test.log | head -20
         fi
         ;;
     *) fail "unknown stage $stage" ;;
