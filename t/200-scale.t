@@ -255,3 +255,32 @@ Test::More::is($p4, $p3, "$name - a batch of token lists: the first");
 ["backend\n", "backend\n", "backend\n"]
 --- no_error_log
 [error]
+
+
+
+=== TEST 5: requests without a key (empty $llm_prefix_key) are spread round robin by nginx's hash
+--- http_config
+    upstream keyed {
+        hash $llm_prefix_key consistent;
+        server 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        server 127.0.0.1:$TEST_NGINX_RAND_PORT_2;
+    }
+    server { listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1; location / { return 200 "one\n"; } }
+    server { listen 127.0.0.1:$TEST_NGINX_RAND_PORT_2; location / { return 200 "two\n"; } }
+--- config
+    location /v1/ { proxy_pass http://keyed; }
+--- request eval
+["POST /v1/chat/completions\nnot json", "POST /v1/chat/completions\nnot json",
+ "GET /v1/models", "GET /v1/models"]
+--- response_body eval
+[qr/^(one|two)\n$/, qr/^(one|two)\n$/, qr/^(one|two)\n$/, qr/^(one|two)\n$/]
+--- init
+my %seen;
+for (1 .. 4) {
+    my ($raw) = main::llm_streams(1, main::llm_post('/v1/chat/completions', 'not json'), 10);
+    $seen{$1}++ if ($raw // '') =~ /\r\n\r\n(one|two)\n/;
+}
+Test::More::is(join(',', map { "$_=$seen{$_}" } sort keys %seen), 'one=2,two=2',
+               "$name - alternately on both servers");
+--- no_error_log
+[error]
