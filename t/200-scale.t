@@ -284,3 +284,102 @@ Test::More::is(join(',', map { "$_=$seen{$_}" } sort keys %seen), 'one=2,two=2',
                "$name - alternately on both servers");
 --- no_error_log
 [error]
+
+
+
+=== TEST 6: a backend nginx that stops: its stream in flight ends normally, later requests move to the other backend, none fails
+This backend is a second nginx started by the test (its own process, as on
+another host), stopped with QUIT (nginx -s quit): it closes its listener at
+once and finishes what it has in flight.
+--- http_config
+    llm_prefix_key_bytes 256;
+    llm_model a $TEST_NGINX_MODEL_DIR threads=1 kv_cache=32m;
+    server { listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1; location / { llm_pass a; add_header X-Served-By a always; } }
+    upstream llm_backends {
+        hash $llm_prefix_key consistent;
+        server 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
+        server 127.0.0.1:$TEST_NGINX_RAND_PORT_3;
+    }
+--- config
+    location /v1/ {
+        proxy_pass http://llm_backends;
+        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+        add_header X-Backend $upstream_addr always;
+    }
+    location = /second-port { return 200 "$TEST_NGINX_RAND_PORT_3"; }
+    location /a/ { proxy_pass http://127.0.0.1:$TEST_NGINX_RAND_PORT_1/; }
+--- init
+main::wait_backends('/a/health');
+my ($port3) = main::front_get('/second-port') =~ /\r\n\r\n(\d+)$/;
+my $dir = Test::Nginx::Util::server_root() . '/second';
+mkdir $dir; mkdir "$dir/logs"; mkdir "$dir/conf";
+my $mods = join '', map { "load_module $_;\n" } split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
+open my $fh, '>', "$dir/conf/nginx.conf" or die "$dir/conf/nginx.conf: $!";
+print $fh <<"CONF";
+${mods}worker_processes 1;
+daemon on;
+master_process on;
+pid logs/nginx.pid;
+error_log logs/error.log info;
+@{[ $> == 0 ? "user root;" : "" ]}
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path logs/body;
+    proxy_temp_path logs/proxy;
+    fastcgi_temp_path logs/fastcgi;
+    uwsgi_temp_path logs/uwsgi;
+    scgi_temp_path logs/scgi;
+    llm_model b $ENV{TEST_NGINX_MODEL_DIR} threads=1 kv_cache=32m;
+    server { listen 127.0.0.1:$port3; location / { llm_pass b; add_header X-Served-By b always; } }
+}
+CONF
+close $fh;
+my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
+system($bin, '-p', "$dir/", '-c', 'conf/nginx.conf', '-e', 'logs/error.log') == 0
+    or die "the second nginx did not start: see $dir/logs/error.log\n";
+my $stop = sub {
+    open my $p, '<', "$dir/logs/nginx.pid" or return;
+    my $pid = <$p>; chomp $pid; kill 'QUIT', $pid if $pid;
+    for (1 .. 100) { last unless kill 0, $pid; sleep 0.1 }
+    kill 'KILL', $pid if kill 0, $pid;
+};
+eval {
+    my $deadline = time + 60;
+    sleep 0.1 until main::llm_http_get($port3, '/health') =~ m{^HTTP/1\.\d 200} || time > $deadline;
+    # conversations and where they land while both backends run
+    my (%before, $bad);
+    for my $i (1 .. 20) {
+        my ($st, $h) = main::front_post('/v1/chat/completions', main::chat("You are assistant number $i.", "Hello $i"));
+        $bad++ if $st != 200;
+        $before{$i} = $h->{'x-served-by'} // 'none';
+    }
+    my @on_b = grep { $before{$_} eq 'b' } sort { $a <=> $b } keys %before;
+    Test::More::ok(!$bad, "$name - all requests succeeded with both backends");
+    Test::More::ok(@on_b > 0 && @on_b < 20, "$name - both backends had conversations") or Test::More::diag(join ',', %before);
+    # a stream in flight on b, then b stops
+    my $i = $on_b[0] // 1;
+    my $body = JSON::PP->new->ascii->encode({ %{ main::chat("You are assistant number $i.", "Hello $i") },
+                                              max_tokens => 200, ignore_eos => JSON::PP::true, stream => JSON::PP::true });
+    my $s = main::llm_hold_request(main::llm_post('/v1/chat/completions', $body));
+    my $got = main::llm_read_until($s, qr/"delta":\{"content":"/, 20);
+    $stop->();
+    $got .= main::llm_read_until($s, qr/data: \[DONE\]/, 60);
+    Test::More::like($got, qr/^HTTP\/1\.1 200 .*\r\nX-Served-By: b\r\n.*data: \[DONE\]/s,
+                     "$name - the stream in flight on the stopping backend ran to its end");
+    $_->close for splice @main::LlmHeldSockets;
+    my ($moved, $failed) = (0, 0);
+    for my $j (1 .. 20) {
+        my ($st, $h) = main::front_post('/v1/chat/completions', main::chat("You are assistant number $j.", "Hello $j"));
+        $failed++ if $st != 200;
+        $moved++ if $before{$j} eq 'b' && ($h->{'x-served-by'} // '') eq 'a';
+    }
+    Test::More::is($failed, 0, "$name - no request failed after the backend stopped");
+    Test::More::is($moved, scalar @on_b, "$name - the stopped backend's conversations moved to the other");
+};
+my $err = $@;
+$stop->();
+die $err if $err;
+--- request
+GET /a/metrics
+--- response_body_like: llm:request_success_total\{model_name="a",device="cpu",worker="0",finished_reason="length"\} [1-9]
