@@ -12,7 +12,7 @@ add_response_body_check(sub {
     return unless defined $code;
     my ($content, $finish, $calls, $markup) = ('', undef, [], 0);
     for my $d ($body =~ /^data: (\{.*\})$/mg) {
-        my $j = eval { JSON::PP->new->decode($d) } or next;
+        my $j = eval { JSON::PP->new->utf8->decode($d) } or next;
         my $c = $j->{choices}[0] or next;
         $content .= $c->{delta}{content} // '';
         $finish = $c->{finish_reason} if defined $c->{finish_reason};
