@@ -669,6 +669,13 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
 }
 
 #if KERN_X86
+/* Lanes of a 16-wide vector that hold the first n (clamped to [0, 16]). */
+static inline __mmask16 mask16(int n)
+{
+    return n >= 16 ? (__mmask16) 0xffff
+         : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
+}
+
 /*
  * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
  * horizontal sums), 4 queries sharing each K load; softmax with exp512;
@@ -688,36 +695,57 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
     int hd = kv->hd, bs = kv->bs, ctx_max = pos0 + n_tok;
     int n_q = n_tok * n_rep, n_blocks = (ctx_max + bs - 1) / bs;
     size_t L = (size_t) n_blocks * (size_t) bs;
+    int cpb = (bs + 15) / 16, n_chunks = n_blocks * cpb;
     const __m512 vscale = _mm512_set1_ps(scale);
 
-    /* 1. raw scores, whole blocks (lanes past bs are not stored) */
-    for (int b = 0; b < n_blocks; b++) {
-        const float *kb = k_block(kv, table[b], g);
-        for (int c = 0; c < bs; c += 16) {
-            __mmask16 m = bs - c >= 16 ? (__mmask16) 0xffff
-                                       : (__mmask16) ((1u << (bs - c)) - 1);
-            for (int qi = 0; qi < n_q; qi += 4) {
-                int nq = n_q - qi < 4 ? n_q - qi : 4;
-                const float *qp[4];
-                __m512 acc[4];
-                for (int x = 0; x < 4; x++) {
-                    int qq = qi + (x < nq ? x : 0);
-                    qp[x] = q + (size_t) (qq / n_rep) * q_stride
-                            + (size_t) (qq % n_rep) * hd;
-                    acc[x] = _mm512_setzero_ps();
-                }
-                for (int d = 0; d < hd; d++) {
-                    __m512 kv16 = _mm512_maskz_loadu_ps(m, kb + (size_t) d * bs + c);
+    /* 1. raw scores, whole blocks (lanes past bs are not stored): two
+     * 16-key chunks x 4 queries per pass, so eight independent FMA chains
+     * hide the FMA latency and each K load serves four queries */
+    for (int ci = 0; ci < n_chunks; ci += 2) {
+        int nc = n_chunks - ci < 2 ? n_chunks - ci : 2;
+        const float *kp[2];
+        __mmask16 km[2];
+        size_t so[2];
+        for (int u = 0; u < 2; u++) {
+            int cc = ci + (u < nc ? u : 0);
+            int b = cc / cpb, c = (cc % cpb) * 16;
+            kp[u] = k_block(kv, table[b], g) + c;
+            km[u] = mask16(bs - c);
+            so[u] = (size_t) b * bs + (size_t) c;
+        }
+        for (int qi = 0; qi < n_q; qi += 4) {
+            int nq = n_q - qi < 4 ? n_q - qi : 4;
+            const float *qp[4];
+            __m512 acc[2][4];
 #pragma GCC unroll 4
-                    for (int x = 0; x < 4; x++) {
-                        acc[x] = _mm512_fmadd_ps(_mm512_set1_ps(qp[x][d]), kv16,
-                                                 acc[x]);
-                    }
+            for (int x = 0; x < 4; x++) {
+                int qq = qi + (x < nq ? x : 0);
+                qp[x] = q + (size_t) (qq / n_rep) * q_stride
+                        + (size_t) (qq % n_rep) * hd;
+                acc[0][x] = _mm512_setzero_ps();
+                acc[1][x] = _mm512_setzero_ps();
+            }
+            for (int d = 0; d < hd; d++) {
+                __m512 k0 = _mm512_maskz_loadu_ps(km[0], kp[0] + (size_t) d * bs);
+                __m512 k1 = _mm512_maskz_loadu_ps(km[1], kp[1] + (size_t) d * bs);
+#pragma GCC unroll 4
+                for (int x = 0; x < 4; x++) {
+                    __m512 qv = _mm512_set1_ps(qp[x][d]);
+                    acc[0][x] = _mm512_fmadd_ps(qv, k0, acc[0][x]);
+                    acc[1][x] = _mm512_fmadd_ps(qv, k1, acc[1][x]);
                 }
-                for (int x = 0; x < nq; x++) {
-                    _mm512_mask_storeu_ps(sc + (size_t) (qi + x) * L
-                                              + (size_t) b * bs + c,
-                                          m, _mm512_mul_ps(acc[x], vscale));
+            }
+            /* constant indices (guarded stores): GCC keeps the
+             * accumulators in registers only if no loop indexes them by a
+             * run-time bound */
+#pragma GCC unroll 2
+            for (int u = 0; u < 2; u++) {
+#pragma GCC unroll 4
+                for (int x = 0; x < 4; x++) {
+                    if (u < nc && x < nq) {
+                        _mm512_mask_storeu_ps(sc + (size_t) (qi + x) * L + so[u],
+                                              km[u], _mm512_mul_ps(acc[u][x], vscale));
+                    }
                 }
             }
         }
@@ -755,31 +783,44 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
             s[j] = 0.0f;
         }
     }
-    /* 3. out = P.V, 16 dimensions at a time, 8 queries per V load */
-    for (int d0 = 0; d0 < hd; d0 += 16) {
-        __mmask16 md = hd - d0 >= 16 ? (__mmask16) 0xffff
-                                     : (__mmask16) ((1u << (hd - d0)) - 1);
+    /* 3. out = P.V, 32 dimensions (two vectors) x 8 queries per pass,
+     * block by block (no division per key), key by key within a block */
+    for (int d0 = 0; d0 < hd; d0 += 32) {
+        __mmask16 md0 = mask16(hd - d0), md1 = mask16(hd - d0 - 16);
         for (int qi = 0; qi < n_q; qi += 8) {
             int nq = n_q - qi < 8 ? n_q - qi : 8;
-            __m512 acc[8];
+            __m512 acc0[8], acc1[8];
             const float *sp[8];
+#pragma GCC unroll 8
             for (int x = 0; x < 8; x++) {
-                acc[x] = _mm512_setzero_ps();
+                acc0[x] = _mm512_setzero_ps();
+                acc1[x] = _mm512_setzero_ps();
                 sp[x] = sc + (size_t) (qi + (x < nq ? x : 0)) * L;
             }
-            for (int j = 0; j < ctx_max; j++) {
-                __m512 v16 = _mm512_maskz_loadu_ps(md, v_row(kv, table[j / bs], g,
-                                                             j % bs) + d0);
+            for (int b = 0; b < n_blocks; b++) {
+                int jn = ctx_max - b * bs < bs ? ctx_max - b * bs : bs;
+                const float *vb = v_row(kv, table[b], g, 0) + d0;
+                size_t j0 = (size_t) b * bs;
+                for (int sl = 0; sl < jn; sl++) {
+                    __m512 v0 = _mm512_maskz_loadu_ps(md0, vb + (size_t) sl * hd);
+                    __m512 v1 = _mm512_maskz_loadu_ps(md1, vb + (size_t) sl * hd + 16);
 #pragma GCC unroll 8
-                for (int x = 0; x < 8; x++) {
-                    acc[x] = _mm512_fmadd_ps(_mm512_set1_ps(sp[x][j]), v16, acc[x]);
+                    for (int x = 0; x < 8; x++) {
+                        __m512 p = _mm512_set1_ps(sp[x][j0 + (size_t) sl]);
+                        acc0[x] = _mm512_fmadd_ps(p, v0, acc0[x]);
+                        acc1[x] = _mm512_fmadd_ps(p, v1, acc1[x]);
+                    }
                 }
             }
-            for (int x = 0; x < nq; x++) {
-                int qq = qi + x;
-                _mm512_mask_storeu_ps(out + (size_t) (qq / n_rep) * out_stride
-                                          + (size_t) (qq % n_rep) * hd + d0,
-                                      md, acc[x]);
+#pragma GCC unroll 8
+            for (int x = 0; x < 8; x++) {
+                if (x < nq) {
+                    int qq = qi + x;
+                    float *o = out + (size_t) (qq / n_rep) * out_stride
+                               + (size_t) (qq % n_rep) * hd + d0;
+                    _mm512_mask_storeu_ps(o, md0, acc0[x]);
+                    _mm512_mask_storeu_ps(o + 16, md1, acc1[x]);
+                }
             }
         }
     }

@@ -348,8 +348,10 @@ int main(int argc, char **argv)
            dummy ? " (dummy weights)" : "", m->cfg.n_layers,
            m->cfg.hidden_size, r.vocab, bpt / 1e9,
            kern_isa_name(kern_get_isa()), fast ? "fast" : "exact", threads);
-    /* warm-up: touch every weight page once */
-    if (run(&r, ids, prompt, 0) != 0) {
+    /* warm-up: touch every weight page, and the KV pool and scratch a
+     * prefill uses, once: the runs measure the steady state, not page
+     * faults of first use */
+    if (run(&r, ids, prefill, 0) != 0 || run(&r, ids, prompt, 0) != 0) {
         return 1;
     }
     rss_ready = rss_kb();
