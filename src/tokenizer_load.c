@@ -683,7 +683,10 @@ static int load_post_processor(tokenizer *t, const char *path, const cJSON *p,
             int32_t *arr = seen_sequence ? t->suffix_ids : t->prefix_ids;
             int *n = seen_sequence ? &t->n_suffix : &t->n_prefix;
 
-            if (!cJSON_IsNumber(id) || id->valueint < 0 || id->valueint >= t->vocab_size) {
+            /* in range and assigned: encode must never emit an id that
+             * decode calls unknown (found by fuzz_tokenizer_json) */
+            if (!cJSON_IsNumber(id) || id->valueint < 0 || id->valueint >= t->vocab_size
+                || t->key_len[id->valueint] < 0) {
                 set_err(err, errlen, "%s: post_processor.special_tokens[\"%s\"] has a bad id",
                         path, name->valuestring);
                 return -1;
