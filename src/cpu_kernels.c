@@ -337,13 +337,20 @@ AVX2_TARGET static void matmul_avx2(const kern_matrix *w, int r0, int r1,
 BF16_TARGET INLINE void bf16_step(__m512 acc[8][6], const uint16_t *W, size_t K,
                                   int r, int R, const uint16_t *XH,
                                   const uint16_t *XL, int LO, int t, int T,
-                                  size_t k, __mmask32 m)
+                                  size_t k, __mmask32 m, int PF)
 {
     __m512i wv[8];
 
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
         wv[i] = _mm512_maskz_loadu_epi16(m, W + (size_t) (r + i) * K + k);
+        if (PF) {
+            /* decode streams the weights once: ask for the same line of
+             * the next tile's rows now, so DRAM latency overlaps this
+             * tile's work (a prefetch past the matrix end is harmless) */
+            _mm_prefetch((const char *) (W + (size_t) (r + 2 * R + i) * K + k),
+                         _MM_HINT_T0);
+        }
     }
 #pragma GCC unroll 6
     for (int j = 0; j < T; j++) {
@@ -381,7 +388,8 @@ BF16_TARGET INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
 
 BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
                                   const uint16_t *XH, const uint16_t *XL,
-                                  int LO, int t, int T, float *y, size_t ldy)
+                                  int LO, int t, int T, float *y, size_t ldy,
+                                  int PF)
 {
     __m512 acc[8][6];
     size_t k = 0;
@@ -394,11 +402,11 @@ BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
         }
     }
     for (; k + 32 <= K; k += 32) {
-        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u);
+        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u, PF);
     }
     if (k < K) {
         bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k,
-                  (__mmask32) ((1ULL << (K - k)) - 1));
+                  (__mmask32) ((1ULL << (K - k)) - 1), PF);
     }
 #pragma GCC unroll 6
     for (int j = 0; j < T; j++) {
@@ -427,10 +435,10 @@ BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
         /* decode: more rows in flight hide the memory latency */
         int r = r0;
         for (; r + 8 <= r1; r += 8) {
-            bf16_tile(W, K, r, 8, XH, XL, LO, t0, 1, y, ldy);
+            bf16_tile(W, K, r, 8, XH, XL, LO, t0, 1, y, ldy, 1);
         }
         for (; r < r1; r++) {
-            bf16_tile(W, K, r, 1, XH, XL, LO, t0, 1, y, ldy);
+            bf16_tile(W, K, r, 1, XH, XL, LO, t0, 1, y, ldy, 0);
         }
         return;
     }
@@ -439,17 +447,17 @@ BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
             switch (nt) {
-            case 6: bf16_tile(W, K, r, 4, XH, XL, LO, t, 6, y, ldy); break;
-            case 5: bf16_tile(W, K, r, 4, XH, XL, LO, t, 5, y, ldy); break;
-            case 4: bf16_tile(W, K, r, 4, XH, XL, LO, t, 4, y, ldy); break;
-            case 3: bf16_tile(W, K, r, 4, XH, XL, LO, t, 3, y, ldy); break;
-            case 2: bf16_tile(W, K, r, 4, XH, XL, LO, t, 2, y, ldy); break;
-            default: bf16_tile(W, K, r, 4, XH, XL, LO, t, 1, y, ldy); break;
+            case 6: bf16_tile(W, K, r, 4, XH, XL, LO, t, 6, y, ldy, 0); break;
+            case 5: bf16_tile(W, K, r, 4, XH, XL, LO, t, 5, y, ldy, 0); break;
+            case 4: bf16_tile(W, K, r, 4, XH, XL, LO, t, 4, y, ldy, 0); break;
+            case 3: bf16_tile(W, K, r, 4, XH, XL, LO, t, 3, y, ldy, 0); break;
+            case 2: bf16_tile(W, K, r, 4, XH, XL, LO, t, 2, y, ldy, 0); break;
+            default: bf16_tile(W, K, r, 4, XH, XL, LO, t, 1, y, ldy, 0); break;
             }
         }
         for (; r < r1; r++) {
             for (int j = 0; j < nt; j++) {
-                bf16_tile(W, K, r, 1, XH, XL, LO, t + j, 1, y, ldy);
+                bf16_tile(W, K, r, 1, XH, XL, LO, t + j, 1, y, ldy, 0);
             }
         }
     }
