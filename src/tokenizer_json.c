@@ -264,6 +264,12 @@ long tjson_parse_vocab(const char *s, size_t start, size_t end,
             goto fail;
         }
         i = skip_ws(s, end, i + 1);
+        /* strtol alone would also take "+5" or other leading space than
+         * JSON's, which cJSON (the other reader) refuses */
+        if (i >= end || (s[i] != '-' && (s[i] < '0' || s[i] > '9'))) {
+            snprintf(err, errlen, "model.vocab[\"%.*s\"] is not a token id", (int) klen, o);
+            goto fail;
+        }
         id = strtol(s + i, &num_end, 10);
         if (num_end == s + i || id < 0 || id > 1000000000 || *num_end == '.'
             || *num_end == 'e' || *num_end == 'E') {
