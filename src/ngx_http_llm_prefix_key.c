@@ -119,6 +119,7 @@ ngx_http_llm_prefix_feed_prompt(ngx_http_llm_prefix_hash_t *h,
     const cJSON  *item;
     char          num[32];
     int           n;
+    ngx_uint_t    ids = 0;
 
     if (cJSON_IsString(prompt)) {
         ngx_http_llm_prefix_feed_str(h, prompt->valuestring);
@@ -139,8 +140,9 @@ ngx_http_llm_prefix_feed_prompt(ngx_http_llm_prefix_hash_t *h,
         if (n > 0) {
             ngx_http_llm_prefix_feed(h, num, (size_t) n);
         }
+        ids++;
     }
-    return 1;
+    return ids > 0;        /* a list of something else: no prefix known */
 }
 
 

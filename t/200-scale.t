@@ -248,11 +248,12 @@ Test::More::isnt($p1, $k4, "$name - a prompt and a chat differ");
 Test::More::like($p3, qr/^[0-9a-f]{32}$/, "$name - token ids have a key");
 Test::More::is($p4, $p3, "$name - a batch of token lists: the first");
 --- request eval
-["POST /v1/chat/completions\n{not json", "POST /v1/chat/completions\n{\"model\":\"m\"}", "GET /v1/models"]
+["POST /v1/chat/completions\n{not json", "POST /v1/chat/completions\n{\"model\":\"m\"}", "GET /v1/models",
+ "POST /v1/completions\n{\"prompt\":[{\"x\":1}]}", "POST /v1/chat/completions\n{\"messages\":[{\"role\":\"assistant\",\"content\":\"hi\"}]}"]
 --- response_headers eval
-["!X-Prefix-Key", "!X-Prefix-Key", "!X-Prefix-Key"]
+["!X-Prefix-Key", "!X-Prefix-Key", "!X-Prefix-Key", "!X-Prefix-Key", "!X-Prefix-Key"]
 --- response_body eval
-["backend\n", "backend\n", "backend\n"]
+["backend\n", "backend\n", "backend\n", "backend\n", "backend\n"]
 --- no_error_log
 [error]
 
