@@ -225,6 +225,14 @@ static void matmul_scalar(const kern_matrix *w, int r0, int r1,
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define INLINE static inline __attribute__((always_inline))
 
+/* Lanes of a 16-wide vector that hold the first n (clamped to [0, 16]). */
+INLINE __mmask16 mask16(int n)
+{
+    return n >= 16 ? (__mmask16) 0xffff
+         : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
+}
+
+
 AVX2_TARGET INLINE __m256 avx2_load8(llm_dtype t, const void *p, size_t i)
 {
     switch (t) {
@@ -504,6 +512,61 @@ void kern_matmul(const kern_matrix *w, int r0, int r1, const kern_acts *a,
 
 /* ---- element-wise -------------------------------------------------------- */
 
+#if KERN_X86
+/* Sum of squares in double (8 lanes twice per 16 floats, one fixed order
+ * for a given n), then the same two rounded products per element as the
+ * scalar code. */
+BF16_TARGET static void rmsnorm_512(const float *x, const float *w, int n,
+                                    float eps, float *out)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    __m512 vinv;
+    float inv;
+    int i;
+
+    for (i = 0; i < n; i += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(mask16(n - i), x + i);
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(
+            _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    inv = 1.0f / sqrtf((float) (_mm512_reduce_add_pd(_mm512_add_pd(s0, s1))
+                                / n) + eps);
+    vinv = _mm512_set1_ps(inv);
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = mask16(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vinv);
+        _mm512_mask_storeu_ps(out + i, m,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i), v));
+    }
+}
+
+/* The scalar rotation's four rounded products and two sums, 16 lanes. */
+BF16_TARGET static void rope_512(float *x, int n_heads, int hd,
+                                 const float *cos_, const float *sin_)
+{
+    int half = hd / 2;
+
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t) h * hd;
+        for (int i = 0; i < half; i += 16) {
+            __mmask16 m = mask16(half - i);
+            __m512 x1 = _mm512_maskz_loadu_ps(m, v + i);
+            __m512 x2 = _mm512_maskz_loadu_ps(m, v + i + half);
+            __m512 c = _mm512_maskz_loadu_ps(m, cos_ + i);
+            __m512 sn = _mm512_maskz_loadu_ps(m, sin_ + i);
+            _mm512_mask_storeu_ps(v + i, m, _mm512_sub_ps(_mm512_mul_ps(x1, c),
+                                                          _mm512_mul_ps(x2, sn)));
+            _mm512_mask_storeu_ps(v + i + half, m,
+                                  _mm512_add_ps(_mm512_mul_ps(x2, c),
+                                                _mm512_mul_ps(x1, sn)));
+        }
+    }
+}
+#endif
+
 void kern_rmsnorm(const float *x, const float *w, int n, float eps,
                   float *out)
 {
@@ -512,6 +575,12 @@ void kern_rmsnorm(const float *x, const float *w, int n, float eps,
     double ss = 0.0;
     float inv;
 
+#if KERN_X86
+    if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
+        rmsnorm_512(x, w, n, eps, out);
+        return;
+    }
+#endif
     for (int i = 0; i < n; i++) {
         ss += (double) x[i] * (double) x[i];
     }
@@ -526,6 +595,12 @@ void kern_rope(float *x, int n_heads, int hd, const float *cos_,
 {
     int half = hd / 2;
 
+#if KERN_X86
+    if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
+        rope_512(x, n_heads, hd, cos_, sin_);
+        return;
+    }
+#endif
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t) h * hd;
         for (int i = 0; i < half; i++) {
@@ -677,13 +752,6 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
 }
 
 #if KERN_X86
-/* Lanes of a 16-wide vector that hold the first n (clamped to [0, 16]). */
-static inline __mmask16 mask16(int n)
-{
-    return n >= 16 ? (__mmask16) 0xffff
-         : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
-}
-
 /*
  * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
  * horizontal sums), 4 queries sharing each K load; softmax with exp512;
