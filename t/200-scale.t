@@ -212,6 +212,7 @@ connect() failed (111: Connection refused) while connecting to upstream
 === TEST 4: a front without any model computes the key: stable per conversation, distinct per prefix and model
 --- http_config
     llm_prefix_key_bytes 64;
+    client_body_buffer_size 1k;     # the long bodies below go to temp files
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1;
         location / { return 200 "backend\n"; }
@@ -223,7 +224,7 @@ connect() failed (111: Connection refused) while connecting to upstream
     }
 --- init
 my $key = sub { my (undef, $h) = main::front_post('/v1/chat/completions', $_[0]); $h->{'x-prefix-key'} // '' };
-my $long = 'x' x 100;    # longer than llm_prefix_key_bytes 64
+my $long = 'x' x 3000;   # longer than llm_prefix_key_bytes 64 and the body buffer
 my $k1 = $key->({ model => 'm', messages => [{ role => 'system', content => 'short' }, { role => 'user', content => 'one' }] });
 my $k2 = $key->({ model => 'm', messages => [{ role => 'system', content => 'short' }, { role => 'user', content => 'two' }] });
 my $k3 = $key->({ model => 'm', messages => [{ role => 'system', content => 'short' }, { role => 'user', content => 'one' },
@@ -240,6 +241,7 @@ my $p4 = $key->({ model => 'm', prompt => [[1, 2, 3], [4]] });
 Test::More::like($k1, qr/^[0-9a-f]{32}$/, "$name - a chat request has a key");
 Test::More::isnt($k1, $k2, "$name - short prefixes that differ give different keys");
 Test::More::is($k3, $k1, "$name - a later turn of the conversation keeps its key");
+Test::More::like($k4, qr/^[0-9a-f]{32}$/, "$name - a body in a temp file has a key");
 Test::More::is($k5, $k4, "$name - a shared prefix longer than the limit gives one key");
 Test::More::isnt($k6, $k4, "$name - another model, another key");
 Test::More::is($k7, $k1, "$name - content parts count as their text");
