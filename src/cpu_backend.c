@@ -74,7 +74,13 @@ typedef struct {
     /* scratch, grown on demand */
     int          cap;            /* tokens */
     float       *x, *xn, *tmp, *q, *k, *v, *att, *g, *u;
-    uint16_t    *hi, *lo;
+    /* bf16 split of a matmul's input, written by the pass that produces
+     * the input (per token or per block of rows, in parallel) instead of
+     * serially before the matmul: hi/lo for xn and att, hi2/lo2 for the
+     * SiLU product (its producer runs while the gate/up input is still
+     * being read) */
+    uint16_t    *hi, *lo, *hi2, *lo2;
+    int          split;          /* layer weights take the split path */
     float       *rope_cos, *rope_sin;
     int32_t     *tok_seq;
     int          tok_cap;
@@ -254,8 +260,10 @@ typedef struct {
     int         block;           /* rows per task */
     int         tasks[4];        /* cumulative task counts */
     kern_acts   a;
-    /* gate/up fusion: after the up block, y_gate = silu(y_gate) * y_up */
+    /* gate/up fusion: after the up block, y_gate = silu(y_gate) * y_up,
+     * and (when split_hi is set) its bf16 split for the down projection */
     int         fuse_silu;
+    uint16_t   *split_hi, *split_lo;
 } mm_job;
 
 static void mm_task(void *ctx, int task, int thread)
@@ -279,6 +287,11 @@ static void mm_task(void *ctx, int task, int thread)
             float *gy = j->t[0].y + (size_t) t * j->t[0].ldy;
             const float *uy = j->t[1].y + (size_t) t * j->t[1].ldy;
             kern_silu_mul(gy + r0, uy + r0, gy + r0, r1 - r0);
+            if (j->split_hi) {
+                size_t o = (size_t) t * j->t[0].ldy + (size_t) r0;
+                kern_split_bf16(gy + r0, (size_t) (r1 - r0), j->split_hi + o,
+                                j->split_lo + o);
+            }
         }
         return;
     }
@@ -309,8 +322,12 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
     return blk;
 }
 
+/* hi/lo: x's bf16 split when its producer already made it (b->split),
+ * else NULL (made here if the weights want it). */
 static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
-                        const float *x, int n_tok, int cols, int fuse_silu)
+                        const float *x, const uint16_t *hi,
+                        const uint16_t *lo, int n_tok, int cols,
+                        int fuse_silu)
 {
     mm_job j;
     int total_rows = 0, want_split = 0;
@@ -327,9 +344,17 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
     j.a.n = n_tok;
     j.a.cols = cols;
     if (want_split) {
-        kern_split_bf16(x, (size_t) n_tok * (size_t) cols, b->hi, b->lo);
-        j.a.hi = b->hi;
-        j.a.lo = b->fast ? NULL : b->lo;
+        if (hi == NULL) {
+            kern_split_bf16(x, (size_t) n_tok * (size_t) cols, b->hi, b->lo);
+            hi = b->hi;
+            lo = b->lo;
+        }
+        j.a.hi = hi;
+        j.a.lo = b->fast ? NULL : lo;
+    }
+    if (fuse_silu && b->split) {
+        j.split_hi = b->hi2;
+        j.split_lo = b->lo2;
     }
     j.block = mm_block_rows(b, targets[0].w, n_tok, total_rows);
     j.tasks[0] = 0;
@@ -354,6 +379,8 @@ typedef struct {
     int              layer;
     int              per_task;
     int              what;
+    int              add_tmp;    /* TOK_INPUT_NORM: x += tmp first (the
+                                  * previous layer's down projection) */
 } tok_job;
 
 enum { TOK_INPUT_NORM, TOK_QKV_POST, TOK_POST_NORM, TOK_ATTN };
@@ -384,13 +411,25 @@ static void tok_one(tok_job *j, int t, int thread)
 
     switch (j->what) {
     case TOK_INPUT_NORM:
-        kern_rmsnorm(b->x + (size_t) t * b->H, L->input_norm, b->H, b->eps,
-                     b->xn + (size_t) t * b->H);
+    case TOK_POST_NORM: {
+        /* residual add (O or down projection), norm and bf16 split of one
+         * token, fused so the matmul that follows starts at once */
+        float *x = b->x + (size_t) t * b->H, *xn = b->xn + (size_t) t * b->H;
+        const float *tmp = b->tmp + (size_t) t * b->H;
+        if (j->what == TOK_POST_NORM || j->add_tmp) {
+            for (int i = 0; i < b->H; i++) {
+                x[i] += tmp[i];
+            }
+        }
+        kern_rmsnorm(x, j->what == TOK_INPUT_NORM ? L->input_norm
+                                                  : L->post_norm,
+                     b->H, b->eps, xn);
+        if (b->split) {
+            kern_split_bf16(xn, (size_t) b->H, b->hi + (size_t) t * b->H,
+                            b->lo + (size_t) t * b->H);
+        }
         break;
-    case TOK_POST_NORM:
-        kern_rmsnorm(b->x + (size_t) t * b->H, L->post_norm, b->H, b->eps,
-                     b->xn + (size_t) t * b->H);
-        break;
+    }
     case TOK_QKV_POST: {
         float *q = b->q + (size_t) t * b->Q, *k = b->k + (size_t) t * b->KV;
         float *v = b->v + (size_t) t * b->KV;
@@ -443,6 +482,14 @@ static void tok_task(void *ctx, int task, int thread)
                        1.0f / sqrtf((float) b->hd), b->q + off, (size_t) b->Q,
                        b->scores + (size_t) thread * b->scores_per_thread,
                        b->att + off, (size_t) b->Q);
+        if (b->split) {
+            /* this task's slice of att, split for the O projection */
+            for (int i = 0; i < b->tile_len[tile]; i++) {
+                size_t o = off + (size_t) i * b->Q;
+                kern_split_bf16(b->att + o, (size_t) b->n_rep * b->hd,
+                                b->hi + o, b->lo + o);
+            }
+        }
         return;
     }
     if (t1 > j->n) {
@@ -514,6 +561,8 @@ static int ensure_scratch(cpu_backend *b, int n_tok, int max_ctx,
         b->u = xrealloc(b->u, n * b->I * sizeof(float), &failed);
         b->hi = xrealloc(b->hi, n * widest * sizeof(uint16_t), &failed);
         b->lo = xrealloc(b->lo, n * widest * sizeof(uint16_t), &failed);
+        b->hi2 = xrealloc(b->hi2, n * b->I * sizeof(uint16_t), &failed);
+        b->lo2 = xrealloc(b->lo2, n * b->I * sizeof(uint16_t), &failed);
         b->rope_cos = xrealloc(b->rope_cos, n * (b->hd / 2) * sizeof(float),
                                &failed);
         b->rope_sin = xrealloc(b->rope_sin, n * (b->hd / 2) * sizeof(float),
@@ -662,29 +711,28 @@ static void layer_forward(cpu_backend *b, tok_job *j)
 {
     const cpu_layer *L = &b->layers[j->layer];
     int n = j->n;
+    const uint16_t *hi = b->split ? b->hi : NULL, *lo = b->split ? b->lo : NULL;
     mm_target t[3];
 
+    j->add_tmp = j->layer > 0;
     run_tokens(b, j, TOK_INPUT_NORM);
     t[0] = (mm_target) { &L->q, b->q, (size_t) b->Q };
     t[1] = (mm_target) { &L->k, b->k, (size_t) b->KV };
     t[2] = (mm_target) { &L->v, b->v, (size_t) b->KV };
-    run_matmuls(b, t, 3, b->xn, n, b->H, 0);
+    run_matmuls(b, t, 3, b->xn, hi, lo, n, b->H, 0);
     run_tokens(b, j, TOK_QKV_POST);
     run_tokens(b, j, TOK_ATTN);
     t[0] = (mm_target) { &L->o, b->tmp, (size_t) b->H };
-    run_matmuls(b, t, 1, b->att, n, b->Q, 0);
-    for (size_t i = 0; i < (size_t) n * b->H; i++) {
-        b->x[i] += b->tmp[i];
-    }
+    run_matmuls(b, t, 1, b->att, hi, lo, n, b->Q, 0);
     run_tokens(b, j, TOK_POST_NORM);
     t[0] = (mm_target) { &L->gate, b->g, (size_t) b->I };
     t[1] = (mm_target) { &L->up, b->u, (size_t) b->I };
-    run_matmuls(b, t, 2, b->xn, n, b->H, 1);
+    run_matmuls(b, t, 2, b->xn, hi, lo, n, b->H, 1);
     t[0] = (mm_target) { &L->down, b->tmp, (size_t) b->H };
-    run_matmuls(b, t, 1, b->g, n, b->I, 0);
-    for (size_t i = 0; i < (size_t) n * b->H; i++) {
-        b->x[i] += b->tmp[i];
-    }
+    run_matmuls(b, t, 1, b->g, b->split ? b->hi2 : NULL,
+                b->split ? b->lo2 : NULL, n, b->I, 0);
+    /* the down projection's residual is added by the next layer's
+     * TOK_INPUT_NORM pass, or after the last layer */
 }
 
 static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
@@ -698,6 +746,17 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
     }
     if (bt->n_tokens == 0) {
         return 0;
+    }
+    /* producers split activations for the matmuls only when every layer
+     * matrix takes the bf16 path (the ISA can be lowered at run time) */
+    b->split = 1;
+    for (int l = 0; l < b->n_layers; l++) {
+        const cpu_layer *L = &b->layers[l];
+        const kern_matrix *ms[] = { &L->q, &L->k, &L->v, &L->o, &L->gate,
+                                    &L->up, &L->down };
+        for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+            b->split &= kern_wants_split(ms[i]->dtype);
+        }
     }
     chunk = bt->n_tokens < CPU_CHUNK_TOKENS ? bt->n_tokens : CPU_CHUNK_TOKENS;
     if (ensure_scratch(b, chunk, max_ctx, bt->n_logits) != 0) {
@@ -725,6 +784,9 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
         for (int l = 0; l < b->n_layers; l++) {
             j.layer = l;
             layer_forward(b, &j);
+        }
+        for (size_t i = 0; i < (size_t) n * b->H; i++) {
+            b->x[i] += b->tmp[i];
         }
         for (int i = 0; i < bt->n_logits; i++) {
             int r = bt->logit_rows[i];
@@ -810,7 +872,8 @@ static void cpu_destroy(llm_backend *base)
     free(b->kv);
     free(b->x); free(b->xn); free(b->tmp); free(b->q); free(b->k);
     free(b->v); free(b->att); free(b->g); free(b->u);
-    free(b->hi); free(b->lo); free(b->rope_cos); free(b->rope_sin);
+    free(b->hi); free(b->lo); free(b->hi2); free(b->lo2);
+    free(b->rope_cos); free(b->rope_sin);
     free(b->tok_seq); free(b->scores);
     free(b->tile_start); free(b->tile_len);
     free(b->final_rows); free(b->final_hi); free(b->final_lo);
