@@ -95,7 +95,13 @@ NGX_TREE := $(BUILD)/nginx
 NGX_CC_OPT := -Wextra -Wno-unused-parameter -Werror $(if $(SAN),-fsanitize=$(SAN) -fno-omit-frame-pointer) -I/usr/include/cjson
 NGX_LD_OPT := $(if $(SAN),-fsanitize=$(SAN))
 
-$(NGX_TREE)/Makefile: config
+# nginx's configure lists the module's sources: run it again when the set
+# of src/ngx_* files changes (the list file changes only then).
+NGX_FILES := $(sort $(wildcard src/ngx_*.c src/ngx_*.h))
+NGX_LIST  := $(BUILD)/nginx-sources.txt
+$(shell mkdir -p $(BUILD) && (echo "$(NGX_FILES)" | cmp -s - $(NGX_LIST) || echo "$(NGX_FILES)" > $(NGX_LIST)))
+
+$(NGX_TREE)/Makefile: config $(NGX_LIST)
 	@test -x $(NGINX_SRC)/configure || test -x $(NGINX_SRC)/auto/configure || \
 	  { echo "no nginx source tree at $(NGINX_SRC): run 'make deps' (Debian's nginx-dev) or set NGINX_SRC=" >&2; exit 1; }
 	rm -rf $(NGX_TREE) && mkdir -p $(NGX_TREE)
