@@ -5,6 +5,8 @@
  * min_tokens, chat_template_kwargs, ...), so clients written for either work.
  */
 #include "openai.h"
+#include "json_schema.h"
+#include "tool_parser.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -918,9 +920,157 @@ static char *json_text(const cJSON *j, oai_error *err)
     return s;
 }
 
+/*
+ * tools + tool_choice (none, auto, required, a named function) and
+ * response_format (text, json_object, json_schema).  auto/required/named:
+ * the output's <tool_call> blocks become tool_calls; required/named and
+ * the JSON formats are enforced by constrained decoding, whose grammar is
+ * compiled here once so that an unsupported schema is a 400 naming it.
+ */
+static int set_constraint(cJSON *spec, const char *param, oai_request *req,
+                          oai_error *err)
+{
+    char msg[LLM_ERR_MAX];
+    const char *which = param;
+    grammar *g;
+
+    if (spec == NULL) {
+        return oom(err);
+    }
+    req->constraint_json = cJSON_PrintUnformatted(spec);
+    cJSON_Delete(spec);
+    if (req->constraint_json == NULL) {
+        return oom(err);
+    }
+    msg[0] = '\0';
+    g = json_schema_constraint(req->constraint_json, msg, sizeof(msg), &which);
+    if (g == NULL) {
+        return bad_value(err, param, "%s", msg);
+    }
+    grammar_free(g);
+    return 0;
+}
+
+static int parse_tools(const cJSON *root, const cJSON *tools, const cJSON *tc,
+                       oai_request *req, oai_error *err)
+{
+    const char *mode = tools != NULL && cJSON_GetArraySize(tools) > 0
+                       ? "auto" : "none";
+    const char *name = NULL;
+    const cJSON *t, *rf;
+    cJSON *spec;
+    int parallel = 1;
+
+    if (cJSON_IsString(tc)) {
+        mode = tc->valuestring;
+        if (strcmp(mode, "none") != 0 && strcmp(mode, "auto") != 0
+            && strcmp(mode, "required") != 0)
+        {
+            return bad_value(err, "tool_choice", "tool_choice must be "
+                             "'none', 'auto', 'required' or {\"type\": "
+                             "\"function\", \"function\": {\"name\": ...}}");
+        }
+    } else if (tc != NULL) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(fn, "name");
+
+        t = cJSON_GetObjectItemCaseSensitive(tc, "type");
+        if (!cJSON_IsObject(tc) || !cJSON_IsString(t)
+            || strcmp(t->valuestring, "function") != 0 || !cJSON_IsString(n))
+        {
+            return bad_type(err, "tool_choice", "'none', 'auto', 'required' "
+                            "or {\"type\": \"function\", \"function\": "
+                            "{\"name\": ...}}");
+        }
+        mode = "named";
+        name = n->valuestring;
+    }
+    if (strcmp(mode, "none") != 0
+        && (tools == NULL || cJSON_GetArraySize(tools) == 0))
+    {
+        return bad_value(err, "tool_choice", "tool_choice '%s' needs "
+                         "'tools'", mode);
+    }
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+
+        if (!cJSON_IsObject(fn)
+            || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "name")))
+        {
+            return bad_value(err, "tools", "each tool needs a 'function' "
+                             "with a 'name'");
+        }
+    }
+    if (get_bool(root, "parallel_tool_calls", &parallel, err) < 0) {
+        return -1;
+    }
+    req->tool_parsing = strcmp(mode, "none") != 0;
+    if (strcmp(mode, "required") == 0 || strcmp(mode, "named") == 0) {
+        spec = cJSON_CreateObject();
+        if (spec == NULL
+            || cJSON_AddStringToObject(spec, "type", "tool_calls") == NULL
+            || !cJSON_AddItemToObject(spec, "tools",
+                                      cJSON_Duplicate(tools, 1))
+            || (name != NULL
+                && cJSON_AddStringToObject(spec, "name", name) == NULL)
+            || cJSON_AddBoolToObject(spec, "parallel", parallel) == NULL)
+        {
+            cJSON_Delete(spec);
+            return oom(err);
+        }
+        return set_constraint(spec, name != NULL ? "tool_choice" : "tools",
+                              req, err);
+    }
+
+    rf = field(root, "response_format");
+    if (rf != NULL) {
+        const cJSON *type = cJSON_IsObject(rf)
+                            ? cJSON_GetObjectItemCaseSensitive(rf, "type")
+                            : NULL;
+
+        if (!cJSON_IsString(type)) {
+            return bad_type(err, "response_format",
+                            "an object with a string 'type'");
+        }
+        if (strcmp(type->valuestring, "text") == 0) {
+            return 0;
+        }
+        if (strcmp(type->valuestring, "json_object") == 0) {
+            return set_constraint(cJSON_Parse("{\"type\":\"json_object\"}"),
+                                  "response_format", req, err);
+        }
+        if (strcmp(type->valuestring, "json_schema") == 0) {
+            const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf,
+                                                               "json_schema");
+            const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js,
+                                                                   "schema");
+
+            if (!cJSON_IsObject(js) || !cJSON_IsObject(schema)) {
+                return bad_type(err, "response_format",
+                                "{\"type\": \"json_schema\", \"json_schema\": "
+                                "{\"name\": ..., \"schema\": {...}}}");
+            }
+            spec = cJSON_CreateObject();
+            if (spec == NULL
+                || cJSON_AddStringToObject(spec, "type", "json_schema") == NULL
+                || !cJSON_AddItemToObject(spec, "schema",
+                                          cJSON_Duplicate(schema, 1)))
+            {
+                cJSON_Delete(spec);
+                return oom(err);
+            }
+            return set_constraint(spec, "response_format", req, err);
+        }
+        return bad_value(err, "response_format", "response_format type "
+                         "'%.32s' is not supported ('text', 'json_object', "
+                         "'json_schema')", type->valuestring);
+    }
+    return 0;
+}
+
 static int parse_chat(const cJSON *root, oai_request *req, oai_error *err)
 {
-    cJSON *msgs, *tools, *kwargs, *rf, *tc;
+    cJSON *msgs, *tools, *kwargs, *tc;
 
     msgs = normalize_messages(field(root, "messages"), err);
     if (msgs == NULL) {
@@ -962,20 +1112,8 @@ static int parse_chat(const cJSON *root, oai_request *req, oai_error *err)
     {
         return -1;
     }
-    rf = field(root, "response_format");
-    if (rf != NULL) {
-        cJSON *type = cJSON_IsObject(rf)
-                      ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
-
-        if (!cJSON_IsString(type)) {
-            return bad_type(err, "response_format",
-                            "an object with a string 'type'");
-        }
-        if (strcmp(type->valuestring, "text") != 0) {
-            return bad_value(err, "response_format", "response_format type "
-                             "'%.32s' is not supported (only 'text')",
-                             type->valuestring);
-        }
+    if (parse_tools(root, tools, tc, req, err) < 0) {
+        return -1;
     }
     return 0;
 }
@@ -1072,6 +1210,7 @@ void oai_request_params(const oai_request *req, int i, llm_request_params *p)
         p->tools_json = req->tools_json;
         p->template_kwargs_json = req->kwargs_json;
         p->add_generation_prompt = req->add_generation_prompt;
+        p->constraint_json = req->constraint_json;
     } else if (req->prompts[i].is_tokens) {
         p->kind = LLM_PROMPT_TOKENS;
         p->tokens = req->prompts[i].tokens;
@@ -1096,6 +1235,7 @@ void oai_request_free(oai_request *req)
     free(req->messages_json);
     free(req->tools_json);
     free(req->kwargs_json);
+    free(req->constraint_json);
     for (i = 0; i < req->n_stop; i++) {
         free(req->stop[i]);
     }
@@ -1157,6 +1297,21 @@ int oai_response_init(oai_response *rs, const oai_request *req,
     for (i = 0; i < rs->n_choices; i++) {
         rs->choices[i].stop_token = -1;
     }
+    rs->tool_parsing = req->tool_parsing && req->kind == OAI_CHAT;
+    for (i = 0; rs->tool_parsing && rs->stream && i < rs->n_choices; i++) {
+        uint64_t seed;
+
+        if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK)
+            != (ssize_t) sizeof(seed))
+        {
+            seed = (uint64_t) time(NULL) ^ (uint64_t) (uintptr_t) rs ^ i;
+        }
+        rs->choices[i].tool_parser = tool_parser_new(seed);
+        if (rs->choices[i].tool_parser == NULL) {
+            oai_response_free(rs);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -1168,6 +1323,7 @@ void oai_response_free(oai_response *rs)
         oai_buf_free(&rs->choices[i].text);
         cJSON_Delete(rs->choices[i].logprobs);
         free(rs->choices[i].stop_str);
+        tool_parser_free(rs->choices[i].tool_parser);
     }
     free(rs->choices);
     free(rs->model);
@@ -1183,6 +1339,15 @@ static const char *finish_name(llm_finish_reason f)
     case LLM_FINISH_ERROR:  return "error";
     default:                return NULL;
     }
+}
+
+/* A turn that made tool calls finishes with "tool_calls" (as OpenAI). */
+static const char *choice_finish_name(const oai_choice *c)
+{
+    if (c->n_tool_calls > 0 && c->finish == LLM_FINISH_STOP) {
+        return "tool_calls";
+    }
+    return finish_name(c->finish);
 }
 
 static double clamp_logprob(float lp)
@@ -1488,7 +1653,8 @@ static int stream_chunk(oai_response *rs, int index, int with_role,
     }
     free(safe);
     if (finish != NULL) {
-        cJSON_AddStringToObject(ch, "finish_reason", finish_name(finish->finish));
+        cJSON_AddStringToObject(ch, "finish_reason",
+                                choice_finish_name(finish));
         add_stop_reason(ch, finish);
     } else {
         cJSON_AddNullToObject(ch, "finish_reason");
@@ -1497,6 +1663,77 @@ static int stream_chunk(oai_response *rs, int index, int with_role,
         cJSON_AddNullToObject(o, "usage");
     }
     return emit(o, out);
+}
+
+/* A chunk with one tool-call delta: the call's id, type and name on its
+ * first one, then pieces of its arguments. */
+static int tool_call_chunk(oai_response *rs, int index, const tool_delta *d,
+                           oai_buf *out)
+{
+    cJSON *o = chunk_header(rs), *choices, *ch, *delta, *calls, *call, *fn;
+
+    if (o == NULL) {
+        return -1;
+    }
+    choices = cJSON_AddArrayToObject(o, "choices");
+    ch = cJSON_CreateObject();
+    if (choices == NULL || ch == NULL) {
+        cJSON_Delete(ch);
+        cJSON_Delete(o);
+        return -1;
+    }
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", index);
+    delta = cJSON_AddObjectToObject(ch, "delta");
+    calls = cJSON_AddArrayToObject(delta, "tool_calls");
+    call = cJSON_CreateObject();
+    if (calls == NULL || call == NULL) {
+        cJSON_Delete(call);
+        cJSON_Delete(o);
+        return -1;
+    }
+    cJSON_AddItemToArray(calls, call);
+    cJSON_AddNumberToObject(call, "index", d->index);
+    if (d->id != NULL) {
+        cJSON_AddStringToObject(call, "id", d->id);
+        cJSON_AddStringToObject(call, "type", "function");
+    }
+    fn = cJSON_AddObjectToObject(call, "function");
+    if (d->name != NULL) {
+        cJSON_AddStringToObject(fn, "name", d->name);
+    }
+    cJSON_AddStringToObject(fn, "arguments", d->text);
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddNullToObject(ch, "finish_reason");
+    if (rs->include_usage) {
+        cJSON_AddNullToObject(o, "usage");
+    }
+    return emit(o, out);
+}
+
+/* Streams text through the choice's tool-call parser: content deltas as
+ * content, calls as tool_calls deltas; final flushes what it held. */
+static int stream_tool_text(oai_response *rs, int i, const char *text,
+                            size_t len, int final, oai_buf *out)
+{
+    oai_choice *c = &rs->choices[i];
+    tool_deltas ds = { NULL, 0, 0 };
+    int k, rc;
+
+    rc = final ? tool_parser_finish(c->tool_parser, &ds)
+               : tool_parser_feed(c->tool_parser, text, len, &ds);
+    for (k = 0; rc == 0 && k < ds.n; k++) {
+        if (ds.d[k].kind == TOOL_DELTA_CONTENT) {
+            c->chars += utf8_count_chars(ds.d[k].text, ds.d[k].len);
+            rc = stream_chunk(rs, i, 0, ds.d[k].text, ds.d[k].len, NULL,
+                              NULL, out);
+        } else {
+            rc = tool_call_chunk(rs, i, &ds.d[k], out);
+        }
+    }
+    c->n_tool_calls = tool_parser_num_calls(c->tool_parser);
+    tool_deltas_free(&ds);
+    return rc;
 }
 
 int oai_stream_event(oai_response *rs, int i, const llm_event *ev,
@@ -1538,6 +1775,10 @@ int oai_stream_event(oai_response *rs, int i, const llm_event *ev,
                 return -1;
             }
         }
+        if (c->tool_parser != NULL) {
+            return stream_tool_text(rs, i, ev->text ? ev->text : "",
+                                    ev->text_len, 0, out);
+        }
         if (ev->text_len == 0 && !(rs->logprobs && ev->n_tokens > 0)) {
             return 0;      /* text held back (stop string, UTF-8) */
         }
@@ -1566,6 +1807,11 @@ int oai_stream_event(oai_response *rs, int i, const llm_event *ev,
             if (stream_chunk(rs, i, 1, "", 0, NULL, NULL, out) < 0) {
                 return -1;
             }
+        }
+        if (c->tool_parser != NULL
+            && stream_tool_text(rs, i, NULL, 0, 1, out) < 0)
+        {
+            return -1;
         }
         choice_finish(c, ev);
         /* the final chunk: empty delta (chat) or empty text + reason */
@@ -1666,6 +1912,51 @@ int oai_collect_event(oai_response *rs, int i, const llm_event *ev)
     }
 }
 
+/* message.content and message.tool_calls from a whole output: content
+ * null when it is empty and there are calls. */
+static int add_tool_calls(cJSON *m, oai_choice *c, const char *text,
+                          size_t len)
+{
+    tool_parse_result r;
+    uint64_t seed;
+    cJSON *calls;
+    int k;
+
+    if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK)
+        != (ssize_t) sizeof(seed))
+    {
+        seed = (uint64_t) time(NULL) ^ (uint64_t) (uintptr_t) c;
+    }
+    if (tool_parse_text(text, len, seed, &r) != 0) {
+        return -1;
+    }
+    c->n_tool_calls = r.n_calls;
+    if (r.n_calls > 0 && r.content_len == 0) {
+        cJSON_AddNullToObject(m, "content");
+    } else {
+        cJSON_AddStringToObject(m, "content", r.content);
+    }
+    if (r.n_calls > 0) {
+        calls = cJSON_AddArrayToObject(m, "tool_calls");
+        for (k = 0; calls != NULL && k < r.n_calls; k++) {
+            cJSON *call = cJSON_CreateObject(), *fn;
+
+            if (call == NULL) {
+                break;
+            }
+            cJSON_AddItemToArray(calls, call);
+            cJSON_AddStringToObject(call, "id", r.calls[k].id);
+            cJSON_AddStringToObject(call, "type", "function");
+            fn = cJSON_AddObjectToObject(call, "function");
+            cJSON_AddStringToObject(fn, "name", r.calls[k].name);
+            cJSON_AddStringToObject(fn, "arguments", r.calls[k].arguments
+                                    ? r.calls[k].arguments : "");
+        }
+    }
+    tool_parse_result_free(&r);
+    return 0;
+}
+
 char *oai_response_json(oai_response *rs, size_t *len)
 {
     cJSON *o = cJSON_CreateObject(), *choices;
@@ -1698,7 +1989,15 @@ char *oai_response_json(oai_response *rs, size_t *len)
             cJSON *m = cJSON_AddObjectToObject(ch, "message");
 
             cJSON_AddStringToObject(m, "role", "assistant");
-            cJSON_AddStringToObject(m, "content", text);
+            if (rs->tool_parsing) {
+                if (add_tool_calls(m, c, text, strlen(text)) < 0) {
+                    free(text);
+                    cJSON_Delete(o);
+                    return NULL;
+                }
+            } else {
+                cJSON_AddStringToObject(m, "content", text);
+            }
             cJSON_AddNullToObject(m, "refusal");
             if (rs->logprobs) {
                 cJSON *lp = cJSON_AddObjectToObject(ch, "logprobs");
@@ -1720,8 +2019,9 @@ char *oai_response_json(oai_response *rs, size_t *len)
             }
         }
         free(text);
-        if (finish_name(c->finish)) {
-            cJSON_AddStringToObject(ch, "finish_reason", finish_name(c->finish));
+        if (choice_finish_name(c)) {
+            cJSON_AddStringToObject(ch, "finish_reason",
+                                    choice_finish_name(c));
         } else {
             cJSON_AddNullToObject(ch, "finish_reason");
         }

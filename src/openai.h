@@ -86,6 +86,10 @@ typedef struct {
     char        *tools_json;
     char        *kwargs_json;
     int          add_generation_prompt;
+    /* tools / response_format (src/json_schema.h, src/tool_parser.h) */
+    int          tool_parsing;     /* tool_choice auto/required/named:
+                                      <tool_call> blocks become tool_calls */
+    char        *constraint_json;  /* llm_request_params.constraint_json */
     /* storage behind params' pointers */
     char       **stop;
     int          n_stop;
@@ -124,6 +128,8 @@ typedef struct {
     llm_usage          usage;
     int                started;        /* first chunk (role) sent */
     int                done;
+    void              *tool_parser;    /* streaming with tool_parsing */
+    int                n_tool_calls;   /* calls found: finish "tool_calls" */
 } oai_choice;
 
 typedef struct {
@@ -139,6 +145,7 @@ typedef struct {
     int                n_per_prompt;
     int                n_choices;
     oai_choice        *choices;
+    int                tool_parsing;   /* oai_request.tool_parsing */
     oai_token_text_fn  token_text;
     void              *token_ctx;
 } oai_response;
