@@ -271,7 +271,7 @@ long tjson_parse_vocab(const char *s, size_t start, size_t end,
             goto fail;
         }
         id = strtol(s + i, &num_end, 10);
-        if (num_end == s + i || id < 0 || id > 1000000000 || *num_end == '.'
+        if (num_end == s + i || id < 0 || id > TJSON_MAX_TOKEN_ID || *num_end == '.'
             || *num_end == 'e' || *num_end == 'E') {
             snprintf(err, errlen, "model.vocab[\"%.*s\"] is not a token id", (int) klen, o);
             goto fail;

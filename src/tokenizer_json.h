@@ -24,6 +24,11 @@ typedef struct {
     uint32_t    alen, blen;
 } tjson_merge_entry;
 
+/* Largest token id accepted (as model config's vocab_size bound, 1 << 24).
+ * Per-id tables are sized by the largest id, so a file naming id 1e9
+ * would ask for some 25 GB however few tokens it has. */
+#define TJSON_MAX_TOKEN_ID ((1 << 24) - 1)
+
 /* Index just past the JSON value starting at s[i] (after whitespace), or
  * 0 when it is malformed. */
 size_t tjson_skip_value(const char *s, size_t len, size_t i);

@@ -198,7 +198,7 @@ static int load_vocab_and_added(tokenizer *t, const char *path,
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(item, "id");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(item, "content");
 
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > 1e9
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > TJSON_MAX_TOKEN_ID
             || !cJSON_IsString(content)) {
             set_err(err, errlen, "%s: added_tokens[%d] lacks a numeric id or a content string",
                     path, n_added);
@@ -394,7 +394,7 @@ static int flat_from_cjson(flat_model *f, const char *path, const cJSON *model,
         return -1;
     }
     cJSON_ArrayForEach(item, vocab) {
-        if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble > 1e9
+        if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble > TJSON_MAX_TOKEN_ID
             || item->valuedouble != (double) item->valueint) {
             set_err(err, errlen, "%s: model.vocab[\"%s\"] is not a token id", path,
                     item->string);
