@@ -343,6 +343,19 @@ int main(int argc, char **argv)
         ids[i] = (int32_t) ((i * 7919 + 13) % (r.vocab > 151000 ? 151000 : r.vocab));
     }
     bpt = bytes_per_token(m);
+    {
+        /* the machine's load when the run starts: numbers from a shared
+         * machine mean little without it */
+        FILE *f = fopen("/proc/loadavg", "r");
+        char la[128];
+        if (f != NULL) {
+            if (fgets(la, sizeof(la), f) != NULL) {
+                la[strcspn(la, "\n")] = '\0';
+                printf("load average at start: %s\n", la);
+            }
+            fclose(f);
+        }
+    }
     printf("model %s%s: %d layers, hidden %d, vocab %d; weights read per "
            "token %.3f GB; kernels %s, %s precision; threads %d\n", dir,
            dummy ? " (dummy weights)" : "", m->cfg.n_layers,
