@@ -304,7 +304,7 @@ static void mm_task(void *ctx, int task, int thread)
 
 /* Rows per task: for one token, small blocks spread the weight stream
  * over all threads with room for dynamic balance; for many tokens, a block
- * whose weights fit in L2 (~256 KB) while every token passes over it. */
+ * whose weights fit in half of L2 while every token passes over it. */
 static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
                          int total_rows)
 {
@@ -316,7 +316,11 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
         blk = blk < 16 ? 16 : blk;
         return (blk + 15) & ~15;
     }
-    blk = (int) (256 * 1024 / ((size_t) w->cols * llm_dtype_size(w->dtype)));
+    /* half of a 1 MB L2: the rest holds the token tile being streamed;
+     * larger blocks mean fewer passes of the activations from L3 (measured
+     * on the development machine: the down projection, K = 3072, runs
+     * 3-5% faster with 84-row blocks than with 40) */
+    blk = (int) (512 * 1024 / ((size_t) w->cols * llm_dtype_size(w->dtype)));
     blk = blk < 16 ? 16 : blk > 128 ? 128 : blk;
     blk &= ~3;
     while (blk > 16 && total_rows / blk < 4 * b->n_threads) {
