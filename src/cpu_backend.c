@@ -292,7 +292,7 @@ static void mm_task(void *ctx, int task, int thread)
             if (j->split_hi) {
                 size_t o = (size_t) t * j->t[0].ldy + (size_t) r0;
                 kern_split_bf16(gy + r0, (size_t) (r1 - r0), j->split_hi + o,
-                                j->split_lo + o);
+                                j->split_lo ? j->split_lo + o : NULL);
             }
         }
         return;
@@ -352,7 +352,8 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
     j.a.cols = cols;
     if (want_split) {
         if (hi == NULL) {
-            kern_split_bf16(x, (size_t) n_tok * (size_t) cols, b->hi, b->lo);
+            kern_split_bf16(x, (size_t) n_tok * (size_t) cols, b->hi,
+                            b->fast ? NULL : b->lo);
             hi = b->hi;
             lo = b->lo;
         }
@@ -361,7 +362,7 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
     }
     if (fuse_silu && b->split) {
         j.split_hi = b->hi2;
-        j.split_lo = b->lo2;
+        j.split_lo = b->fast ? NULL : b->lo2;
     }
     j.block = mm_block_rows(b, targets[0].w, n_tok, total_rows);
     j.tasks[0] = 0;
@@ -433,7 +434,7 @@ static void tok_one(tok_job *j, int t, int thread)
                      b->H, b->eps, xn);
         if (b->split) {
             kern_split_bf16(xn, (size_t) b->H, b->hi + (size_t) t * b->H,
-                            b->lo + (size_t) t * b->H);
+                            b->fast ? NULL : b->lo + (size_t) t * b->H);
         }
         break;
     }
@@ -494,7 +495,7 @@ static void tok_task(void *ctx, int task, int thread)
             for (int i = 0; i < b->tile_len[tile]; i++) {
                 size_t o = off + (size_t) i * b->Q;
                 kern_split_bf16(b->att + o, (size_t) b->n_rep * b->hd,
-                                b->hi + o, b->lo + o);
+                                b->hi + o, b->fast ? NULL : b->lo + o);
             }
         }
         return;

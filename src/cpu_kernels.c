@@ -165,13 +165,17 @@ static void split_avx512(const float *x, size_t n, uint16_t *hi, uint16_t *lo)
         __m256bh h = _mm512_cvtneps_pbh(v);
         __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(
             _mm512_cvtepu16_epi32((__m256i) h), 16));
-        __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hf));
         _mm256_storeu_si256((__m256i *) (hi + i), (__m256i) h);
-        _mm256_storeu_si256((__m256i *) (lo + i), (__m256i) l);
+        if (lo != NULL) {
+            __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, hf));
+            _mm256_storeu_si256((__m256i *) (lo + i), (__m256i) l);
+        }
     }
     for (; i < n; i++) {
         hi[i] = f32_to_bf16_rne(x[i]);
-        lo[i] = f32_to_bf16_rne(x[i] - bf16_to_f32(hi[i]));
+        if (lo != NULL) {
+            lo[i] = f32_to_bf16_rne(x[i] - bf16_to_f32(hi[i]));
+        }
     }
 }
 #endif
@@ -186,7 +190,9 @@ void kern_split_bf16(const float *x, size_t n, uint16_t *hi, uint16_t *lo)
 #endif
     for (size_t i = 0; i < n; i++) {
         hi[i] = f32_to_bf16_rne(x[i]);
-        lo[i] = f32_to_bf16_rne(x[i] - bf16_to_f32(hi[i]));
+        if (lo != NULL) {
+            lo[i] = f32_to_bf16_rne(x[i] - bf16_to_f32(hi[i]));
+        }
     }
 }
 

@@ -59,7 +59,8 @@ int kern_wants_split(llm_dtype t);
 /* With hi set and lo NULL, bf16 weights meet the activations as one bf16
  * term, as llama.cpp does: twice the prefill speed, about 3 significant
  * digits instead of 5 ("fast" precision of the CPU backend). */
-/* x = hi + lo + O(2^-17 |x|), hi and lo bf16 (round to nearest even). */
+/* x = hi + lo + O(2^-17 |x|), hi and lo bf16 (round to nearest even).
+ * lo may be NULL (fast precision: hi only). */
 void kern_split_bf16(const float *x, size_t n, uint16_t *hi, uint16_t *lo);
 
 /* y[t * ldy + r] = dot(W[r], x[t]) for r in [r0, r1), t in [t0, t1). */

@@ -1,0 +1,145 @@
+/*
+ * The CPU backend's fast precision (bf16 activations): close to the exact
+ * precision on the tiny fixture, and still independent of how tokens are
+ * batched: one full prefill and a prefill followed by step-by-step decode
+ * give bit-identical logits, whatever the thread count.
+ */
+#include "unit.h"
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "cpu_kernels.h"
+#include "model.h"
+
+#define BS       16
+#define N_BLOCKS 8
+#define N_TOK    40
+
+/* Runs ids[0..n) at positions pos0.. of one sequence whose blocks are
+ * table[]; logits of the last token into out. */
+static int run(llm_backend *be, const int32_t *ids, int n, int pos0,
+               const int32_t *table, float *out)
+{
+    int32_t pos[N_TOK], start[2] = { 0, n }, len = pos0 + n, row = n - 1;
+    llm_batch b;
+    char err[256];
+
+    for (int i = 0; i < n; i++) {
+        pos[i] = pos0 + i;
+    }
+    memset(&b, 0, sizeof(b));
+    b.n_tokens = n;
+    b.token_ids = ids;
+    b.positions = pos;
+    b.n_seqs = 1;
+    b.seq_start = start;
+    b.seq_len = &len;
+    b.block_tables = table;
+    b.max_blocks = N_BLOCKS;
+    b.logit_rows = &row;
+    b.n_logits = 1;
+    if (be->ops->forward(be, &b, out, err, sizeof(err)) != 0) {
+        fprintf(stderr, "  forward: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static llm_backend *open_backend(const model *m, int threads,
+                                 cpu_precision p)
+{
+    char err[256];
+    llm_backend *be = cpu_backend_create_ex(m, threads, p, err, sizeof(err));
+
+    if (be == NULL) {
+        fprintf(stderr, "  cpu_backend_create_ex: %s\n", err);
+        return NULL;
+    }
+    if (be->ops->kv_alloc(be, N_BLOCKS, BS, err, sizeof(err)) != 0) {
+        fprintf(stderr, "  kv_alloc: %s\n", err);
+        be->ops->destroy(be);
+        return NULL;
+    }
+    return be;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        best = x[i] > x[best] ? i : best;
+    }
+    return best;
+}
+
+static void test_fast_precision(void)
+{
+    char err[256];
+    model *m = model_load("t/fixtures/tiny-qwen3", 0, 1, err, sizeof(err));
+    int32_t ids[N_TOK], table[N_BLOCKS];
+    float *exact, *fast, *fast_steps, *fast_t3;
+    llm_backend *be_exact, *be_fast, *be_fast3;
+    int vocab;
+    double num = 0, den = 0;
+
+    REQUIRE(m != NULL, "model_load: %s", err);
+    vocab = m->cfg.vocab_size;
+    for (int i = 0; i < N_TOK; i++) {
+        ids[i] = (i * 37 + 11) % vocab;
+    }
+    for (int i = 0; i < N_BLOCKS; i++) {
+        table[i] = N_BLOCKS - 1 - i;
+    }
+    exact = malloc((size_t) vocab * sizeof(float));
+    fast = malloc((size_t) vocab * sizeof(float));
+    fast_steps = malloc((size_t) vocab * sizeof(float));
+    fast_t3 = malloc((size_t) vocab * sizeof(float));
+    be_exact = open_backend(m, 1, CPU_PRECISION_EXACT);
+    be_fast = open_backend(m, 2, CPU_PRECISION_FAST);
+    be_fast3 = open_backend(m, 3, CPU_PRECISION_FAST);
+    REQUIRE(exact && fast && fast_steps && fast_t3 && be_exact && be_fast
+            && be_fast3, "setup");
+
+    REQUIRE(run(be_exact, ids, N_TOK, 0, table, exact) == 0, "exact");
+    REQUIRE(run(be_fast, ids, N_TOK, 0, table, fast) == 0, "fast");
+    for (int i = 0; i < vocab; i++) {
+        num += ((double) fast[i] - exact[i]) * ((double) fast[i] - exact[i]);
+        den += (double) exact[i] * exact[i];
+    }
+    printf("# %s: fast vs exact rel err %.3g\n", kern_isa_name(kern_get_isa()),
+           sqrt(num / den));
+    /* bf16 activations keep ~3 significant digits */
+    CHECK(sqrt(num / den) < 3e-2, "fast vs exact rel err %g", sqrt(num / den));
+    CHECK(argmax(fast, vocab) == argmax(exact, vocab), "argmax differs");
+    if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
+        /* the fast path really ran (bf16 fixture weights) */
+        CHECK(num > 0, "fast precision gave the exact logits");
+    }
+
+    /* prefill 24, then decode the rest one token at a time, other threads */
+    REQUIRE(run(be_fast3, ids, 24, 0, table, fast_steps) == 0, "prefill");
+    for (int i = 24; i < N_TOK; i++) {
+        REQUIRE(run(be_fast3, ids + i, 1, i, table, fast_steps) == 0, "step");
+    }
+    CHECK(memcmp(fast_steps, fast, (size_t) vocab * sizeof(float)) == 0,
+          "fast: decode step by step differs from one prefill");
+    REQUIRE(run(be_fast3, ids, N_TOK, 0, table, fast_t3) == 0, "prefill 3");
+    CHECK(memcmp(fast_t3, fast, (size_t) vocab * sizeof(float)) == 0,
+          "fast: 3 threads differ from 2");
+
+    be_exact->ops->destroy(be_exact);
+    be_fast->ops->destroy(be_fast);
+    be_fast3->ops->destroy(be_fast3);
+    free(exact);
+    free(fast);
+    free(fast_steps);
+    free(fast_t3);
+    model_free(m);
+}
+
+int main(void)
+{
+    RUN(test_fast_precision);
+    return unit_done();
+}
