@@ -802,8 +802,9 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
 #if KERN_X86
 /*
  * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
- * horizontal sums), 4 queries sharing each K load; softmax with exp512;
- * P.V with 8 queries sharing each V load.  Per (query, key) the products
+ * horizontal sums), 4 queries sharing each K load, two key chunks at once;
+ * softmax with exp512; P.V with 8 queries sharing each V load, 32
+ * dimensions at once.  Per (query, key) the products
  * are summed dimension by dimension in one lane, the softmax sum lane-wise
  * over 16-key chunks from position 0, P.V key by key: nothing depends on
  * which other queries share the tile.  Keys a query must not see get
