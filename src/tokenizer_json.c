@@ -284,6 +284,10 @@ long tjson_parse_vocab(const char *s, size_t start, size_t end,
         i = skip_ws(s, end, (size_t) (num_end - s));
         if (i < end && s[i] == ',') {
             i = skip_ws(s, end, i + 1);
+            if (i < end && s[i] == '}') {     /* JSON has no trailing comma */
+                snprintf(err, errlen, "model.vocab: ',' before '}'");
+                goto fail;
+            }
         } else if (i >= end || s[i] != '}') {
             snprintf(err, errlen, "model.vocab: expected ',' or '}' after entry %zu", n);
             goto fail;
@@ -367,6 +371,10 @@ long tjson_parse_merges(const char *s, size_t start, size_t end,
         i = skip_ws(s, end, i);
         if (i < end && s[i] == ',') {
             i = skip_ws(s, end, i + 1);
+            if (i < end && s[i] == ']') {     /* JSON has no trailing comma */
+                snprintf(err, errlen, "model.merges: ',' before ']'");
+                goto fail;
+            }
         } else if (i >= end || s[i] != ']') {
             snprintf(err, errlen, "model.merges: expected ',' or ']' after entry %zu", n);
             goto fail;
