@@ -19,10 +19,12 @@ __DATA__
     location /v1/ { llm_pass tiny; }
 --- init
 main::llm_wait_ready('/v1/health');
-# the master gets HUP while the request below is streaming
+# the master gets HUP while the request below is streaming: the child waits
+# until the engine runs it (a fixed sleep raced fast machines, where the
+# whole stream was over before the HUP)
 my $pidfile = $Test::Nginx::Util::PidFile;
 if (fork() == 0) {
-    sleep 1;
+    main::llm_poll('/v1/metrics', qr/^llm:num_requests_running\{[^}]*\} [1-9]/m, 30);
     open my $f, '<', $pidfile or exit 0;
     my $pid = <$f>;
     chomp $pid;
