@@ -525,6 +525,17 @@ static void run_tokens(cpu_backend *b, tok_job *j, int what)
         }
         flops *= 4.0 * b->n_heads * b->hd;
         tasks = b->n_tiles * b->n_kv;
+        if (j->n <= 8) {
+            /* decode: request each sequence's whole (evicted) context
+             * before the heads are walked one by one */
+            kern_kv kv = layer_kv(b, j->layer);
+            for (int t = 0; t < b->n_tiles; t++) {
+                int bi = j->c0 + b->tile_start[t], s = b->tok_seq[bi];
+                kern_kv_prefetch(&kv, j->batch->block_tables
+                                          + (size_t) s * j->batch->max_blocks,
+                                 j->batch->positions[bi] + b->tile_len[t]);
+            }
+        }
         if (flops < 1e6) {
             for (int t = 0; t < tasks; t++) {
                 tok_task(j, t, 0);
