@@ -101,7 +101,7 @@ NGX_FILES := $(sort $(wildcard src/ngx_*.c src/ngx_*.h))
 NGX_LIST  := $(BUILD)/nginx-sources.txt
 $(shell mkdir -p $(BUILD) && (echo "$(NGX_FILES)" | cmp -s - $(NGX_LIST) || echo "$(NGX_FILES)" > $(NGX_LIST)))
 
-$(NGX_TREE)/Makefile: config $(NGX_LIST)
+$(NGX_TREE)/objs/Makefile: config $(NGX_LIST)
 	@test -x $(NGINX_SRC)/configure || test -x $(NGINX_SRC)/auto/configure || \
 	  { echo "no nginx source tree at $(NGINX_SRC): run 'make deps' (Debian's nginx-dev) or set NGINX_SRC=" >&2; exit 1; }
 	rm -rf $(NGX_TREE) && mkdir -p $(NGX_TREE)
@@ -113,7 +113,7 @@ $(NGX_TREE)/Makefile: config $(NGX_LIST)
 	  --add-dynamic-module=$(CURDIR) > configure.log 2>&1 || \
 	  { tail -20 configure.log; exit 1; }
 
-$(MODULE): $(NGX_TREE)/Makefile $(LIB) ngx_http_llm_module.c $(wildcard src/ngx_*.c src/ngx_*.h) src/llm.h
+$(MODULE): $(NGX_TREE)/objs/Makefile $(LIB) ngx_http_llm_module.c $(wildcard src/ngx_*.c src/ngx_*.h) src/llm.h
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
 	@touch $@
 
