@@ -78,7 +78,7 @@ $(LIB): $(ENGINE_OBJS) $(CUDA_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/bin/%: tools/%.c $(LIB)
+$(BUILD)/bin/%: tools/%.c $(wildcard tools/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LIB) $(LDFLAGS_ALL) $(LIBS)
 
