@@ -104,6 +104,28 @@ void llm_engine_destroy(llm_engine *e);
 
 llm_engine_state llm_engine_get_state(llm_engine *e, char *err, size_t errlen);
 
+/*
+ * Liveness of the engine thread, read by a watchdog outside it (the nginx
+ * worker's timer).  steps counts finished scheduler iterations; busy is 1
+ * while requests wait or run; last_progress is CLOCK_MONOTONIC seconds of
+ * the last finished step, or of the moment work arrived at an idle engine,
+ * so "busy && now - last_progress > limit" means the engine is stuck.
+ * Lock-free and safe from any thread.
+ *
+ * Fault injection for tests: the environment variable LLM_TEST_FAULT, read
+ * by llm_engine_create, may hold "hang_after_steps=N" (the engine thread
+ * stops making progress after N steps, as if a kernel never returned; it
+ * still honours llm_engine_destroy) or "fail_forward_after_steps=N" (every
+ * forward pass after N steps fails, as a lost CUDA context would).
+ */
+typedef struct {
+    uint64_t  steps;
+    double    last_progress;
+    int       busy;
+} llm_engine_heartbeat;
+
+void llm_engine_heartbeat_get(llm_engine *e, llm_engine_heartbeat *hb);
+
 typedef struct {
     const char *model_type;       /* "qwen3" */
     int         max_model_len;

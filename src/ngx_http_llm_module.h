@@ -72,6 +72,8 @@ typedef struct {
     ngx_http_llm_model_t   *model;           /* resolved at merge */
     ngx_array_t            *api_keys;        /* ngx_str_t; NULL: unset,
                                                 empty: off */
+    ngx_uint_t              api_key_exempt;  /* NGX_HTTP_LLM_EXEMPT_* routes
+                                                answered without the key */
     ngx_int_t               max_tokens;
     ngx_int_t               queue_size;
     ngx_msec_t              request_timeout;
@@ -106,6 +108,13 @@ typedef enum {
     NGX_HTTP_LLM_ROUTE_DETOKENIZE,
     NGX_HTTP_LLM_ROUTE_VERSION
 } ngx_http_llm_route_e;
+
+/* llm_api_key_exempt: routes that do not need the key (bit mask) */
+#define NGX_HTTP_LLM_EXEMPT_HEALTH     0x01
+#define NGX_HTTP_LLM_EXEMPT_METRICS    0x02
+#define NGX_HTTP_LLM_EXEMPT_MODELS     0x04
+#define NGX_HTTP_LLM_EXEMPT_TOKENIZE   0x08
+#define NGX_HTTP_LLM_EXEMPT_VERSION    0x10
 
 /* Per HTTP request of the chat/completions endpoints (request pool). */
 struct ngx_http_llm_ctx_s {
