@@ -423,6 +423,7 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     m->served_name = value[1];
     m->prefix_caching = -1;
     m->created = ngx_time();
+    m->watchdog = 60000;
 
     if (ngx_conf_full_name(cf->cycle, &m->path, 0) != NGX_OK) {
         return NGX_CONF_ERROR;
@@ -535,6 +536,15 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             if (ngx_http_llm_parse_int_opt(cf, &val, "seed", 0, &m->seed)
                 != NGX_OK)
             {
+                return NGX_CONF_ERROR;
+            }
+        } else if (KEY_IS("watchdog")) {
+            /* a busy engine without progress this long is declared hung */
+            m->watchdog = ngx_parse_time(&val, 0);
+            if (m->watchdog == (ngx_msec_t) NGX_ERROR || m->watchdog == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_model: invalid watchdog=\"%V\" "
+                                   "(a time such as 60s)", &val);
                 return NGX_CONF_ERROR;
             }
         } else {

@@ -44,6 +44,7 @@ typedef struct {
     ngx_uint_t              dummy;           /* load_format=dummy */
     ngx_uint_t              fast;            /* precision=fast (CPU) */
     ngx_int_t               seed;
+    ngx_msec_t              watchdog;        /* watchdog=: stall limit */
     time_t                  created;
 
     /* per worker */
