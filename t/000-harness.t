@@ -335,22 +335,36 @@ _EOF_
 }
 
 SKIP: {
-    skip "valgrind is not installed", 3 if system('valgrind --version >/dev/null 2>&1') != 0;
+    skip "valgrind is not installed", 4 if system('valgrind --version >/dev/null 2>&1') != 0;
+    # TEST 2 has no --- config: nginx, stopped after TEST 1 so that
+    # valgrind reports its leaks, must be started again with TEST 1's
+    # whole configuration (the map of --- http_config included).
     my $file = <<'_EOF_';
 use Test::Nginx::Socket 'no_plan';
+no_shuffle();
 run_tests();
 __DATA__
 
 === TEST 1: under valgrind
+--- http_config
+    map $uri $greeting { default "ok"; }
 --- config
-    location = /t { return 200 "ok\n"; }
+    location = /t { return 200 "$greeting\n"; }
+--- request
+GET /t
+--- response_body
+ok
+
+=== TEST 2: the previous block's configuration, restarted under valgrind
 --- request
 GET /t
 --- response_body
 ok
 _EOF_
     my ($out) = run_file('valgrind-clean', $file, TEST_NGINX_USE_VALGRIND => 1);
-    like($out, qr/^ok \d+ .* - response_body/m, "valgrind mode: nginx serves");
+    like($out, qr/^ok \d+ .* TEST 1: .* - response_body/m, "valgrind mode: nginx serves");
+    like($out, qr/^ok \d+ .* TEST 2: .* - response_body/m,
+         "valgrind mode: a block without --- config gets a server") or diag $out;
     unlike($out, qr/^not ok/m, "valgrind mode: nginx's own exit leaks are suppressed")
         or diag $out;
     # Reporting reachable blocks makes valgrind print something at exit.

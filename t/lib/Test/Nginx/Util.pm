@@ -131,6 +131,11 @@ $ENV{TEST_NGINX_HTML_DIR} //= $HtmlDir;
 our $ErrLogFilePos = 0;
 our $KeepServRoot;        # a failure to inspect happened
 our $PrevConfig;
+# The block that wrote $PrevConfig and its random ports: under valgrind a
+# block without --- config restarts nginx with that block's whole
+# configuration (http_config, main_config, user files too).
+our $PrevConfigBlock;
+our $PrevRandPorts;
 our $ChildPid;            # nginx run in the foreground (valgrind mode)
 our $InSubprocess;
 our $TotalConnectingTimeouts = 0;
@@ -697,16 +702,65 @@ sub skip_spec ($) {
     return;
 }
 
-sub start_nginx ($$$) {
-    my ($block, $config, $rand_ports) = @_;
+# Waits until nginx under valgrind is ready for the block: its pid file
+# exists (nginx writes it after its listening sockets are open) and the
+# server port accepts a connection.  Valgrind makes startup take tens of
+# seconds (loading shared libraries and a module's own startup work), so
+# the limit grows with TEST_NGINX_TIMEOUT; a request sent before the port
+# is open would get "Connection refused".
+sub wait_for_valgrind_nginx ($$) {
+    my ($name, $pid) = @_;
+    my $limit = $Timeout > 30 ? 2 * $Timeout : 60;
+    my $deadline = time + $limit;
+    my $exited = sub {
+        return 0 unless waitpid($pid, WNOHANG) == $pid;
+        undef $ChildPid;
+        bail_out("$name - nginx under valgrind exited at startup:\n"
+                 . file_tail($StderrFile, 20) . file_tail($ErrLogFile, 20));
+    };
+    while (!-f $PidFile) {
+        $exited->();
+        if (time > $deadline) {
+            $KeepServRoot = 1;
+            bail_out("$name - nginx under valgrind wrote no pid file within "
+                     . "$limit s:\n" . file_tail($ErrLogFile, 20));
+        }
+        sleep 0.05;
+    }
+    while (1) {
+        my $sock = IO::Socket::INET->new(PeerAddr => $ServerAddr,
+                                         PeerPort => $ServerPort,
+                                         Proto => 'tcp', Timeout => 1);
+        if ($sock) {
+            close $sock;
+            return;
+        }
+        $exited->();
+        if (time > $deadline) {
+            $KeepServRoot = 1;
+            bail_out("$name - nginx under valgrind does not accept on port "
+                     . "$ServerPort within $limit s: $@\n"
+                     . file_tail($ErrLogFile, 20));
+        }
+        sleep 0.1;
+    }
+}
+
+# $conf_block (default $block) is the block whose configuration sections and
+# user files are written: a block without --- config restarted under
+# valgrind uses the previous block's.
+sub start_nginx ($$$;$) {
+    my ($block, $config, $rand_ports, $conf_block) = @_;
     my $name = $block->name;
+    $conf_block //= $block;
 
     my $running = get_pid_from_pidfile($name);
     stop_nginx($name) if defined $running || defined $ChildPid;
 
     setup_server_root();
-    write_user_files($block, $rand_ports);
-    write_config_file($block, $config, $rand_ports);
+    write_user_files($conf_block, $rand_ports);
+    write_user_files($block, $rand_ports) if $conf_block != $block;
+    write_config_file($conf_block, $config, $rand_ports);
 
     my $cmd = nginx_command();
     warn "$name - $cmd\n" if $Verbose;
@@ -725,18 +779,7 @@ sub start_nginx ($$$) {
         $ChildPid = $pid;
         $ValgrindBlockName = $name;
         $NginxBlockName = $name;
-        # Under valgrind, startup takes long: wait for the pid file, which
-        # nginx writes once it listens.
-        my $deadline = time + 30;
-        while (!-f $PidFile && time < $deadline) {
-            if (waitpid($pid, WNOHANG) == $pid) {
-                undef $ChildPid;
-                bail_out("$name - nginx under valgrind exited at startup:\n"
-                         . file_tail($StderrFile, 20)
-                         . file_tail($ErrLogFile, 20));
-            }
-            sleep 0.05;
-        }
+        wait_for_valgrind_nginx($name, $pid);
         return 1;
     }
 
@@ -851,6 +894,15 @@ sub run_test ($) {
         if (defined $config) {
             start_nginx($block, $config, $rand_ports);
             $PrevConfig = $config;
+            $PrevConfigBlock = $block;
+            $PrevRandPorts = $rand_ports;
+            $ErrLogFilePos = 0;
+            sleep $TestNginxSleep;
+        } elsif (defined $PrevConfig && $UseValgrind) {
+            # Under valgrind nginx is stopped after every block (its leaks
+            # are reported at exit): start it again with the previous
+            # block's configuration, as the real Test::Nginx does.
+            start_nginx($block, $PrevConfig, $PrevRandPorts, $PrevConfigBlock);
             $ErrLogFilePos = 0;
             sleep $TestNginxSleep;
         } elsif (defined $PrevConfig) {
