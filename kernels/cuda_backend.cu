@@ -23,6 +23,7 @@ extern "C" {
 #include "backend.h"
 }
 #include "cuda_kernels.cuh"
+#include "cuda_sampling.cuh"
 #include "cuda_tools.cuh"
 
 #include <cublas_v2.h>
@@ -100,6 +101,8 @@ typedef struct {
     int use_graphs;               /* LLM_CUDA_GRAPHS=0 disables */
     int prefill_kernel;           /* LLM_CUDA_ATTN=decode: 0 */
     int prefill_variant;          /* LLM_CUDA_PREFILL: 1 or 2 (default) */
+
+    llm_sampling smp;             /* forward_sample's buffers */
 
     const void *pinned_probe_ptr; /* host_is_pinned()'s cache */
     bool        pinned_probe_result;
@@ -376,6 +379,30 @@ static int upload_layer(cuda_backend *b, uploader *up, int li, char *err,
 
 /* ---- RoPE frequencies (Hugging Face's rope_init functions) -------------- */
 
+/* inv_freq rounded to the checkpoint dtype as transformers stores it
+ * (round to nearest even; the same arithmetic as the CPU backend's
+ * round_to_dtype). */
+static float round_inv_freq(float f, llm_dtype t)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (t == DTYPE_BF16) {
+        u += 0x7fffu + ((u >> 16) & 1u);
+        u &= 0xffff0000u;
+    } else if (t == DTYPE_F16) {
+        /* inv_freq lies in (0, 1]: round the mantissa to 10 bits; values
+         * below f16's normal range keep f16's absolute resolution */
+        float r = f < 6.103515625e-05f ? nearbyintf(f * 16777216.0f) / 16777216.0f : f;
+        memcpy(&u, &r, 4);
+        if (r >= 6.103515625e-05f) {
+            u += 0xfffu + ((u >> 13) & 1u);
+            u &= 0xffffe000u;
+        }
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 static int rope_setup(cuda_backend *b, char *err, size_t errlen)
 {
     const model_config *c = &b->base.m->cfg;
@@ -427,6 +454,13 @@ static int rope_setup(cuda_backend *b, char *err, size_t errlen)
                  "supported by the CUDA backend", (int)c->rope_scaling);
         return -1;
     }
+    /* transformers keeps inv_freq as a float buffer of the module, so a
+     * model loaded in its checkpoint dtype (bf16 for Qwen3) has it rounded
+     * to that dtype before cos/sin are taken; the goldens and the CPU
+     * backend (src/cpu_backend.c, rope_init) use the rounded values, and
+     * exact ones drift by ~5e-4 relative over 64 positions. */
+    for (int i = 0; i < half; i++)
+        inv[i] = round_inv_freq(inv[i], c->torch_dtype);
     int rc = dev_alloc(b, (void **)&b->inv_freq, (size_t)half * sizeof(float),
                        "rope table", err, errlen);
     if (rc == 0) {
@@ -858,10 +892,11 @@ static bool host_is_pinned(cuda_backend *b, const void *p)
     return pinned;
 }
 
-static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
-                        char *err, size_t errlen)
+/* Validates the batch and queues its forward on the stream: on success the
+ * logits of the batch's logit rows will be in b->logits_d. */
+static int forward_enqueue(cuda_backend *b, const llm_batch *bt, char *err,
+                           size_t errlen)
 {
-    cuda_backend *b = (cuda_backend *)base;
     if (!b->kv_pool) {
         snprintf(err, errlen, "cuda: forward before kv_alloc");
         return -1;
@@ -888,7 +923,16 @@ static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
         cudaStreamSynchronize(b->stream);
         return -1;
     }
-    const size_t lbytes = (size_t)p.n_logits * b->V * sizeof(float);
+    return 0;
+}
+
+static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
+                        char *err, size_t errlen)
+{
+    cuda_backend *b = (cuda_backend *)base;
+    if (forward_enqueue(b, bt, err, errlen))
+        return -1;
+    const size_t lbytes = (size_t)bt->n_logits * b->V * sizeof(float);
     /* A page-locked caller buffer takes the copy directly; otherwise the
      * logits go through our pinned buffer (a pageable destination would
      * make the driver stage it anyway, slower). */
@@ -900,6 +944,28 @@ static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
     CU_TRY("forward", cudaStreamSynchronize(b->stream));
     if (lbytes && !direct)
         memcpy(logits, b->h_logits, lbytes);
+    return 0;
+}
+
+/* forward, then sampling on the device: the logits never cross PCIe,
+ * only ids (and logprobs rows asked for). */
+static int cuda_forward_sample(llm_backend *base, const llm_batch *bt,
+                               const llm_sample_row *rows, sampler_result *out,
+                               char *err, size_t errlen)
+{
+    cuda_backend *b = (cuda_backend *)base;
+    if (forward_enqueue(b, bt, err, errlen))
+        return -1;
+    if (bt->n_logits > 0) {
+        if (llm_sampling_enqueue(&b->smp, b->logits_d, b->V, rows, bt->n_logits,
+                                 b->stream, err, errlen)) {
+            cudaStreamSynchronize(b->stream);
+            return -1;
+        }
+    }
+    CU_TRY("forward and sampling", cudaStreamSynchronize(b->stream));
+    if (bt->n_logits > 0)
+        llm_sampling_collect(&b->smp, rows, out);
     return 0;
 }
 
@@ -958,6 +1024,7 @@ static void cuda_destroy(llm_backend *base)
     if (b->stream)
         cudaStreamSynchronize(b->stream);
     free_step_buffers(b);
+    llm_sampling_free(&b->smp);
     if (b->layers) {
         for (int i = 0; i < b->n_layers; i++) {
             dev_layer *l = &b->layers[i];
@@ -990,6 +1057,7 @@ static const llm_backend_ops cuda_ops = {
     cuda_forward,
     cuda_free_memory,
     cuda_destroy,
+    cuda_forward_sample,
 };
 
 static int env_int(const char *name, int def)
@@ -1160,5 +1228,5 @@ extern "C" void cuda_backend_memory(llm_backend *base, size_t *weights,
     *weights = b->weight_bytes;
     *kv = b->kv_pool ? (size_t)b->n_blocks *
                        cuda_kv_block_bytes(base, b->block_size) : 0;
-    *scratch = b->scratch_bytes + BLAS_WS_BYTES;
+    *scratch = b->scratch_bytes + BLAS_WS_BYTES + b->smp.bytes;
 }

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "backend.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,6 +57,25 @@ typedef struct {
 
 int cuda_gemv_bench(int device, const cuda_gemv_case *cases, int n,
                     cuda_gemv_result *res, char *err, size_t errlen);
+
+/* Device sampling on logits the caller supplies (checks of forward_sample's
+ * kernel without a model).  set_logits uploads rows [n][vocab]; sample runs
+ * the kernel forward_sample runs over them (which edits them in place as
+ * sampler_sample() does: eos mask, logit_bias, penalties); get_logits
+ * downloads them.  Each returns 0, or -1 with err. */
+typedef struct cuda_sampler cuda_sampler;
+cuda_sampler *cuda_sampler_create(int device, int vocab, int max_rows,
+                                  char *err, size_t errlen);
+int cuda_sampler_set_logits(cuda_sampler *s, const float *logits, int n,
+                            char *err, size_t errlen);
+int cuda_sampler_get_logits(cuda_sampler *s, float *logits, int n,
+                            char *err, size_t errlen);
+int cuda_sampler_sample(cuda_sampler *s, const llm_sample_row *rows, int n,
+                        sampler_result *out, char *err, size_t errlen);
+/* Mean milliseconds per sample call over `reps` calls (rows as given). */
+double cuda_sampler_time(cuda_sampler *s, const llm_sample_row *rows, int n,
+                         int reps, char *err, size_t errlen);
+void cuda_sampler_free(cuda_sampler *s);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "model.h"
+#include "sampler.h"
 
 typedef struct {
     int            n_tokens;      /* tokens in this step, all sequences */
@@ -34,6 +35,20 @@ typedef struct {
 
 typedef struct llm_backend llm_backend;
 
+/* forward's return value when no later call can succeed. */
+#define LLM_BACKEND_FATAL (-2)
+
+/* One logits row of an on-device sampling step (forward_sample).  p and h
+ * are sampler_sample()'s; uniform is the row's one draw in [0, 1), taken by
+ * the caller from the request's own RNG (sampler_rng_uniform) only when
+ * the row is not greedy, so a request's stream of draws is the same
+ * whichever path samples a step, and no other row can change it. */
+typedef struct {
+    const sampler_params  *p;
+    const sampler_history *h;        /* NULL: no history */
+    double                 uniform;
+} llm_sample_row;
+
 typedef struct {
     const char *name;             /* "cpu", "cuda" */
     /* Bytes one KV block takes (all layers, K and V). */
@@ -42,12 +57,28 @@ typedef struct {
     int    (*kv_alloc)(llm_backend *b, int n_blocks, int block_size,
                        char *err, size_t errlen);
     /* Runs the batch; writes n_logits * vocab floats to logits (host).
-     * Returns 0, or -1 with err. */
+     * Returns 0, -1 with err (this batch failed), or LLM_BACKEND_FATAL
+     * with err (the device is unusable, e.g. a sticky CUDA error: the
+     * engine fails every request and goes to LLM_STATE_FAILED). */
     int    (*forward)(llm_backend *b, const llm_batch *batch, float *logits,
                       char *err, size_t errlen);
     /* Free device memory in bytes (for kv_cache fractions); CPU: 0. */
     size_t (*free_memory)(llm_backend *b);
     void   (*destroy)(llm_backend *b);
+    /* Optional; NULL when the backend has none (CPU).  Runs the batch like
+     * forward, then samples row k of batch->logit_rows on the device with
+     * rows[k], in sampler.h's order and with its parameter ranges
+     * (penalties, logit_bias, min_tokens' eos mask, temperature, min-p,
+     * top-k, top-p, logprobs), and writes out[k]; the logits stay on the
+     * device.  Grammar masks and logits hooks are host work: a step with
+     * such a row goes through forward.  Results equal sampler_sample()'s
+     * up to float rounding at truncation boundaries (the order in which
+     * kept tokens are walked for the draw differs, so the same uniform can
+     * pick a different token; the distribution is the same).
+     * Returns 0, or -1 with err. */
+    int    (*forward_sample)(llm_backend *b, const llm_batch *batch,
+                             const llm_sample_row *rows, sampler_result *out,
+                             char *err, size_t errlen);
 } llm_backend_ops;
 
 struct llm_backend {
