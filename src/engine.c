@@ -39,6 +39,11 @@
 #define ENGINE_CUDA_KV_FRACTION  0.90
 #define ENGINE_DEFAULT_MAX_LEN   32768
 
+/* Consecutive failed forward passes after which the engine gives up
+ * (LLM_STATE_FAILED): one failure may be a bad batch, three in a row mean
+ * the device is gone.  A backend's LLM_BACKEND_FATAL gives up at once. */
+#define ENGINE_MAX_FORWARD_FAILURES 3
+
 typedef struct {
     llm_request *head, *tail;
     int          n;
@@ -95,6 +100,23 @@ struct llm_engine {
 
     engine_logits_hook logits_hook;
     void              *logits_hook_ctx;
+
+    /* Heartbeat (llm_engine_heartbeat_get).  The engine thread writes
+     * hb_steps and hb_eng_*, the prep thread hb_prep_*; whoever hands a
+     * thread work while it is idle (llm_submit, the prep thread, a kick)
+     * sets its busy flag and stamps the time, under e->mu, as the thread
+     * itself clears busy under e->mu before it sleeps. */
+    _Atomic uint64_t   hb_steps;
+    _Atomic int64_t    hb_eng_ns, hb_prep_ns;   /* CLOCK_MONOTONIC ns */
+    atomic_int         hb_eng_busy, hb_prep_busy;
+    int                kick;                 /* under mu: re-examine the
+                                                sequences (resume, cancel) */
+
+    /* LLM_TEST_FAULT; -1: none */
+    int64_t            fault_hang_after, fault_fail_after;
+    int                forward_failures;     /* consecutive; engine thread */
+    int                failed_at_runtime;    /* under mu: load_err tells why
+                                                a loaded engine gave up */
 };
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -304,6 +326,61 @@ static void notify(llm_engine *e)
 }
 
 static void update_gauges(llm_engine *e);
+
+/* ---- heartbeat ------------------------------------------------------------ */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Under e->mu: the engine thread has work from now on; an idle engine's
+ * clock starts at this moment. */
+static void eng_busy_locked(llm_engine *e)
+{
+    if (!atomic_load(&e->hb_eng_busy)) {
+        atomic_store(&e->hb_eng_ns, now_ns());
+        atomic_store(&e->hb_eng_busy, 1);
+    }
+}
+
+void engine_kick(llm_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->kick = 1;
+    eng_busy_locked(e);
+    pthread_cond_signal(&e->engine_cond);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/*
+ * Busy if either thread has work; last_progress is then the older of the
+ * busy threads' clocks, so neither a long tokenization on the prep thread
+ * hides a stuck engine thread nor the other way round.  Flags are read
+ * before clocks: a thread stamps its clock before it sets busy.
+ */
+void llm_engine_heartbeat_get(llm_engine *e, llm_engine_heartbeat *hb)
+{
+    int eb = atomic_load(&e->hb_eng_busy);
+    int pb = atomic_load(&e->hb_prep_busy);
+    int64_t en = atomic_load(&e->hb_eng_ns);
+    int64_t pn = atomic_load(&e->hb_prep_ns);
+    int64_t t;
+
+    if (eb && pb) {
+        t = en < pn ? en : pn;
+    } else if (pb) {
+        t = pn;
+    } else {
+        t = en;
+    }
+    hb->steps = atomic_load(&e->hb_steps);
+    hb->busy = eb || pb;
+    hb->last_progress = (double) t * 1e-9;
+}
 
 /* ---- request endings --------------------------------------------------- */
 
@@ -520,6 +597,7 @@ static void *prep_main(void *arg)
 
         pthread_mutex_lock(&e->mu);
         while (!e->stop && e->prep_q.head == NULL) {
+            atomic_store(&e->hb_prep_busy, 0);
             pthread_cond_wait(&e->prep_cond, &e->mu);
         }
         if (e->stop) {
@@ -527,10 +605,23 @@ static void *prep_main(void *arg)
             break;
         }
         r = q_pop(&e->prep_q);
+        /* Progress: one preparation starts; the watchdog allows each one
+         * its whole limit, however long the queue. */
+        atomic_store(&e->hb_prep_ns, now_ns());
         pthread_mutex_unlock(&e->mu);
 
         if (atomic_load(&r->cancelled)) {
             finish_request(e, r, LLM_FINISH_ABORT, NULL, -1);
+            notify(e);
+            continue;
+        }
+        if (atomic_load(&e->state) == LLM_STATE_FAILED) {
+            char msg[LLM_ERR_MAX];
+
+            pthread_mutex_lock(&e->mu);
+            snprintf(msg, sizeof(msg), "%s", e->load_err);
+            pthread_mutex_unlock(&e->mu);
+            finish_error(e, r, LLM_ERR_NOT_READY, NULL, msg);
             notify(e);
             continue;
         }
@@ -541,6 +632,7 @@ static void *prep_main(void *arg)
         publish_started(e, r);
         pthread_mutex_lock(&e->mu);
         q_push(&e->incoming, r);
+        eng_busy_locked(e);
         pthread_cond_signal(&e->engine_cond);
         pthread_mutex_unlock(&e->mu);
         notify(e);
@@ -993,10 +1085,94 @@ static int reap_cancelled(llm_engine *e)
     return n;
 }
 
+/* Requests whose reader has LLM_PAUSE_UNREAD_TOKENS or more generated
+ * tokens queued sit out of the batches until it catches up (the scheduler
+ * skips sequences with the flag).  Engine thread, before each schedule. */
+static void refresh_paused(llm_engine *e)
+{
+    sched_seq *s;
+    int pass;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (s = pass ? scheduler_waiting(e->sched) : scheduler_running(e->sched);
+             s != NULL; s = s->next)
+        {
+            llm_request *r = s->owner;
+
+            s->paused = atomic_load(&r->unread_tokens) >= LLM_PAUSE_UNREAD_TOKENS;
+        }
+    }
+}
+
+static int count_paused(llm_engine *e)
+{
+    sched_seq *s;
+    int pass, n = 0;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (s = pass ? scheduler_waiting(e->sched) : scheduler_running(e->sched);
+             s != NULL; s = s->next)
+        {
+            n += s->paused;
+        }
+    }
+    return n;
+}
+
+/* Requests prepared after the engine failed: error them. */
+static void fail_incoming(llm_engine *e)
+{
+    char msg[LLM_ERR_MAX];
+    llm_request *list, *r;
+
+    pthread_mutex_lock(&e->mu);
+    list = e->incoming.head;
+    e->incoming.head = e->incoming.tail = NULL;
+    e->incoming.n = 0;
+    snprintf(msg, sizeof(msg), "%s", e->load_err);
+    pthread_mutex_unlock(&e->mu);
+    while ((r = list) != NULL) {
+        list = r->qnext;
+        r->qnext = NULL;
+        finish_error(e, r, LLM_ERR_NOT_READY, NULL, msg);
+    }
+}
+
+/*
+ * The engine gives up after a fatal backend error or too many failed
+ * forward passes in a row: state FAILED with why as its error text, every
+ * request in it (running, paused, waiting, prepared) ends with an error
+ * event, and llm_submit refuses from now on (the prep thread errors what
+ * it still holds).  Engine thread.
+ */
+static void engine_fail(llm_engine *e, const char *why)
+{
+    char msg[LLM_ERR_MAX];
+    sched_seq *s;
+
+    pthread_mutex_lock(&e->mu);
+    snprintf(e->load_err, sizeof(e->load_err), "%s", why);
+    e->failed_at_runtime = 1;
+    pthread_mutex_unlock(&e->mu);
+    atomic_store(&e->state, LLM_STATE_FAILED);
+    snprintf(msg, sizeof(msg), "%s", why);
+    while ((s = scheduler_running(e->sched)) != NULL) {
+        fail_running(e, s->owner, LLM_ERR_NOT_READY, NULL, msg);
+    }
+    while ((s = scheduler_waiting(e->sched)) != NULL) {
+        fail_running(e, s->owner, LLM_ERR_NOT_READY, NULL, msg);
+    }
+    fail_incoming(e);
+    update_gauges(e);
+    pthread_mutex_lock(&e->ready_mu);
+    pthread_cond_broadcast(&e->ready_cond);
+    pthread_mutex_unlock(&e->ready_mu);
+}
+
 static void update_gauges(llm_engine *e)
 {
     kv_cache_stats ks;
-    int queued;
+    int queued, paused = count_paused(e);
 
     kv_cache_get_stats(e->kv, &ks);
     pthread_mutex_lock(&e->mu);
@@ -1009,6 +1185,7 @@ static void update_gauges(llm_engine *e)
     e->stats.prefix_cache_queries = ks.queries;
     e->stats.prefix_cache_hits = ks.hits;
     e->stats.preemptions = scheduler_num_preemptions(e->sched);
+    e->stats.paused = paused;
     pthread_mutex_unlock(&e->stats_mu);
 }
 
@@ -1017,12 +1194,13 @@ static int engine_step(llm_engine *e)
 {
     sched_output out;
     char err[LLM_ERR_MAX];
-    int n, i, k, events = 0;
-    uint64_t prompt_tok = 0;
+    int n, i, k, rc, events = 0;
+    uint64_t prompt_tok = 0, steps;
     double t0;
 
     admit_incoming(e);
     events += reap_cancelled(e);
+    refresh_paused(e);
 
     n = scheduler_schedule(e->sched, &out);
     if (n < 0) {
@@ -1073,9 +1251,31 @@ static int engine_step(llm_engine *e)
     }
     t0 = engine_now();
     err[0] = '\0';
-    if (e->be->ops->forward(e->be, &out.batch, e->logits, err, sizeof(err))
-        != 0)
-    {
+    steps = atomic_load(&e->hb_steps);
+    if (e->fault_hang_after >= 0 && steps >= (uint64_t) e->fault_hang_after) {
+        /* Injected hang: as if this forward pass never returned.  Only
+         * llm_engine_destroy ends it; the heartbeat stays busy and stale. */
+        pthread_mutex_lock(&e->mu);
+        while (!e->stop) {
+            pthread_cond_wait(&e->engine_cond, &e->mu);
+        }
+        pthread_mutex_unlock(&e->mu);
+        return 1;
+    }
+    if (e->fault_fail_after >= 0 && steps >= (uint64_t) e->fault_fail_after) {
+        snprintf(err, sizeof(err), "injected fault: the forward pass failed "
+                 "(LLM_TEST_FAULT=fail_forward_after_steps=%lld)",
+                 (long long) e->fault_fail_after);
+        rc = -1;
+    } else {
+        rc = e->be->ops->forward(e->be, &out.batch, e->logits, err,
+                                 sizeof(err));
+    }
+    if (rc != 0) {
+        if (err[0] == '\0') {
+            snprintf(err, sizeof(err), "the %s backend's forward pass failed",
+                     e->be->ops->name);
+        }
         /* A failed forward leaves the batch's KV undefined: end those
          * requests with the backend's message. */
         for (i = 0; i < out.n_entries; i++) {
@@ -1086,9 +1286,29 @@ static int engine_step(llm_engine *e)
             finish_error(e, out.entries[i].seq->owner, LLM_ERR_INTERNAL, NULL,
                          err);
         }
+        pthread_mutex_lock(&e->stats_mu);
+        e->stats.forward_errors++;
+        pthread_mutex_unlock(&e->stats_mu);
+        e->forward_failures++;
+        if (rc == LLM_BACKEND_FATAL
+            || e->forward_failures >= ENGINE_MAX_FORWARD_FAILURES)
+        {
+            char why[LLM_ERR_MAX];
+
+            if (rc == LLM_BACKEND_FATAL) {
+                snprintf(why, sizeof(why), "the engine stopped: fatal %s "
+                         "backend error: %s", e->be->ops->name, err);
+            } else {
+                snprintf(why, sizeof(why), "the engine stopped after %d "
+                         "failed forward passes in a row; the last: %s",
+                         e->forward_failures, err);
+            }
+            engine_fail(e, why);
+        }
         notify(e);
         return 1;
     }
+    e->forward_failures = 0;
     scheduler_step_done(e->sched, &out);
     for (i = 0; i < out.n_entries; i++) {
         const sched_entry *en = &out.entries[i];
@@ -1100,6 +1320,7 @@ static int engine_step(llm_engine *e)
                                        : en->seq->n_prompt) - en->start);
         }
     }
+    atomic_fetch_add(&e->hb_steps, 1);
     pthread_mutex_lock(&e->stats_mu);
     hist_add(&e->stats.step_time, engine_now() - t0);
     e->stats.steps++;
@@ -1121,6 +1342,7 @@ static int engine_step(llm_engine *e)
 static void *engine_main(void *arg)
 {
     llm_engine *e = arg;
+    int progressed = 1;
 
     if (atomic_load(&e->state) == LLM_STATE_LOADING) {
         char err[LLM_ERR_MAX];
@@ -1142,31 +1364,82 @@ static void *engine_main(void *arg)
     }
 
     for (;;) {
-        int busy;
-
+        /* Sleep while there is nothing to do: no sequences, or the last
+         * step found none it could run (all paused for their readers)
+         * and nothing changed since (a kick: a reader caught up, a
+         * cancel; new requests). */
         pthread_mutex_lock(&e->mu);
-        while (!e->stop && e->incoming.head == NULL
-               && scheduler_num_running(e->sched) == 0
-               && scheduler_num_waiting(e->sched) == 0)
+        while (!e->stop && !e->kick && e->incoming.head == NULL
+               && (!progressed
+                   || (scheduler_num_running(e->sched) == 0
+                       && scheduler_num_waiting(e->sched) == 0)))
         {
+            atomic_store(&e->hb_eng_busy, 0);
             pthread_cond_wait(&e->engine_cond, &e->mu);
         }
         if (e->stop) {
             pthread_mutex_unlock(&e->mu);
             break;
         }
+        e->kick = 0;
+        eng_busy_locked(e);
         pthread_mutex_unlock(&e->mu);
-        busy = engine_step(e);
-        if (!busy) {
-            /* Sequences exist but none could run (cannot happen with a
-             * sane pool); do not spin. */
-            usleep(1000);
+        if (atomic_load(&e->state) == LLM_STATE_FAILED) {
+            fail_incoming(e);
+            notify(e);
+            progressed = 0;
+            continue;
         }
+        progressed = engine_step(e);
+        atomic_store(&e->hb_eng_ns, now_ns());
     }
     return NULL;
 }
 
 /* ---- create / destroy --------------------------------------------------------- */
+
+/* LLM_TEST_FAULT (llm.h): "hang_after_steps=N" or
+ * "fail_forward_after_steps=N"; unset or empty: no fault. */
+static int parse_fault(llm_engine *e, char *err, size_t errlen)
+{
+    static const struct { const char *key; size_t len; } keys[] = {
+        { "hang_after_steps=", sizeof("hang_after_steps=") - 1 },
+        { "fail_forward_after_steps=", sizeof("fail_forward_after_steps=") - 1 }
+    };
+    const char *v = getenv("LLM_TEST_FAULT");
+    int i;
+
+    e->fault_hang_after = -1;
+    e->fault_fail_after = -1;
+    if (v == NULL || v[0] == '\0') {
+        return 0;
+    }
+    for (i = 0; i < 2; i++) {
+        if (strncmp(v, keys[i].key, keys[i].len) == 0) {
+            const char *num = v + keys[i].len;
+            char *end;
+            long long n;
+
+            errno = 0;
+            n = strtoll(num, &end, 10);
+            if (num[0] < '0' || num[0] > '9' || *end != '\0'
+                || errno != 0)
+            {
+                break;
+            }
+            if (i == 0) {
+                e->fault_hang_after = n;
+            } else {
+                e->fault_fail_after = n;
+            }
+            return 0;
+        }
+    }
+    seterr(err, errlen, "LLM_TEST_FAULT=\"%.200s\": expected "
+           "\"hang_after_steps=N\" or \"fail_forward_after_steps=N\" with N "
+           "a non-negative integer", v);
+    return -1;
+}
 
 static void engine_free_all(llm_engine *e);
 
@@ -1218,10 +1491,17 @@ llm_engine *llm_engine_create(const llm_engine_options *o, char *err,
         engine_free_all(e);
         return NULL;
     }
-    if (parse_device(e, e->device, err, errlen) != 0) {
+    if (parse_device(e, e->device, err, errlen) != 0
+        || parse_fault(e, err, errlen) != 0)
+    {
         engine_free_all(e);
         return NULL;
     }
+    atomic_init(&e->hb_steps, 0);
+    atomic_init(&e->hb_eng_ns, now_ns());
+    atomic_init(&e->hb_prep_ns, now_ns());
+    atomic_init(&e->hb_eng_busy, 0);
+    atomic_init(&e->hb_prep_busy, 0);
     if (!o->load_async) {
         if (engine_load(e, err, errlen) != 0) {
             engine_free_all(e);
@@ -1373,7 +1653,11 @@ llm_request *llm_submit(llm_engine *e, const llm_request_params *p,
     default:
         *status = LLM_ERR_NOT_READY;
         pthread_mutex_lock(&e->mu);
-        seterr(err, errlen, "the model failed to load: %s", e->load_err);
+        if (e->failed_at_runtime) {
+            seterr(err, errlen, "%s", e->load_err);
+        } else {
+            seterr(err, errlen, "the model failed to load: %s", e->load_err);
+        }
         pthread_mutex_unlock(&e->mu);
         return NULL;
     }
@@ -1411,8 +1695,13 @@ llm_request *llm_submit(llm_engine *e, const llm_request_params *p,
         return NULL;
     }
     r->queued = 1;
+    r->engine = e;
     e->n_queued++;
     q_push(&e->prep_q, r);
+    if (!atomic_load(&e->hb_prep_busy)) {
+        atomic_store(&e->hb_prep_ns, now_ns());
+        atomic_store(&e->hb_prep_busy, 1);
+    }
     pthread_cond_signal(&e->prep_cond);
     pthread_mutex_unlock(&e->mu);
     *status = LLM_OK;

@@ -32,6 +32,12 @@ struct llm_request {
     engine_event_node *ev_head, *ev_tail;
     int                ev_tail_open;     /* tail TOKEN event may coalesce */
     int                in_ready;         /* guarded by the engine's ready_mu */
+    int                final_pushed;     /* FINISH/ERROR queued (ev_mu) */
+    atomic_int         unread_tokens;    /* generated tokens queued and not
+                                            yet popped (written under ev_mu,
+                                            read by the engine to pause) */
+    struct llm_engine *engine;           /* for waking it (resume, cancel);
+                                            not touched after final_pushed */
     void              *user;
 
     /* Copied parameters (read-only after llm_submit). */
@@ -101,6 +107,12 @@ int  engine_push_error(llm_request *r, llm_status st, const char *param,
                        const char *msg);
 
 double engine_now(void);
+
+/* ---- engine.c, for engine_request.c ------------------------------------- */
+
+/* Makes the engine thread re-examine its sequences (a paused one may run
+ * again, a cancelled one must be reaped).  Caller thread; takes e->mu. */
+void engine_kick(struct llm_engine *e);
 
 /* ---- test hook (engine.c) ---------------------------------------------- */
 

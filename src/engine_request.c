@@ -189,6 +189,7 @@ llm_request *engine_request_new(const llm_request_params *p,
     atomic_init(&r->refs, 2);
     atomic_init(&r->cancelled, 0);
     atomic_init(&r->caller_released, 0);
+    atomic_init(&r->unread_tokens, 0);
     if (pthread_mutex_init(&r->ev_mu, NULL) != 0) {
         free(r);
         seterr(err, errlen, "pthread_mutex_init failed");
@@ -304,10 +305,26 @@ oom:
 
 /* ---- caller side -------------------------------------------------------- */
 
+/* Wakes the engine for r unless r has ended.  The engine is alive while r
+ * has not: llm_engine_destroy ends every request and runs on the caller's
+ * thread, the only one that calls this. */
+static void kick_engine(llm_request *r)
+{
+    int ended;
+
+    pthread_mutex_lock(&r->ev_mu);
+    ended = r->final_pushed;
+    pthread_mutex_unlock(&r->ev_mu);
+    if (!ended && r->engine != NULL) {
+        engine_kick(r->engine);
+    }
+}
+
 void llm_request_cancel(llm_request *r)
 {
-    if (r != NULL) {
-        atomic_store(&r->cancelled, 1);
+    if (r != NULL && !atomic_exchange(&r->cancelled, 1)) {
+        /* A paused sequence is in no batch: the engine may be asleep. */
+        kick_engine(r);
     }
 }
 
@@ -317,8 +334,8 @@ void llm_request_release(llm_request *r)
         return;
     }
     /* Nobody can read its events any more: stop generating too. */
-    atomic_store(&r->cancelled, 1);
     atomic_store(&r->caller_released, 1);
+    llm_request_cancel(r);
     engine_request_unref(r);
 }
 
@@ -330,6 +347,7 @@ void *llm_request_user(llm_request *r)
 int llm_request_next_event(llm_request *r, llm_event *ev)
 {
     engine_event_node *n;
+    int resume = 0;
 
     memset(ev, 0, sizeof(*ev));
     pthread_mutex_lock(&r->ev_mu);
@@ -339,10 +357,22 @@ int llm_request_next_event(llm_request *r, llm_event *ev)
         if (r->ev_head == NULL) {
             r->ev_tail = NULL;
         }
+        if (n->ev.type == LLM_EV_TOKEN) {
+            int before = atomic_fetch_sub(&r->unread_tokens, n->ev.n_tokens);
+
+            /* Crossing back below the bound: the engine may have paused
+             * this request and gone to sleep. */
+            resume = before >= LLM_PAUSE_UNREAD_TOKENS
+                     && before - n->ev.n_tokens < LLM_PAUSE_UNREAD_TOKENS
+                     && !r->final_pushed;
+        }
     }
     pthread_mutex_unlock(&r->ev_mu);
     if (n == NULL) {
         return 0;
+    }
+    if (resume && r->engine != NULL) {
+        engine_kick(r->engine);
     }
     *ev = n->ev;
     free(n);
@@ -370,9 +400,16 @@ void llm_event_free(llm_event *ev)
 void engine_push_event(llm_request *r, llm_event *ev)
 {
     engine_event_node *n = malloc(sizeof(*n));
+    int final = ev->type == LLM_EV_FINISH || ev->type == LLM_EV_ERROR;
 
     if (n == NULL) {
-        /* Out of memory: the event is lost, but its memory is not leaked. */
+        /* Out of memory: the event is lost, but its memory is not leaked;
+         * a lost last event still ends the request for kick_engine. */
+        if (final) {
+            pthread_mutex_lock(&r->ev_mu);
+            r->final_pushed = 1;
+            pthread_mutex_unlock(&r->ev_mu);
+        }
         llm_event_free(ev);
         return;
     }
@@ -382,6 +419,12 @@ void engine_push_event(llm_request *r, llm_event *ev)
     if (r->ev_tail) r->ev_tail->next = n; else r->ev_head = n;
     r->ev_tail = n;
     r->ev_tail_open = ev->type == LLM_EV_TOKEN;
+    if (ev->type == LLM_EV_TOKEN) {
+        atomic_fetch_add(&r->unread_tokens, ev->n_tokens);
+    }
+    if (final) {
+        r->final_pushed = 1;
+    }
     pthread_mutex_unlock(&r->ev_mu);
     memset(ev, 0, sizeof(*ev));
 }
@@ -436,7 +479,10 @@ int engine_push_tokens(llm_request *r, const llm_token_info *tok, int n,
         && r->ev_tail->ev.type == LLM_EV_TOKEN)
     {
         /* The consumer has not taken the last event yet: coalesce. */
+        int before = r->ev_tail->ev.n_tokens;
+
         rc = event_append(&r->ev_tail->ev, tok, n, text, len);
+        atomic_fetch_add(&r->unread_tokens, r->ev_tail->ev.n_tokens - before);
         pthread_mutex_unlock(&r->ev_mu);
         return rc;
     }

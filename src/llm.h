@@ -49,6 +49,13 @@ typedef enum {
     LLM_CPU_FAST
 } llm_cpu_precision;
 
+/*
+ * FAILED: the model did not load, or a loaded engine gave up (a backend
+ * reported a fatal error, or 3 forward passes failed in a row): every
+ * request in it ended with an LLM_EV_ERROR (LLM_ERR_NOT_READY, or
+ * LLM_ERR_INTERNAL for the failing batch) and llm_submit refuses with
+ * LLM_ERR_NOT_READY.  llm_engine_get_state's text says which.
+ */
 typedef enum {
     LLM_STATE_LOADING = 0,
     LLM_STATE_READY,
@@ -117,6 +124,25 @@ llm_engine_state llm_engine_get_state(llm_engine *e, char *err, size_t errlen);
  * stops making progress after N steps, as if a kernel never returned; it
  * still honours llm_engine_destroy) or "fail_forward_after_steps=N" (every
  * forward pass after N steps fails, as a lost CUDA context would).
+ */
+/*
+ * Which thread does what (engine.c): the engine thread counts steps and
+ * stamps each finished one; the preparation thread (chat template,
+ * tokenization) stamps the start of each request it prepares.  busy is 1
+ * while either thread has work: requests being prepared or queued for it,
+ * or sequences the engine thread can run.  last_progress is then the older
+ * stamp of the busy threads, so a long tokenization does not look like an
+ * engine hang (each preparation gets the whole limit) and a steady stream
+ * of preparations does not hide a stuck engine thread.  Sequences that are
+ * all paused for slow readers (LLM_PAUSE_UNREAD_TOKENS) leave the engine
+ * thread not busy: it waits for the readers, it is not stuck.  After a
+ * runtime failure (LLM_STATE_FAILED) busy drops to 0.
+ *
+ * LLM_TEST_FAULT: any other value (and N not a non-negative decimal
+ * number) makes llm_engine_create fail naming the variable; unset or empty
+ * means no fault.  The hang happens in the forward pass of step N + 1 (so
+ * an idle engine hangs on the next request it runs); failed passes do not
+ * count as steps.
  */
 typedef struct {
     uint64_t  steps;
@@ -295,7 +321,16 @@ typedef struct {
 /*
  * Pops the oldest pending event into *ev (caller frees with llm_event_free).
  * Returns 1 if an event was popped, 0 if none is pending.  Never blocks.
+ *
+ * Backpressure: once a request has LLM_PAUSE_UNREAD_TOKENS generated tokens
+ * queued and not yet popped, the engine stops generating for it (it keeps
+ * its KV blocks; they may be preempted for other requests, as any) until a
+ * pop brings the count below the bound, which wakes the engine.  Tokens,
+ * not events: consecutive TOKEN events coalesce while unread.  A paused
+ * request does not count against max_num_seqs for admitting others.
  */
+#define LLM_PAUSE_UNREAD_TOKENS 64
+
 int  llm_request_next_event(llm_request *r, llm_event *ev);
 void llm_event_free(llm_event *ev);
 
@@ -357,6 +392,9 @@ typedef struct {
     llm_histogram itl;                    /* inter-token latency */
     llm_histogram e2e;                    /* request latency */
     llm_histogram step_time;
+    int           paused;                 /* of running + waiting: held
+                                             for their readers */
+    uint64_t      forward_errors;         /* failed forward passes */
 } llm_stats;
 
 void llm_engine_stats(llm_engine *e, llm_stats *s);

@@ -233,6 +233,19 @@ static int preempt(scheduler *s, sched_output *out, sched_seq *seq)
     return 0;
 }
 
+/* Newest running paused sequence other than except, or NULL. */
+static sched_seq *newest_paused(const scheduler *s, const sched_seq *except)
+{
+    sched_seq *seq;
+
+    for (seq = s->running.tail; seq != NULL; seq = seq->prev) {
+        if (seq->paused && seq != except) {
+            return seq;
+        }
+    }
+    return NULL;
+}
+
 static int fail_seq(scheduler *s, sched_output *out, sched_seq *seq)
 {
     scheduler_remove(s, seq);
@@ -325,22 +338,29 @@ static int build_batch(scheduler *s, sched_output *out, int n_tok)
 int scheduler_schedule(scheduler *s, sched_output *out)
 {
     int budget = s->cfg.max_num_batched_tokens;
-    int n_tok = 0;
+    int n_tok = 0, n_run = 0, n_active = 0;
     int preempted_any = 0;
-    sched_seq *seq;
+    sched_seq *seq, *next;
 
     memset(out, 0, sizeof(*out));
 
-    /* 1. running sequences, oldest first */
+    /* 1. running sequences, oldest first, paused ones left out */
     seq = s->running.head;
-    while (seq != NULL && budget > 0) {
+    while (seq != NULL && budget > 0 && n_run < s->cfg.max_num_seqs) {
         int need = seq->n_tokens - seq->n_computed;
         int n = need < budget ? need : budget;
         int scheduled = 1;
 
+        if (seq->paused) {
+            seq = seq->next;
+            continue;
+        }
         while (kv_cache_allocate(s->kv, &seq->kv, seq->n_computed + n) != 0) {
-            sched_seq *victim = s->running.tail;
+            sched_seq *victim = newest_paused(s, seq);
 
+            if (victim == NULL) {
+                victim = s->running.tail;
+            }
             preempted_any = 1;
             if (victim != seq) {
                 if (preempt(s, out, victim) != 0) {
@@ -368,17 +388,26 @@ int scheduler_schedule(scheduler *s, sched_output *out)
         }
         budget -= n;
         n_tok += n;
+        n_run++;
         seq = seq->next;
     }
+    for (seq = s->running.head; seq != NULL; seq = seq->next) {
+        n_active += !seq->paused;
+    }
 
-    /* 2. waiting sequences, first come first served; none while memory
-     * is so tight that this step had to preempt. */
-    while (!preempted_any && budget > 0 && s->waiting.head != NULL
-           && s->running.n < s->cfg.max_num_seqs)
+    /* 2. waiting sequences, first come first served (paused ones passed
+     * over); none while memory is so tight that this step had to preempt. */
+    for (seq = s->waiting.head;
+         !preempted_any && seq != NULL && budget > 0
+         && n_active < s->cfg.max_num_seqs;
+         seq = next)
     {
         int need, n;
 
-        seq = s->waiting.head;
+        next = seq->next;
+        if (seq->paused) {
+            continue;
+        }
         if (seq->kv.n_blocks == 0) {
             int cached = kv_cache_match_prefix(s->kv, &seq->kv, seq->tokens,
                                                seq->n_tokens,
@@ -392,6 +421,20 @@ int scheduler_schedule(scheduler *s, sched_output *out)
         need = seq->n_tokens - seq->n_computed;
         n = need < budget ? need : budget;
         if (kv_cache_allocate(s->kv, &seq->kv, seq->n_computed + n) != 0) {
+            sched_seq *victim = newest_paused(s, NULL);
+
+            if (victim != NULL) {
+                /* A reader that is behind yields its memory: retry this
+                 * sequence with the blocks freed (the prefix lookup is
+                 * redone, as preemption may have dropped cached blocks). */
+                kv_cache_release(s->kv, &seq->kv);
+                seq->n_computed = 0;
+                if (preempt(s, out, victim) != 0) {
+                    return -1;
+                }
+                next = seq;
+                continue;
+            }
             kv_cache_release(s->kv, &seq->kv);
             seq->n_computed = 0;
             if (s->running.n == 0) {
@@ -415,6 +458,7 @@ int scheduler_schedule(scheduler *s, sched_output *out)
         }
         budget -= n;
         n_tok += n;
+        n_active++;
     }
 
     if (n_tok > 0 && build_batch(s, out, n_tok) != 0) {

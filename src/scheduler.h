@@ -13,6 +13,16 @@
  * Only a sequence that cannot grow even alone in the whole pool is handed
  * back as "failed" (the engine finishes it with length).
  *
+ * Paused sequences (the engine sets seq->paused for a request whose reader
+ * is behind) are left out of every batch: a running one keeps its blocks
+ * but does not count against max_num_seqs, a waiting one is not admitted
+ * and does not hold up the queue behind it.  When blocks run short, paused
+ * running sequences are preempted first (newest first), both for a running
+ * sequence that needs to grow and for a waiting one to be admitted, so
+ * readers that stop reading cannot starve the others of memory.  Because
+ * paused sequences do not count, more than max_num_seqs may be running;
+ * each step still schedules at most max_num_seqs of them, oldest first.
+ *
  * Not thread-safe: only the engine thread touches it.
  */
 #ifndef LLM_SCHEDULER_H
@@ -38,6 +48,7 @@ typedef struct sched_seq {
     int       n_cached;       /* prefix-cache hit at the first admission */
     int       admissions;     /* times moved from waiting to running */
     int       prefix_queried; /* counted in the prefix-cache statistics */
+    int       paused;         /* set by the caller: leave out of batches */
     kv_seq    kv;
     sched_seq_state state;
     struct sched_seq *prev, *next;   /* waiting or running list */
