@@ -18,8 +18,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-#define OAI_MAX_STOP        16
-#define OAI_MAX_TOP_LOGPROBS 20
 #define OAI_DEFAULT_MAX_CHOICES 128
 
 /* ---- errors ------------------------------------------------------------ */
@@ -223,6 +221,145 @@ static size_t utf8_count_chars(const char *s, size_t len)
     return n;
 }
 
+/* ---- body checks --------------------------------------------------------- */
+
+/*
+ * The whole body must be UTF-8: checked first, over every byte (keys and
+ * fields we ignore included), so a request gets one error naming the first
+ * bad byte before anything else is looked at.  cJSON copies bytes as they
+ * are, so without this check invalid text would reach the template, stop
+ * strings, logs and the 404 that echoes 'model'.
+ */
+static int check_utf8(const char *body, size_t len, oai_error *err)
+{
+    const unsigned char *p = (const unsigned char *) body;
+    size_t i = 0, n;
+
+    while (i < len) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        n = utf8_seq_len(p + i, len - i);
+        if (n == 0) {
+            oai_error_set(err, 400, "invalid_request_error", "invalid_utf8",
+                          NULL, "invalid UTF-8 at byte %zu of the request "
+                          "body", i);
+            return -1;
+        }
+        i += n;
+    }
+    return 0;
+}
+
+/*
+ * What cJSON accepts but must not get through, found by one pass over the
+ * raw body that only tracks strings and brackets:
+ *   - nesting over OAI_MAX_JSON_DEPTH: cJSON recurses once per level, so the
+ *     depth is refused before the parser runs;
+ *   - a NUL byte, or a \u0000 escape in any string: strings are C strings
+ *     from here on, and everything after the NUL would silently vanish.
+ * Anything else malformed is left to the parser's error.
+ */
+static int check_structure(const char *body, size_t len, oai_error *err)
+{
+    const unsigned char *p = (const unsigned char *) body;
+    size_t i;
+    int depth = 0, in_string = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == '\0') {
+            oai_error_set(err, 400, "invalid_request_error", "invalid_json",
+                          NULL, "the request body contains a NUL byte at "
+                          "byte %zu", i);
+            return -1;
+        }
+        if (in_string) {
+            if (p[i] == '\\' && i + 1 < len) {
+                if (p[i + 1] == 'u' && i + 5 < len
+                    && memcmp(p + i + 2, "0000", 4) == 0)
+                {
+                    oai_error_set(err, 400, "invalid_request_error",
+                                  "invalid_value", NULL, "strings must not "
+                                  "contain \\u0000 (at byte %zu of the "
+                                  "request body)", i);
+                    return -1;
+                }
+                i++;                 /* the escaped character */
+            } else if (p[i] == '"') {
+                in_string = 0;
+            }
+            continue;
+        }
+        switch (p[i]) {
+        case '"':
+            in_string = 1;
+            break;
+        case '[':
+        case '{':
+            if (++depth > OAI_MAX_JSON_DEPTH) {
+                oai_error_set(err, 400, "invalid_request_error",
+                              "nesting_too_deep", NULL, "the request body "
+                              "nests arrays/objects more than %d levels deep "
+                              "(at byte %zu)", OAI_MAX_JSON_DEPTH, i);
+                return -1;
+            }
+            break;
+        case ']':
+        case '}':
+            if (depth > 0) {
+                depth--;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Checks, parses and returns the body's top-level object (caller deletes),
+ * or NULL with err set.  Data after the value ("{...} {...}") is refused:
+ * cJSON would ignore it.
+ */
+static cJSON *parse_body(const char *body, size_t len, oai_error *err)
+{
+    cJSON *root;
+    const char *end = NULL;
+    size_t i;
+
+    if (check_utf8(body, len, err) < 0 || check_structure(body, len, err) < 0)
+    {
+        return NULL;
+    }
+    root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (root == NULL) {
+        oai_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
+                      "request body is not valid JSON (error near byte %ld)",
+                      end ? (long) (end - body) : 0L);
+        return NULL;
+    }
+    for (i = end ? (size_t) (end - body) : len; i < len; i++) {
+        if (body[i] != ' ' && body[i] != '\t' && body[i] != '\n'
+            && body[i] != '\r')
+        {
+            cJSON_Delete(root);
+            oai_error_set(err, 400, "invalid_request_error", "invalid_json",
+                          NULL, "unexpected data after the JSON value at "
+                          "byte %zu", i);
+            return NULL;
+        }
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        oai_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
+                      "request body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
 /* ---- field access -------------------------------------------------------- */
 
 /* Absent and JSON null both mean "not given", as in OpenAI's API. */
@@ -338,6 +475,47 @@ static int oom(oai_error *err)
     return -1;
 }
 
+/* 'model' (optional) into *out, malloc'ed; bounded so it is echoed whole. */
+static int get_model(const cJSON *root, char **out, oai_error *err)
+{
+    cJSON *f = field(root, "model");
+
+    if (f == NULL) {
+        return 0;
+    }
+    if (!cJSON_IsString(f)) {
+        return bad_type(err, "model", "a string");
+    }
+    if (strlen(f->valuestring) > OAI_MAX_MODEL_NAME) {
+        return bad_value(err, "model", "'model' must have at most %d bytes, "
+                         "got %zu", OAI_MAX_MODEL_NAME,
+                         strlen(f->valuestring));
+    }
+    if ((*out = strdup(f->valuestring)) == NULL) {
+        return oom(err);
+    }
+    return 0;
+}
+
+/* 'tools' (optional): an array of at most OAI_MAX_TOOLS entries. */
+static int check_tools(const cJSON *tools, oai_error *err)
+{
+    int n;
+
+    if (tools == NULL) {
+        return 0;
+    }
+    if (!cJSON_IsArray(tools)) {
+        return bad_type(err, "tools", "an array");
+    }
+    n = cJSON_GetArraySize(tools);
+    if (n > OAI_MAX_TOOLS) {
+        return bad_value(err, "tools", "'tools' must have at most %d "
+                         "entries, got %d", OAI_MAX_TOOLS, n);
+    }
+    return 0;
+}
+
 /* ---- messages ------------------------------------------------------------ */
 
 /*
@@ -365,6 +543,12 @@ static cJSON *normalize_messages(const cJSON *msgs, oai_error *err)
     }
     if (cJSON_GetArraySize(msgs) == 0) {
         bad_value(err, "messages", "'messages' must not be empty");
+        return NULL;
+    }
+    if (cJSON_GetArraySize(msgs) > OAI_MAX_MESSAGES) {
+        bad_value(err, "messages", "'messages' must have at most %d "
+                  "entries, got %d", OAI_MAX_MESSAGES,
+                  cJSON_GetArraySize(msgs));
         return NULL;
     }
     out = cJSON_CreateArray();
@@ -434,6 +618,12 @@ static cJSON *normalize_messages(const cJSON *msgs, oai_error *err)
             cJSON *part;
             int k = 0;
 
+            if (cJSON_GetArraySize(content) > OAI_MAX_CONTENT_PARTS) {
+                bad_value(err, param, "'%s' must have at most %d parts, "
+                          "got %d", param, OAI_MAX_CONTENT_PARTS,
+                          cJSON_GetArraySize(content));
+                goto fail;
+            }
             cJSON_ArrayForEach(part, content) {
                 cJSON *type, *text;
                 char pparam[64];
@@ -501,6 +691,11 @@ static int parse_stop(const cJSON *root, oai_request *req, oai_error *err)
         if (f->valuestring[0] == '\0') {
             return bad_value(err, "stop", "'stop' must not be empty");
         }
+        if (strlen(f->valuestring) > OAI_MAX_STOP_BYTES) {
+            return bad_value(err, "stop", "'stop' must have at most %d "
+                             "bytes, got %zu", OAI_MAX_STOP_BYTES,
+                             strlen(f->valuestring));
+        }
         req->stop = calloc(1, sizeof(char *));
         if (req->stop == NULL || (req->stop[0] = strdup(f->valuestring)) == NULL) {
             return oom(err);
@@ -512,8 +707,8 @@ static int parse_stop(const cJSON *root, oai_request *req, oai_error *err)
         return bad_type(err, "stop", "a string or an array of strings");
     }
     if (cJSON_GetArraySize(f) > OAI_MAX_STOP) {
-        return bad_value(err, "stop", "'stop' has more than %d entries",
-                         OAI_MAX_STOP);
+        return bad_value(err, "stop", "'stop' must have at most %d entries, "
+                         "got %d", OAI_MAX_STOP, cJSON_GetArraySize(f));
     }
     req->stop = calloc(cJSON_GetArraySize(f) + 1, sizeof(char *));
     if (req->stop == NULL) {
@@ -525,6 +720,11 @@ static int parse_stop(const cJSON *root, oai_request *req, oai_error *err)
         }
         if (s->valuestring[0] == '\0') {
             return bad_value(err, "stop", "'stop' entries must not be empty");
+        }
+        if (strlen(s->valuestring) > OAI_MAX_STOP_BYTES) {
+            return bad_value(err, "stop", "'stop' entries must have at most "
+                             "%d bytes, entry %d has %zu", OAI_MAX_STOP_BYTES,
+                             i, strlen(s->valuestring));
         }
         if ((req->stop[i] = strdup(s->valuestring)) == NULL) {
             return oom(err);
@@ -573,6 +773,11 @@ static int parse_logit_bias(const cJSON *root, oai_request *req,
     if (!cJSON_IsObject(f)) {
         return bad_type(err, "logit_bias",
                         "an object mapping token ids to numbers");
+    }
+    if (cJSON_GetArraySize(f) > OAI_MAX_LOGIT_BIAS) {
+        return bad_value(err, "logit_bias", "'logit_bias' must have at most "
+                         "%d entries, got %d", OAI_MAX_LOGIT_BIAS,
+                         cJSON_GetArraySize(f));
     }
     req->logit_bias = calloc(cJSON_GetArraySize(f) + 1, sizeof(llm_logit_bias));
     if (req->logit_bias == NULL) {
@@ -1084,10 +1289,10 @@ static int parse_chat(const cJSON *root, oai_request *req, oai_error *err)
 
     tools = field(root, "tools");
     tc = field(root, "tool_choice");
+    if (check_tools(tools, err) < 0) {
+        return -1;
+    }
     if (tools != NULL) {
-        if (!cJSON_IsArray(tools)) {
-            return bad_type(err, "tools", "an array");
-        }
         /* tool_choice "none": the model must not see the tools */
         if (!(cJSON_IsString(tc) && strcmp(tc->valuestring, "none") == 0)
             && cJSON_GetArraySize(tools) > 0)
@@ -1121,8 +1326,7 @@ static int parse_chat(const cJSON *root, oai_request *req, oai_error *err)
 int oai_parse_request(oai_kind kind, const char *body, size_t len,
                       const oai_limits *lim, oai_request *req, oai_error *err)
 {
-    cJSON *root, *model;
-    const char *end = NULL;
+    cJSON *root;
     int max_choices;
 
     memset(req, 0, sizeof(*req));
@@ -1130,30 +1334,12 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len,
     req->n = 1;
     llm_request_params_init(&req->params);
 
-    root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    root = parse_body(body, len, err);
     if (root == NULL) {
-        oai_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
-                      "request body is not valid JSON (error near byte %ld)",
-                      end ? (long) (end - body) : 0L);
         return -1;
     }
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        oai_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
-                      "request body must be a JSON object");
-        return -1;
-    }
-
-    model = field(root, "model");
-    if (model != NULL) {
-        if (!cJSON_IsString(model)) {
-            bad_type(err, "model", "a string");
-            goto fail;
-        }
-        if ((req->model = strdup(model->valuestring)) == NULL) {
-            oom(err);
-            goto fail;
-        }
+    if (get_model(root, &req->model, err) < 0) {
+        goto fail;
     }
     if (kind == OAI_CHAT) {
         if (parse_chat(root, req, err) < 0) {
@@ -1220,6 +1406,35 @@ void oai_request_params(const oai_request *req, int i, llm_request_params *p)
         p->text = req->prompts[i].text;
         p->text_len = req->prompts[i].text_len;
     }
+}
+
+int oai_check_token_ids(const oai_request *req, int vocab_size,
+                        oai_error *err)
+{
+    int i, k;
+
+    if (vocab_size <= 0) {
+        return 0;
+    }
+    for (i = 0; i < req->n_logit_bias; i++) {
+        if (req->logit_bias[i].token >= vocab_size) {
+            return bad_value(err, "logit_bias", "logit_bias key %d is not a "
+                             "token id of this model (ids are 0 to %d)",
+                             (int) req->logit_bias[i].token, vocab_size - 1);
+        }
+    }
+    for (k = 0; k < req->n_prompts && req->prompts != NULL; k++) {
+        const oai_prompt *p = &req->prompts[k];
+
+        for (i = 0; p->is_tokens && i < p->n_tokens; i++) {
+            if (p->tokens[i] >= vocab_size) {
+                return bad_value(err, "prompt", "token id %d in 'prompt' is "
+                                 "not a token id of this model (ids are 0 to "
+                                 "%d)", (int) p->tokens[i], vocab_size - 1);
+            }
+        }
+    }
+    return 0;
 }
 
 void oai_request_free(oai_request *req)
@@ -2080,23 +2295,12 @@ int oai_parse_tokenize(const char *body, size_t len, oai_tokenize_request *t,
 
     memset(t, 0, sizeof(*t));
     t->add_generation_prompt = 1;
-    root = cJSON_ParseWithLength(body, len);
-    if (root == NULL || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        oai_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
-                      "request body must be a JSON object");
+    root = parse_body(body, len, err);
+    if (root == NULL) {
         return -1;
     }
-    f = field(root, "model");
-    if (f != NULL) {
-        if (!cJSON_IsString(f)) {
-            bad_type(err, "model", "a string");
-            goto fail;
-        }
-        if ((t->model = strdup(f->valuestring)) == NULL) {
-            oom(err);
-            goto fail;
-        }
+    if (get_model(root, &t->model, err) < 0) {
+        goto fail;
     }
     f = field(root, "prompt");
     if (f != NULL) {
@@ -2126,11 +2330,10 @@ int oai_parse_tokenize(const char *body, size_t len, oai_tokenize_request *t,
             goto fail;
         }
         x = field(root, "tools");
+        if (check_tools(x, err) < 0) {
+            goto fail;
+        }
         if (x != NULL) {
-            if (!cJSON_IsArray(x)) {
-                bad_type(err, "tools", "an array");
-                goto fail;
-            }
             if ((t->tools_json = json_text(x, err)) == NULL) {
                 goto fail;
             }
@@ -2216,23 +2419,12 @@ int oai_parse_detokenize(const char *body, size_t len, char **model,
     *model = NULL;
     *ids = NULL;
     *n = 0;
-    root = cJSON_ParseWithLength(body, len);
-    if (root == NULL || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        oai_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
-                      "request body must be a JSON object");
+    root = parse_body(body, len, err);
+    if (root == NULL) {
         return -1;
     }
-    f = field(root, "model");
-    if (f != NULL) {
-        if (!cJSON_IsString(f)) {
-            bad_type(err, "model", "a string");
-            goto fail;
-        }
-        if ((*model = strdup(f->valuestring)) == NULL) {
-            oom(err);
-            goto fail;
-        }
+    if (get_model(root, model, err) < 0) {
+        goto fail;
     }
     f = field(root, "tokens");
     if (f == NULL) {

@@ -61,6 +61,50 @@ typedef struct {
     int      n_tokens;
 } oai_prompt;
 
+/*
+ * Limits of the request validator (docs/security.md lists them with the
+ * nginx-side ones).  Each is a 400 naming the field ("param"), found before
+ * anything is tokenized, so a large body cannot make the engine's single
+ * preparation thread template or tokenize more than a real client sends.
+ *
+ * OAI_MAX_JSON_DEPTH    nesting of arrays/objects, checked by a scan of the
+ *                       raw body *before* cJSON's recursive parser runs (a
+ *                       1000-deep body never reaches it).  A chat request
+ *                       is 4 levels deep, a tool or response_format schema
+ *                       rarely more than 10.
+ * OAI_MAX_MESSAGES      a Qwen3 chat message costs 5 template tokens plus
+ *                       its content (~8 for a short one), so 4096 messages
+ *                       fill the default 32768-token context: a request over
+ *                       the limit could hardly fit anyway, and it is refused
+ *                       before it is templated.
+ * OAI_MAX_CONTENT_PARTS text parts of one message's content array.
+ * OAI_MAX_TOOLS         OpenAI's limit on 'tools'.
+ * OAI_MAX_STOP          stop strings (OpenAI allows 4, vLLM no limit).
+ * OAI_MAX_STOP_BYTES    bytes of one stop string: the engine's limit
+ *                       (ENGINE_MAX_STOP_LEN), checked here to name 'stop'.
+ * OAI_MAX_LOGIT_BIAS    logit_bias entries: clients bias a few tokens (a
+ *                       ban list, label tokens); the entries are applied at
+ *                       every step, so their number is bounded.
+ * OAI_MAX_TOP_LOGPROBS  top_logprobs / legacy logprobs (OpenAI: 20).
+ * OAI_MAX_MODEL_NAME    bytes of 'model': the 404 for an unknown model
+ *                       echoes up to 200 bytes of it, so a name that passes
+ *                       is echoed whole, never cut inside a character.
+ *
+ * Also refused, before parsing, anywhere in the body (keys, unknown fields
+ * included): invalid UTF-8 (400 invalid_utf8, "invalid UTF-8 at byte N"),
+ * a NUL byte, an escaped \u0000 in a string (C strings would end there),
+ * and data after the JSON value.
+ */
+#define OAI_MAX_JSON_DEPTH      64
+#define OAI_MAX_MESSAGES        4096
+#define OAI_MAX_CONTENT_PARTS   256
+#define OAI_MAX_TOOLS           128
+#define OAI_MAX_STOP            16
+#define OAI_MAX_STOP_BYTES      1024
+#define OAI_MAX_LOGIT_BIAS      1024
+#define OAI_MAX_TOP_LOGPROBS    20
+#define OAI_MAX_MODEL_NAME      200
+
 typedef struct {
     int default_max_tokens;  /* used when the request has none; 0: engine's */
     int max_tokens_cap;      /* larger requests are clamped; 0: no cap */
@@ -111,6 +155,14 @@ int oai_parse_request(oai_kind kind, const char *body, size_t len,
 void oai_request_params(const oai_request *req, int prompt_index,
                         llm_request_params *p);
 void oai_request_free(oai_request *req);
+/*
+ * Token ids the request names (logit_bias keys, token-id prompts) against
+ * the model's vocabulary, once it is known (after oai_parse_request, with
+ * llm_model_info.vocab_size).  Returns 0, or -1 with err (400 naming
+ * logit_bias or prompt).  The engine checks the same ids, without a param.
+ */
+int oai_check_token_ids(const oai_request *req, int vocab_size,
+                        oai_error *err);
 
 /* ---- responses ----------------------------------------------------------- */
 

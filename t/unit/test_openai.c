@@ -753,6 +753,330 @@ static void test_models_json(void)
     free(s);
 }
 
+/* ---- body checks and limits (docs/security.md) --------------------------- */
+
+/* Parses a body of len bytes (may hold NULs); expects a 400 with code and,
+ * when given, param and a message containing what. */
+static void expect_body_error(oai_kind kind, const char *body, size_t len,
+                              const char *code, const char *param,
+                              const char *what)
+{
+    oai_request req;
+    oai_error err;
+
+    memset(&err, 0, sizeof(err));
+    CHECK(oai_parse_request(kind, body, len, &no_limits, &req, &err) == -1,
+          "accepted: %.80s", body);
+    CHECK(err.status == 400, "status %d for %.80s", err.status, body);
+    CHECK(err.code != NULL && strcmp(err.code, code) == 0,
+          "code '%s' (wanted '%s') for %.80s: %s", err.code ? err.code : "",
+          code, body, err.message);
+    CHECK(strcmp(err.param, param ? param : "") == 0,
+          "param '%s' (wanted '%s') for %.80s", err.param,
+          param ? param : "", body);
+    CHECK(what == NULL || strstr(err.message, what) != NULL,
+          "message '%s' lacks '%s'", err.message, what);
+}
+
+static void expect_ok(oai_kind kind, const char *body, size_t len)
+{
+    oai_request req;
+    oai_error err;
+
+    CHECK(oai_parse_request(kind, body, len, &no_limits, &req, &err) == 0,
+          "refused: %.80s: %s", body, err.message);
+    oai_request_free(&req);
+}
+
+#define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]"
+
+static void test_invalid_utf8(void)
+{
+    static const struct { const char *body; size_t at; } bad[] = {
+        /* a lone continuation byte in the content */
+        { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\x80\"}]}", 40 },
+        /* an overlong '/' in an unknown field's key */
+        { "{\"x\xC0\xAF\":1," MSG "}", 3 },
+        /* a surrogate (U+D800) encoded as bytes, in 'model' */
+        { "{\"model\":\"\xED\xA0\x80\"," MSG "}", 10 },
+        /* past U+10FFFF, in 'stop' */
+        { "{" MSG ",\"stop\":\"\xF4\x90\x80\x80\"}", 52 },
+        /* a sequence cut by the end of the body */
+        { "{" MSG "}\xE4\xB8", 44 },
+    };
+    char want[64];
+    size_t i;
+    oai_tokenize_request t;
+    oai_error err;
+    char *model;
+    int32_t *ids;
+    int n;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(want, sizeof(want), "invalid UTF-8 at byte %zu", bad[i].at);
+        expect_body_error(OAI_CHAT, bad[i].body, strlen(bad[i].body),
+                          "invalid_utf8", NULL, want);
+    }
+    /* found before anything else: the body is not even JSON after it */
+    expect_body_error(OAI_COMPLETION, "{\"prompt\":\"\xFF\"", 12,
+                      "invalid_utf8", NULL, "at byte 11");
+    /* every endpoint */
+    CHECK(oai_parse_tokenize("{\"prompt\":\"\xFE\"}", 14, &t, &err) == -1
+          && strcmp(err.code, "invalid_utf8") == 0, "tokenize: %s",
+          err.message);
+    CHECK(oai_parse_detokenize("{\"model\":\"\xC3\",\"tokens\":[1]}", 26,
+                               &model, &ids, &n, &err) == -1
+          && strcmp(err.code, "invalid_utf8") == 0, "detokenize: %s",
+          err.message);
+    /* valid 2-, 3- and 4-byte characters pass */
+    expect_ok(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":"
+              "\"\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80\"}],\"stop\":\"\xC3\xA9\"}",
+              64);
+}
+
+static void test_nul_and_trailing_data(void)
+{
+    oai_request req;
+    oai_error err;
+    const char raw_nul[] = "{\"messages\":[{\"role\":\"user\",\"content\":"
+                           "\"a\0b\"}]}";
+    const char *lit = "{\"messages\":[{\"role\":\"user\",\"content\":"
+                      "\"a\\\\u0000b\"}]}";
+    cJSON *m;
+
+    /* cJSON would cut the string at the NUL: "a" */
+    expect_body_error(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":"
+                      "\"a\\u0000b\"}]}", 51, "invalid_value", NULL,
+                      "\\u0000 (at byte 40");
+    expect_body_error(OAI_CHAT, "{\"x\\u0000\":1," MSG "}",
+                      strlen("{\"x\\u0000\":1," MSG "}"), "invalid_value",
+                      NULL, "\\u0000");
+    expect_body_error(OAI_CHAT, raw_nul, sizeof(raw_nul) - 1, "invalid_json",
+                      NULL, "NUL byte at byte 40");
+    /* an escaped backslash before "u0000" is text, not an escape */
+    REQUIRE(parse(OAI_CHAT, lit, &req, &err) == 0, "%s", err.message);
+    m = cJSON_Parse(req.messages_json);
+    CHECK(m && strcmp(cJSON_GetObjectItem(cJSON_GetArrayItem(m, 0),
+                                          "content")->valuestring,
+                      "a\\u0000b") == 0, "content %s", req.messages_json);
+    cJSON_Delete(m);
+    oai_request_free(&req);
+    /* other escapes of small code points stay allowed */
+    expect_ok(OAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":"
+              "\"\\u0001\\u000a\\u00e9\"}]}", 61);
+
+    expect_body_error(OAI_CHAT, "{" MSG "} {}", strlen("{" MSG "} {}"),
+                      "invalid_json", NULL, "after the JSON value");
+    expect_body_error(OAI_CHAT, "{" MSG "}x", strlen("{" MSG "}x"),
+                      "invalid_json", NULL, "at byte 44");
+    expect_ok(OAI_CHAT, "{" MSG "} \r\n\t", strlen("{" MSG "} \r\n\t"));
+}
+
+/* {"x": [[[...]]], messages}: depth levels in all (the top object is one) */
+static char *nested_body(int depth)
+{
+    oai_buf b = { 0 };
+    int i;
+
+    oai_buf_append(&b, "{" MSG ",\"x\":", strlen("{" MSG ",\"x\":"));
+    for (i = 0; i < depth - 1; i++) {
+        oai_buf_append(&b, "[", 1);
+    }
+    for (i = 0; i < depth - 1; i++) {
+        oai_buf_append(&b, "]", 1);
+    }
+    oai_buf_append(&b, "}", 1);
+    return b.data;
+}
+
+static void test_nesting_depth(void)
+{
+    char *b;
+    const char *in_string = "{" MSG ",\"x\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+                            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+                            "[[[[[[[[[\\\"[[\"}";
+    oai_tokenize_request t;
+    oai_error err;
+
+    b = nested_body(OAI_MAX_JSON_DEPTH);
+    expect_ok(OAI_CHAT, b, strlen(b));
+    free(b);
+    b = nested_body(OAI_MAX_JSON_DEPTH + 1);
+    expect_body_error(OAI_CHAT, b, strlen(b), "nesting_too_deep", NULL,
+                      "more than 64 levels");
+    free(b);
+    /* far deeper than cJSON's own limit: refused before it recurses */
+    b = nested_body(100000);
+    expect_body_error(OAI_COMPLETION, b, strlen(b), "nesting_too_deep", NULL,
+                      NULL);
+    CHECK(oai_parse_tokenize(b, strlen(b), &t, &err) == -1
+          && strcmp(err.code, "nesting_too_deep") == 0, "tokenize: %s",
+          err.message);
+    free(b);
+    /* brackets inside strings (after an escaped quote too) do not count */
+    expect_ok(OAI_CHAT, in_string, strlen(in_string));
+}
+
+/* {"messages":[n messages]} */
+static char *messages_body(int n, const char *extra)
+{
+    oai_buf b = { 0 };
+    int i;
+
+    oai_buf_append(&b, "{\"messages\":[", 13);
+    for (i = 0; i < n; i++) {
+        if (i) {
+            oai_buf_append(&b, ",", 1);
+        }
+        oai_buf_append(&b, "{\"role\":\"user\",\"content\":\"x\"}", 29);
+    }
+    oai_buf_append(&b, "]", 1);
+    oai_buf_append(&b, extra, strlen(extra));
+    oai_buf_append(&b, "}", 1);
+    return b.data;
+}
+
+/* "[e,e,...]" with n copies of e, or {"0":1,"1":1,...} when object */
+static char *repeat_list(int n, const char *e, int object)
+{
+    oai_buf b = { 0 };
+    char key[32];
+    int i;
+
+    oai_buf_append(&b, object ? "{" : "[", 1);
+    for (i = 0; i < n; i++) {
+        if (i) {
+            oai_buf_append(&b, ",", 1);
+        }
+        if (object) {
+            snprintf(key, sizeof(key), "\"%d\":1", i);
+            oai_buf_append(&b, key, strlen(key));
+        } else {
+            oai_buf_append(&b, e, strlen(e));
+        }
+    }
+    oai_buf_append(&b, object ? "}" : "]", 1);
+    return b.data;
+}
+
+static void check_list_limit(const char *name, const char *e, int object,
+                             int limit, const char *param)
+{
+    char *list, *body;
+    size_t n;
+    int k;
+
+    for (k = limit; k <= limit + 1; k++) {
+        list = repeat_list(k, e, object);
+        n = strlen(list) + 64;
+        body = malloc(n);
+        REQUIRE(list && body, "oom");
+        snprintf(body, n, "{" MSG ",\"%s\":%s}", name, list);
+        if (k == limit) {
+            expect_ok(OAI_CHAT, body, strlen(body));
+        } else {
+            expect_body_error(OAI_CHAT, body, strlen(body), "invalid_value",
+                              param, "at most");
+        }
+        free(list);
+        free(body);
+    }
+}
+
+static void test_request_limits(void)
+{
+    char *b, big[OAI_MAX_STOP_BYTES + 64], *parts;
+    oai_tokenize_request t;
+    oai_error err;
+    size_t n;
+
+    b = messages_body(OAI_MAX_MESSAGES, "");
+    expect_ok(OAI_CHAT, b, strlen(b));
+    free(b);
+    b = messages_body(OAI_MAX_MESSAGES + 1, "");
+    expect_body_error(OAI_CHAT, b, strlen(b), "invalid_value", "messages",
+                      "at most 4096");
+    CHECK(oai_parse_tokenize(b, strlen(b), &t, &err) == -1
+          && strcmp(err.param, "messages") == 0, "tokenize: %s", err.message);
+    free(b);
+
+    parts = repeat_list(OAI_MAX_CONTENT_PARTS + 1,
+                        "{\"type\":\"text\",\"text\":\"p\"}", 0);
+    n = strlen(parts) + 128;
+    b = malloc(n);
+    REQUIRE(parts && b, "oom");
+    snprintf(b, n, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+             "{\"role\":\"user\",\"content\":%s}]}", parts);
+    expect_body_error(OAI_CHAT, b, strlen(b), "invalid_value",
+                      "messages[1].content", "at most 256 parts");
+    free(b);
+    free(parts);
+
+    check_list_limit("tools", "{\"type\":\"function\",\"function\":"
+                     "{\"name\":\"f\"}}", 0, OAI_MAX_TOOLS, "tools");
+    check_list_limit("stop", "\"s\"", 0, OAI_MAX_STOP, "stop");
+    check_list_limit("logit_bias", NULL, 1, OAI_MAX_LOGIT_BIAS, "logit_bias");
+
+    /* one stop string: the engine's 1024 bytes, named 'stop' here */
+    memset(big, 0, sizeof(big));
+    snprintf(big, sizeof(big), "{" MSG ",\"stop\":\"%0*d\"}",
+             OAI_MAX_STOP_BYTES, 0);
+    expect_ok(OAI_CHAT, big, strlen(big));
+    snprintf(big, sizeof(big), "{" MSG ",\"stop\":\"%0*d\"}",
+             OAI_MAX_STOP_BYTES + 1, 0);
+    expect_body_error(OAI_CHAT, big, strlen(big), "invalid_value", "stop",
+                      "at most 1024 bytes");
+    snprintf(big, sizeof(big), "{" MSG ",\"stop\":[\"a\",\"%0*d\"]}",
+             OAI_MAX_STOP_BYTES + 1, 0);
+    expect_body_error(OAI_CHAT, big, strlen(big), "invalid_value", "stop",
+                      "entry 1");
+
+    /* 'model' is echoed by a 404: bounded */
+    snprintf(big, sizeof(big), "{" MSG ",\"model\":\"%0*d\"}",
+             OAI_MAX_MODEL_NAME, 0);
+    expect_ok(OAI_CHAT, big, strlen(big));
+    snprintf(big, sizeof(big), "{" MSG ",\"model\":\"%0*d\"}",
+             OAI_MAX_MODEL_NAME + 1, 0);
+    expect_body_error(OAI_CHAT, big, strlen(big), "invalid_value", "model",
+                      "at most 200 bytes");
+    snprintf(big, sizeof(big), "{\"prompt\":\"x\",\"model\":\"%0*d\"}",
+             OAI_MAX_MODEL_NAME + 1, 0);
+    CHECK(oai_parse_tokenize(big, strlen(big), &t, &err) == -1
+          && strcmp(err.param, "model") == 0, "tokenize: %s", err.message);
+}
+
+static void test_token_ids_vs_vocab(void)
+{
+    oai_request req;
+    oai_error err;
+
+    REQUIRE(parse(OAI_CHAT, "{" MSG ",\"logit_bias\":{\"5\":1,\"99\":-1}}",
+                  &req, &err) == 0, "%s", err.message);
+    CHECK(oai_check_token_ids(&req, 100, &err) == 0, "ids < 100");
+    CHECK(oai_check_token_ids(&req, 0, &err) == 0, "vocab unknown");
+    CHECK(oai_check_token_ids(&req, 99, &err) == -1 && err.status == 400
+          && strcmp(err.param, "logit_bias") == 0
+          && strstr(err.message, "99") != NULL, "id 99 of 99: %s",
+          err.message);
+    oai_request_free(&req);
+
+    REQUIRE(parse(OAI_COMPLETION, "{\"prompt\":[[1,2],[3,50]]}", &req, &err)
+            == 0, "%s", err.message);
+    CHECK(oai_check_token_ids(&req, 51, &err) == 0, "ids < 51");
+    CHECK(oai_check_token_ids(&req, 50, &err) == -1
+          && strcmp(err.param, "prompt") == 0
+          && strstr(err.message, "50") != NULL, "prompt id 50: %s",
+          err.message);
+    oai_request_free(&req);
+    /* text prompts have no ids to check */
+    REQUIRE(parse(OAI_COMPLETION, "{\"prompt\":\"hi\"}", &req, &err) == 0,
+            "%s", err.message);
+    CHECK(oai_check_token_ids(&req, 1, &err) == 0, "text prompt");
+    oai_request_free(&req);
+}
+
+#undef MSG
+
 int main(void)
 {
     RUN(test_chat_params);
@@ -768,5 +1092,10 @@ int main(void)
     RUN(test_error_json);
     RUN(test_tokenize_shapes);
     RUN(test_models_json);
+    RUN(test_invalid_utf8);
+    RUN(test_nul_and_trailing_data);
+    RUN(test_nesting_depth);
+    RUN(test_request_limits);
+    RUN(test_token_ids_vs_vocab);
     return unit_done();
 }
