@@ -166,6 +166,12 @@ ngx_http_llm_health(ngx_http_request_t *r)
                                   lcf->model->error[0] ? lcf->model->error
                                   : "the model is not loaded");
     }
+    if (lcf->model->broken) {
+        /* stalled or failed while serving; this worker is being replaced */
+        return ngx_http_llm_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "service_unavailable_error", "model_failed",
+                                  "%s", lcf->model->failure);
+    }
     err[0] = '\0';
     switch (llm_engine_get_state(lcf->model->engine, err, sizeof(err))) {
     case LLM_STATE_READY:

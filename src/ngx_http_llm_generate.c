@@ -99,6 +99,13 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
                            ? model->error : "the model is not loaded");
         return NGX_ERROR;
     }
+    if (model->broken) {
+        /* a stalled or failed engine: the worker is being replaced */
+        oai_error_set(err, NGX_HTTP_SERVICE_UNAVAILABLE,
+                      "service_unavailable_error", "model_failed", NULL,
+                      "%s", model->failure);
+        return NGX_ERROR;
+    }
     msg[0] = '\0';
     switch (llm_engine_get_state(model->engine, msg, sizeof(msg))) {
     case LLM_STATE_READY:
@@ -114,10 +121,27 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
         return NGX_ERROR;
     }
 
-    /* llm_queue_size: requests of this worker the engine is not running */
+    /*
+     * llm_queue_size: engine requests of this worker the engine is not
+     * running.  Each of the n choices is one engine request, so all of
+     * them must fit; n above the limit could never fit, and a 429 would
+     * only make the client retry forever.
+     */
     if (ctx->lcf->queue_size > 0) {
+        if ((ngx_int_t) ctx->n_slots > ctx->lcf->queue_size) {
+            oai_error_set(err, NGX_HTTP_BAD_REQUEST, "invalid_request_error",
+                          "invalid_value", "n",
+                          "this request needs %lu engine requests (n times "
+                          "the prompts), more than this server queues "
+                          "(llm_queue_size %ld)",
+                          (unsigned long) ctx->n_slots,
+                          (long) ctx->lcf->queue_size);
+            return NGX_ERROR;
+        }
         llm_engine_stats(model->engine, &stats);
-        if (model->active - stats.running >= ctx->lcf->queue_size) {
+        if (model->active - stats.running + (ngx_int_t) ctx->n_slots
+            > ctx->lcf->queue_size)
+        {
             oai_error_from_llm(err, LLM_ERR_QUEUE_FULL, NULL,
                                "too many requests waiting; retry later");
             return NGX_ERROR;
@@ -157,6 +181,11 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
         }
         model->active++;
         ctx->slots[i] = slot;
+        if (!ctx->linked) {
+            /* the watchdog finds the requests of a stalled engine here */
+            ngx_queue_insert_tail(&model->requests, &ctx->link);
+            ctx->linked = 1;
+        }
     }
     return NGX_OK;
 }
@@ -396,6 +425,43 @@ ngx_http_llm_drain(ngx_http_llm_ctx_t *ctx)
 }
 
 
+void
+ngx_http_llm_abort(ngx_http_llm_ctx_t *ctx, const oai_error *err)
+{
+    ngx_uint_t  i;
+
+    if (ctx->completed) {
+        return;
+    }
+    ngx_http_llm_fail(ctx, err);
+
+    /*
+     * Do not wait for the engine to acknowledge the cancels: it may be busy
+     * with a long prefill step, or not run at all (a stalled engine).  The
+     * unfinished slots become orphans; the reaper releases them when their
+     * final event arrives.
+     */
+    for (i = 0; i < ctx->n_slots; i++) {
+        if (ctx->slots[i] != NULL && !ctx->slots[i]->done) {
+            ngx_http_llm_orphan(ctx->mcf, ctx->slots[i]);
+            ctx->slots[i] = NULL;
+        }
+    }
+    ctx->n_done = ctx->n_slots;
+    ngx_http_llm_complete(ctx);
+}
+
+
+static void
+ngx_http_llm_unlink(ngx_http_llm_ctx_t *ctx)
+{
+    if (ctx->linked) {
+        ngx_queue_remove(&ctx->link);
+        ctx->linked = 0;
+    }
+}
+
+
 static void
 ngx_http_llm_complete(ngx_http_llm_ctx_t *ctx)
 {
@@ -405,6 +471,7 @@ ngx_http_llm_complete(ngx_http_llm_ctx_t *ctx)
     ngx_int_t            rc;
 
     ctx->completed = 1;
+    ngx_http_llm_unlink(ctx);
     if (ctx->tick.timer_set) {
         ngx_del_timer(&ctx->tick);
     }
@@ -587,15 +654,15 @@ static void
 ngx_http_llm_timed_out(ngx_event_t *ev)
 {
     ngx_http_llm_ctx_t  *ctx = ev->data;
+    ngx_connection_t    *c = ctx->request->connection;
     oai_error            err;
 
     oai_error_set(&err, NGX_HTTP_GATEWAY_TIME_OUT, "timeout_error",
                   "request_timeout", NULL,
                   "the request did not finish within llm_request_timeout "
                   "(%lu ms)", (unsigned long) ctx->lcf->request_timeout);
-    /* the engine answers the cancels with FINISH(abort) events; when all
-     * arrived the request completes with this error */
-    ngx_http_llm_fail(ctx, &err);
+    ngx_http_llm_abort(ctx, &err);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -611,6 +678,7 @@ ngx_http_llm_cleanup(void *data)
     if (ctx->timeout.timer_set) {
         ngx_del_timer(&ctx->timeout);
     }
+    ngx_http_llm_unlink(ctx);
     for (i = 0; i < ctx->n_slots && ctx->slots; i++) {
         if (ctx->slots[i] != NULL) {
             ngx_http_llm_orphan(ctx->mcf, ctx->slots[i]);

@@ -53,6 +53,15 @@ typedef struct {
     ngx_uint_t              load_reported;   /* load end in error_log */
     char                    error[LLM_ERR_MAX]; /* why engine is NULL */
     ngx_int_t               active;          /* engine requests in flight */
+    ngx_queue_t             requests;        /* ngx_http_llm_ctx_t with
+                                                engine requests */
+    ngx_uint_t              served;          /* the engine reached READY */
+    ngx_uint_t              broken;          /* stalled or failed after
+                                                READY: 503s until the
+                                                worker is replaced */
+    ngx_uint_t              stuck;           /* the engine thread hangs:
+                                                it cannot be joined */
+    char                    failure[LLM_ERR_MAX]; /* why broken */
 } ngx_http_llm_model_t;
 
 typedef struct {
@@ -63,6 +72,7 @@ typedef struct {
     ngx_connection_t       *efd_conn;
     ngx_queue_t             orphans;         /* ngx_http_llm_slot_t */
     ngx_event_t             reaper;          /* releases finished orphans */
+    ngx_event_t             watchdog;        /* heartbeats, once a second */
 #if (NGX_THREADS)
     ngx_thread_pool_t      *thread_pool;     /* tokenize/detokenize work */
 #endif
@@ -134,6 +144,7 @@ struct ngx_http_llm_ctx_s {
     ngx_event_t               tick;          /* keepalive comments */
     ngx_event_t               timeout;       /* llm_request_timeout */
     oai_error                 error;         /* the request's failure */
+    ngx_queue_t               link;          /* in model->requests */
     unsigned                  parsed:1;
     unsigned                  headers_sent:1;
     unsigned                  blocked:1;     /* nginx holds unsent output */
@@ -141,6 +152,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                  completed:1;   /* final response passed on */
     unsigned                  sent_since_tick:1;
     unsigned                  in_drain:1;
+    unsigned                  linked:1;      /* link is in a queue */
 };
 
 extern ngx_module_t  ngx_http_llm_module;
@@ -158,6 +170,9 @@ void ngx_http_llm_orphan(ngx_http_llm_main_conf_t *mcf,
 ngx_int_t ngx_http_llm_generate(ngx_http_request_t *r,
     ngx_http_llm_route_e route);
 void ngx_http_llm_drain(ngx_http_llm_ctx_t *ctx);
+/* Ends the request now with err (stream: error event + [DONE]); engine
+ * requests still running become orphans instead of being waited for. */
+void ngx_http_llm_abort(ngx_http_llm_ctx_t *ctx, const oai_error *err);
 const char *ngx_http_llm_token_text(void *engine, int32_t id, size_t *len);
 
 /* ngx_http_llm_endpoints.c */
