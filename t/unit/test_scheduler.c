@@ -201,6 +201,142 @@ static void test_prefix_cache_admission(void)
     kv_cache_free(kv);
 }
 
+/* Paused sequences sit out of batches, keep their blocks and do not count
+ * against max_num_seqs; at most max_num_seqs run in one step. */
+static void test_paused_left_out(void)
+{
+    kv_cache *kv = kv_cache_create(64, 4, 0);
+    sched_config cfg = { 2, 100 };
+    scheduler *s = scheduler_create(&cfg, kv);
+    sched_output out;
+    int32_t prompt[4] = { 1, 2, 3, 4 };
+    sched_seq a, b, c;
+    int n, a_blocks;
+
+    REQUIRE(kv && s, "create");
+    REQUIRE(sched_seq_init(&a, prompt, 4, NULL) == 0, "a");
+    REQUIRE(sched_seq_init(&b, prompt, 4, NULL) == 0, "b");
+    REQUIRE(sched_seq_init(&c, prompt, 4, NULL) == 0, "c");
+    scheduler_add(s, &a);
+    scheduler_add(s, &b);
+    scheduler_add(s, &c);
+    n = step(s, &out);
+    CHECK(n == 8 && out.n_entries == 2 && scheduler_num_waiting(s) == 1,
+          "a and b admitted, c waits: %d tokens", n);
+
+    a.paused = 1;
+    a_blocks = a.kv.n_blocks;
+    n = step(s, &out);
+    CHECK(n == 5 && out.n_entries == 2 && out.entries[0].seq == &b
+          && out.entries[1].seq == &c, "b decodes, c admitted past paused a: "
+          "%d tokens, %d entries", n, out.n_entries);
+    CHECK(a.state == SEQ_RUNNING && a.kv.n_blocks == a_blocks
+          && a.n_tokens == 5, "a keeps its blocks and tokens");
+    CHECK(scheduler_num_running(s) == 3, "three running, one paused");
+
+    a.paused = 0;
+    n = step(s, &out);
+    CHECK(n == 2 && out.n_entries == 2 && out.entries[0].seq == &a
+          && out.entries[1].seq == &b, "a resumes; max_num_seqs 2 a step, "
+          "oldest first: %d", n);
+    CHECK(c.state == SEQ_RUNNING && c.n_computed == 4, "c waits its turn");
+
+    scheduler_remove(s, &a);
+    n = step(s, &out);
+    CHECK(n == 2 && out.entries[1].seq == &c, "c runs again");
+    scheduler_remove(s, &b);
+    scheduler_remove(s, &c);
+    CHECK(kv_cache_num_available(kv) == 64, "blocks back");
+    sched_seq_destroy(&a);
+    sched_seq_destroy(&b);
+    sched_seq_destroy(&c);
+    scheduler_free(s);
+    kv_cache_free(kv);
+}
+
+/* When blocks run short, paused sequences are preempted first, for a
+ * running sequence that grows and for a waiting one to be admitted; a
+ * paused waiting sequence does not hold up the queue behind it. */
+static void test_paused_yield_memory(void)
+{
+    kv_cache *kv = kv_cache_create(4, 4, 0);
+    sched_config cfg = { 8, 64 };
+    scheduler *s = scheduler_create(&cfg, kv);
+    sched_output out;
+    int32_t prompt[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+    sched_seq a, b, c, d;
+    int n;
+
+    REQUIRE(kv && s, "create");
+    REQUIRE(sched_seq_init(&a, prompt, 7, NULL) == 0, "a");
+    REQUIRE(sched_seq_init(&b, prompt, 7, NULL) == 0, "b");
+    REQUIRE(sched_seq_init(&c, prompt, 4, NULL) == 0, "c");
+    REQUIRE(sched_seq_init(&d, prompt, 4, NULL) == 0, "d");
+    scheduler_add(s, &a);
+    scheduler_add(s, &b);
+    CHECK(step(s, &out) == 14, "a and b prefill (2 blocks each)");
+    CHECK(kv_cache_num_available(kv) == 0, "pool full");
+
+    /* b needs a third block with the pool full: paused a goes, although
+     * b is the newest (without pauses b would preempt itself) */
+    a.paused = 1;
+    CHECK(step(s, &out) == 1 && out.n_preempted == 0, "b decodes its 8th");
+    n = step(s, &out);
+    CHECK(n == 1 && out.n_preempted == 1 && out.preempted[0] == &a
+          && out.entries[0].seq == &b, "paused a preempted for b: %d "
+          "tokens, %d preempted", n, out.n_preempted);
+    CHECK(a.state == SEQ_WAITING && a.kv.n_blocks == 0 && a.n_tokens == 8,
+          "a waits with its tokens");
+    CHECK(b.kv.n_blocks == 3, "b grew");
+
+    /* a is at the front of the queue, paused: c is admitted past it */
+    scheduler_add(s, &c);
+    n = step(s, &out);
+    CHECK(n == 1 + 4 && out.n_entries == 2 && out.entries[1].seq == &c,
+          "c admitted past paused a: %d", n);
+    CHECK(a.state == SEQ_WAITING, "a still waits");
+
+    /* everything running paused and the pool full: d's admission
+     * preempts the newest paused running sequence (c) */
+    b.paused = 1;
+    c.paused = 1;
+    scheduler_add(s, &d);
+    n = step(s, &out);
+    CHECK(n == 4 && out.n_entries == 1 && out.entries[0].seq == &d
+          && out.n_preempted == 1 && out.preempted[0] == &c,
+          "d admitted by preempting paused c: %d tokens, %d preempted", n,
+          out.n_preempted);
+    CHECK(b.state == SEQ_RUNNING && b.kv.n_blocks == 3, "b keeps its blocks");
+
+    /* readers caught up: everyone finishes */
+    a.paused = b.paused = c.paused = 0;
+    for (n = 0; n < 200 && (a.state != SEQ_DONE || b.state != SEQ_DONE
+                            || c.state != SEQ_DONE || d.state != SEQ_DONE); n++)
+    {
+        sched_seq *q[4] = { &a, &b, &c, &d };
+        int i;
+
+        REQUIRE(step(s, &out) >= 0, "schedule error");
+        CHECK(out.n_failed == 0, "nothing fails");
+        for (i = 0; i < 4; i++) {
+            if (q[i]->state == SEQ_RUNNING && q[i]->n_tokens >= 14) {
+                scheduler_remove(s, q[i]);
+            }
+        }
+    }
+    CHECK(a.state == SEQ_DONE && b.state == SEQ_DONE && c.state == SEQ_DONE
+          && d.state == SEQ_DONE, "all finished");
+    CHECK(a.n_tokens == 14 && a.tokens[7] == 9 && b.n_tokens == 14,
+          "a kept its tokens");
+    CHECK(kv_cache_num_available(kv) == 4, "blocks back");
+    sched_seq_destroy(&a);
+    sched_seq_destroy(&b);
+    sched_seq_destroy(&c);
+    sched_seq_destroy(&d);
+    scheduler_free(s);
+    kv_cache_free(kv);
+}
+
 int main(void)
 {
     RUN(test_chunked_prefill_budget);
@@ -208,5 +344,7 @@ int main(void)
     RUN(test_preemption);
     RUN(test_cannot_fit_alone);
     RUN(test_prefix_cache_admission);
+    RUN(test_paused_left_out);
+    RUN(test_paused_yield_memory);
     return unit_done();
 }
