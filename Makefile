@@ -87,6 +87,7 @@ $(BUILD)/t/%: t/unit/%.c t/unit/unit.h $(LIB)
 	$(CC) $(CFLAGS_ALL) -It/unit $< -o $@ $(LIB) $(LDFLAGS_ALL) $(LIBS)
 
 $(BUILD)/bin/llm-serve-bench: LIBS += -lcurl
+$(BUILD)/bin/llm-soak: LIBS += -lcurl
 
 # The module goes through nginx's own build system.  The source tree is
 # copied once and configured with --with-compat so that the distribution's
@@ -154,6 +155,12 @@ bench: all
 
 bench-report:
 	@tools/bench-report.sh
+
+# The soak test (issue #9): make soak [SOAK_SECONDS=300]; see tools/soak.sh
+.PHONY: soak
+SOAK_SECONDS ?= 300
+soak: module $(BUILD)/bin/llm-soak
+	@SOAK_SECONDS=$(SOAK_SECONDS) tools/soak.sh "$(BUILD)"
 
 clean:
 	rm -rf $(BUILD) t/servroot*
