@@ -42,3 +42,51 @@ POST /v1/completions
 gracefully shutting down
 --- no_error_log
 [alert]
+
+
+
+=== TEST 2: a stalled engine: the worker fails its requests, answers 503 and exits to be replaced
+# Pipelined on one connection: the two requests after the stream wait in
+# nginx's buffer and are answered right after the stream's error event, in
+# the same event loop iteration as the watchdog (before the worker quits).
+--- main_config
+    env LLM_TEST_FAULT=hang_after_steps=3;
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m watchdog=2s;
+--- config
+    location /v1/ { llm_pass tiny; }
+--- init
+main::llm_wait_ready('/v1/health');
+--- pipelined_requests eval
+["POST /v1/chat/completions\n{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":100,\"ignore_eos\":true,\"stream\":true}",
+ "GET /v1/health",
+ "POST /v1/completions\n{\"prompt\":\"Hi\",\"max_tokens\":1}"]
+--- timeout: 30
+--- error_code eval
+[200, 503, 503]
+--- response_body_like eval
+[qr/^data: \{"id":"chatcmpl-.*\n\ndata: \{"error":\{"message":"the engine made no progress for [0-9.]+ s with requests in flight \(watchdog=2000ms, 3 steps done\)","type":"service_unavailable_error","param":null,"code":503\}\}\n\ndata: \[DONE\]\n\n$/s,
+ '"message":"the engine made no progress .*"code":"model_failed"',
+ '"message":"the engine made no progress .*"code":"model_failed"']
+
+
+
+=== TEST 3: the fresh worker serves (a broken one answers 503 for ever)
+--- init
+main::llm_wait_ready('/v1/health');
+# the log of the replacement (checked here: the harness checks a block's
+# error_log after each pipelined response)
+open my $log, '<', Test::Nginx::Util::server_root() . '/logs/error.log' or die "error.log: $!\n";
+my $text = do { local $/; <$log> };
+Test::More::like($text, qr/\[alert\].*llm_model "tiny": the engine made no progress for [0-9.]+ s with requests in flight \(watchdog=2000ms, 3 steps done\); 1 requests failed, worker 0 exits to be replaced/,
+                 "$name - the watchdog's alert");
+Test::More::like($text, qr/the stalled engine is not destroyed \(its thread cannot be joined\).*worker process \d+ exited with code 0.*start worker process/s,
+                 "$name - the old worker exited, a new one started");
+Test::More::unlike($text, qr/open socket|\[crit\]|\[emerg\]/, "$name - nothing left open");
+--- request
+POST /v1/completions
+{"prompt":"Hi","max_tokens":1}
+--- response_body_like: "finish_reason":"length"
+--- no_error_log
+[alert]
+[error]
