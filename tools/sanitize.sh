@@ -12,9 +12,14 @@
 #      wrapper used as TEST_NGINX_BINARY so that perl and curl stay plain);
 #      leak checking is off there (nginx does not free its pools at exit:
 #      the valgrind stage is the leak check);
-#   4. (stage "valgrind") the Test::Nginx suite with the module of the
+#   4. (stage "valgrind") Test::Nginx files (VALGRIND_TEST_FILES, default
+#      the request-path files 110-196) with a copy of the module of the
 #      default build (make module; VALGRIND_MODULE=path to choose another)
-#      under TEST_NGINX_USE_VALGRIND (slow: opt-in).
+#      under TEST_NGINX_USE_VALGRIND (memcheck, --leak-check=full,
+#      suppressions t/valgrind.supp; slow: opt-in, about an hour on a loaded
+#      2-core machine; VALGRIND_JOBS=N files at once).  Fails on any
+#      memcheck error or definite leak that is not suppressed, and on any
+#      failed test; results in build-valgrind/test.log.
 # CUDA is off in both (the GPU code is not what runs on the test machine's
 # CPU, and nvcc objects are not instrumented).  Prints one closing line
 # "sanitize: N passed, N failed" (one per stage: asan+ubsan build, asan+ubsan
@@ -120,43 +125,46 @@ WRAP
         # The module of the default build, as make test uses it; not built
         # here: build/ is shared with everyone's make (and make does not
         # track flags, so a CUDA=0 build there would break a CUDA one).
+        # A copy is loaded, so that a rebuild during the (long) run cannot
+        # swap the library under a starting nginx.
         module=${VALGRIND_MODULE:-$PWD/build/nginx/objs/ngx_http_llm_module.so}
         if [ ! -f "$module" ]; then
             fail "valgrind: no $module (make module first)"
             continue
         fi
+        vdir=$PWD/build-valgrind
+        mkdir -p "$vdir" && cp "$module" "$vdir/ngx_http_llm_module.so" || {
+            fail "valgrind: cannot copy $module to $vdir"; continue; }
+        # Every block restarts nginx under valgrind (tens of seconds each):
+        # the default is the files that exercise the request paths.
+        vfiles=${VALGRIND_TEST_FILES:-t/110-chat.t t/120-stream.t t/130-completions.t t/140-errors.t t/150-endpoints.t t/170-disconnect.t t/180-concurrency.t t/190-shutdown.t t/195-structured.t t/196-tools.t}
         inc=""
         perl -MTest::Nginx::Socket -e1 >/dev/null 2>&1 || inc="-I t/lib"
-        # shellcheck disable=SC2086
-        # glibc 2.36's ld.so reads 8 bytes at a time in strncmp while
-        # expanding the module's RPATH (the CUDA library path) in dlopen:
-        # harmless, inside its own allocation's word, but memcheck reports
-        # it.  Everything else of valgrind's report counts.
-        supp=$PWD/build/valgrind-ld.supp
-        cat > "$supp" <<'SUPP'
-{
-   glibc-ld-so-rpath-strncmp
-   Memcheck:Addr8
-   fun:strncmp
-   fun:is_dst
-   ...
-}
-SUPP
+        # t/valgrind.supp: glibc and CUDA-library noise, each entry
+        # explained there; the harness adds nginx's own exit-time leaks.
+        # --keep-debuginfo: nginx dlcloses the module at exit, and a leak
+        # allocated in it would otherwise show "???" instead of file:line.
         # Valgrind runs everything 20-50 times slower: the harness's 3 s
         # client timeout becomes TEST_NGINX_TIMEOUT (default 60 here).
-        TEST_NGINX_USE_VALGRIND="--tool=memcheck --leak-check=full --show-possibly-lost=no --suppressions=$supp" \
+        # shellcheck disable=SC2086
+        TEST_NGINX_USE_VALGRIND="--tool=memcheck --leak-check=full --show-possibly-lost=no --keep-debuginfo=yes --suppressions=$PWD/t/valgrind.supp" \
         TEST_NGINX_TIMEOUT=${TEST_NGINX_TIMEOUT:-60} TEST_NGINX_BINARY=$NGINX \
-        TEST_NGINX_LOAD_MODULES=$module \
+        TEST_NGINX_LOAD_MODULES=$vdir/ngx_http_llm_module.so \
         TEST_NGINX_MODEL_DIR=$PWD/t/fixtures/tiny-qwen3 TEST_NGINX_RANDOMIZE=1 \
-            nice -n "$NICE" prove --exec "timeout ${TEST_FILE_TIMEOUT:-1800} perl $inc" \
-            $TEST_FILES > build/valgrind-test.log 2>&1
+            nice -n "$NICE" prove -j "${VALGRIND_JOBS:-1}" \
+            --exec "timeout ${TEST_FILE_TIMEOUT:-1800} perl $inc" \
+            $vfiles > "$vdir/test.log" 2>&1
         rc=$?
-        result=$(grep -E '^(Result|Files=)' build/valgrind-test.log | tr '\n' ' ')
+        result=$(grep -E '^(Result|Files=)' "$vdir/test.log" | tr '\n' ' ')
+        # memcheck's findings fail their block ("valgrind reported
+        # errors", the report follows as diagnostics); list them apart
+        # from ordinary test failures.
+        reports=$(grep -c 'valgrind reported errors$' "$vdir/test.log")
         if [ "$rc" -eq 0 ]; then
             pass "valgrind: Test::Nginx $result"
         else
-            fail "valgrind: Test::Nginx $result (log build/valgrind-test.log)"
-            grep -E 'valgrind reported|^t/.*(Dubious|Failed)' build/valgrind-test.log | head -20
+            fail "valgrind: Test::Nginx $result, $reports blocks with a valgrind report (log $vdir/test.log)"
+            grep -E 'valgrind reported|^t/.*(Dubious|Failed)|Bailout' "$vdir/test.log" | head -20
         fi
         ;;
     *) fail "unknown stage $stage" ;;

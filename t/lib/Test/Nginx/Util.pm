@@ -20,6 +20,7 @@ use List::Util qw(shuffle);
 use Scalar::Util qw(looks_like_number);
 use Time::HiRes qw(sleep time);
 use IO::Socket::INET ();
+use IO::Select ();
 use Carp qw(croak);
 
 our $VERSION = '0.29';
@@ -703,11 +704,15 @@ sub skip_spec ($) {
 }
 
 # Waits until nginx under valgrind is ready for the block: its pid file
-# exists (nginx writes it after its listening sockets are open) and the
-# server port accepts a connection.  Valgrind makes startup take tens of
-# seconds (loading shared libraries and a module's own startup work), so
-# the limit grows with TEST_NGINX_TIMEOUT; a request sent before the port
-# is open would get "Connection refused".
+# exists (nginx writes it after its listening sockets are open) and its
+# event loop answers on the server port.  Valgrind makes startup take tens
+# of seconds (loading shared libraries, the modules' init_process work
+# before the event loop runs), so the limit grows with TEST_NGINX_TIMEOUT;
+# a request sent before the port is open gets "Connection refused", and
+# one sent before the event loop runs waits, eating into the block's
+# client timeout.  The probe is a malformed request line, which nginx
+# refuses (400, logged at info level) before any location or module sees
+# it; on an HTTP/2-only listener it closes the connection instead.
 sub wait_for_valgrind_nginx ($$) {
     my ($name, $pid) = @_;
     my $limit = $Timeout > 30 ? 2 * $Timeout : 60;
@@ -732,8 +737,17 @@ sub wait_for_valgrind_nginx ($$) {
                                          PeerPort => $ServerPort,
                                          Proto => 'tcp', Timeout => 1);
         if ($sock) {
+            my $answered;
+            if (syswrite($sock, "PROBE\r\n\r\n")) {
+                my $sel = IO::Select->new($sock);
+                until ($answered || time > $deadline) {
+                    # data or EOF: either is nginx's event loop at work
+                    $answered = 1 if $sel->can_read(0.5);
+                    $exited->();
+                }
+            }
             close $sock;
-            return;
+            return if $answered;
         }
         $exited->();
         if (time > $deadline) {
@@ -905,6 +919,14 @@ sub run_test ($) {
             start_nginx($block, $PrevConfig, $PrevRandPorts, $PrevConfigBlock);
             $ErrLogFilePos = 0;
             sleep $TestNginxSleep;
+            # The configuring block's --- init prepared that server (a
+            # readiness wait, say): run it for the new one too.
+            my $init = scalar $PrevConfigBlock->init;
+            if (defined $init && !defined scalar $block->init) {
+                eval $init;
+                bail_out("$name - init (of the previous block) failed: $@")
+                    if $@;
+            }
         } elsif (defined $PrevConfig) {
             # No --- config: reuse the server of the previous block, but
             # check only what this block logs.
