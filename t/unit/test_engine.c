@@ -964,6 +964,324 @@ static void test_chat_and_echo(void)
     llm_engine_destroy(e);
 }
 
+/* ---- heartbeat, faults, failure, backpressure ----------------------------- */
+
+static void heartbeat(llm_engine *e, llm_engine_heartbeat *hb)
+{
+    memset(hb, 0, sizeof(*hb));
+    llm_engine_heartbeat_get(e, hb);
+}
+
+/* Polls until the engine reports not busy (or the hang guard). */
+static int wait_not_busy(llm_engine *e, llm_engine_heartbeat *hb)
+{
+    double t0 = unit_now();
+
+    for (;;) {
+        heartbeat(e, hb);
+        if (!hb->busy) {
+            return 0;
+        }
+        if (unit_now() - t0 > HANG_GUARD_S) {
+            return -1;
+        }
+        usleep(1000);
+    }
+}
+
+static llm_engine *open_with_fault(const char *fault, llm_engine_options *o,
+                                   char *err, size_t errlen)
+{
+    llm_engine *e;
+
+    setenv("LLM_TEST_FAULT", fault, 1);
+    e = llm_engine_create(o, err, errlen);
+    unsetenv("LLM_TEST_FAULT");
+    return e;
+}
+
+static void test_heartbeat(void)
+{
+    llm_engine_options o;
+    llm_engine *e;
+    llm_engine_heartbeat hb, hb1;
+    llm_request_params p;
+    llm_stats st;
+    int32_t prompt[10];
+    result res;
+    double t_before;
+    int i;
+
+    for (i = 0; i < 10; i++) prompt[i] = rand_token();
+    opts_default(&o);
+    e = open_engine(&o);
+    REQUIRE(e != NULL, "engine");
+    heartbeat(e, &hb);
+    CHECK(hb.busy == 0 && hb.steps == 0 && hb.last_progress > 0,
+          "fresh engine idle: busy %d steps %llu", hb.busy,
+          (unsigned long long) hb.steps);
+
+    t_before = unit_now();
+    params_tokens(&p, prompt, 10, 8);
+    REQUIRE(submit(e, &p, &res) == 0, "submit: %s", res.msg);
+    heartbeat(e, &hb);
+    CHECK(hb.busy == 1 && hb.last_progress >= t_before,
+          "busy from the submit on, its clock starting then: busy %d, "
+          "%.6f < %.6f", hb.busy, hb.last_progress, t_before);
+    REQUIRE(run_until_done(e, &res, 1) == 0, "hang guard");
+    CHECK(res.n == 8 && res.reason == LLM_FINISH_LENGTH, "8 tokens: %d", res.n);
+    CHECK(wait_not_busy(e, &hb1) == 0, "not busy once idle");
+    llm_engine_stats(e, &st);
+    CHECK(hb1.steps >= 8 && hb1.steps == st.steps, "steps %llu (stats %llu)",
+          (unsigned long long) hb1.steps, (unsigned long long) st.steps);
+    CHECK(hb1.last_progress >= t_before && hb1.last_progress <= unit_now(),
+          "last progress during the run");
+    release_all(&res, 1);
+
+    params_tokens(&p, prompt, 10, 4);
+    REQUIRE(submit(e, &p, &res) == 0, "submit: %s", res.msg);
+    REQUIRE(run_until_done(e, &res, 1) == 0, "hang guard");
+    CHECK(wait_not_busy(e, &hb) == 0, "idle again");
+    CHECK(hb.steps >= hb1.steps + 4 && hb.last_progress >= hb1.last_progress,
+          "advances with work: %llu after %llu", (unsigned long long) hb.steps,
+          (unsigned long long) hb1.steps);
+    release_all(&res, 1);
+    llm_engine_destroy(e);
+}
+
+static void test_fault_bad_values(void)
+{
+    static const char *bad[] = { "bogus", "hang_after_steps=", "hang_after_steps=-1",
+        "hang_after_steps=3x", "fail_forward_after_steps= 2",
+        "hang_after_steps=99999999999999999999999" };
+    llm_engine_options o;
+    llm_engine *e;
+    char err[LLM_ERR_MAX];
+    size_t i;
+
+    opts_default(&o);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        e = open_with_fault(bad[i], &o, err, sizeof(err));
+        CHECK(e == NULL && strstr(err, "LLM_TEST_FAULT") != NULL,
+              "\"%s\" refused: %s", bad[i], err);
+        if (e != NULL) {
+            llm_engine_destroy(e);
+        }
+    }
+    e = open_with_fault("", &o, err, sizeof(err));
+    CHECK(e != NULL, "empty means no fault: %s", err);
+    llm_engine_destroy(e);
+}
+
+/* hang_after_steps=3: three tokens, then the heartbeat stays busy and
+ * stale and nothing progresses; destroy still returns and aborts. */
+static void test_fault_hang(void)
+{
+    llm_engine_options o;
+    llm_engine *e;
+    llm_engine_heartbeat hb, hb2;
+    llm_request_params p;
+    char err[LLM_ERR_MAX];
+    int32_t prompt[10];
+    result res;
+    double t0;
+    int i;
+
+    for (i = 0; i < 10; i++) prompt[i] = rand_token();
+    opts_default(&o);
+    e = open_with_fault("hang_after_steps=3", &o, err, sizeof(err));
+    REQUIRE(e != NULL, "engine: %s", err);
+    params_tokens(&p, prompt, 10, 50);
+    REQUIRE(submit(e, &p, &res) == 0, "submit: %s", res.msg);
+    t0 = unit_now();
+    do {
+        heartbeat(e, &hb);
+        drain(&res);
+        if (unit_now() - t0 > HANG_GUARD_S) break;
+        usleep(1000);
+    } while (hb.steps < 3 || res.n < 3);
+    CHECK(hb.steps == 3 && hb.busy == 1, "stuck after 3 steps: %llu, busy %d",
+          (unsigned long long) hb.steps, hb.busy);
+    /* A while later: no step, no token, the same stamp. */
+    usleep(100 * 1000);
+    drain(&res);
+    heartbeat(e, &hb2);
+    CHECK(hb2.steps == 3 && hb2.busy == 1
+          && hb2.last_progress == hb.last_progress,
+          "heartbeat stale while busy: steps %llu, %.6f vs %.6f",
+          (unsigned long long) hb2.steps, hb2.last_progress, hb.last_progress);
+    CHECK(res.n == 3 && !res.finished, "3 tokens and no end: %d", res.n);
+    CHECK(llm_engine_get_state(e, NULL, 0) == LLM_STATE_READY,
+          "a hang is for the watchdog to find, not the engine");
+    llm_engine_destroy(e);
+    drain(&res);
+    CHECK(res.finished && res.reason == LLM_FINISH_ABORT,
+          "destroy returned and aborted the request: %d", res.reason);
+    release_all(&res, 1);
+}
+
+/* fail_forward_after_steps=2: the pass after two steps fails; three in a
+ * row put the engine in FAILED, erroring what waits and every submit. */
+static void test_fault_fail_forward(void)
+{
+    llm_engine_options o;
+    llm_engine *e;
+    llm_engine_heartbeat hb;
+    llm_request_params p;
+    llm_stats st;
+    llm_status status;
+    char err[LLM_ERR_MAX];
+    int32_t prompt[10];
+    result res[5];
+    int i;
+
+    for (i = 0; i < 10; i++) prompt[i] = rand_token();
+    opts_default(&o);
+    o.max_num_seqs = 1;                /* one request a batch */
+    e = open_with_fault("fail_forward_after_steps=2", &o, err, sizeof(err));
+    REQUIRE(e != NULL, "engine: %s", err);
+    params_tokens(&p, prompt, 10, 50);
+    REQUIRE(submit(e, &p, &res[0]) == 0, "submit: %s", res[0].msg);
+    REQUIRE(run_until_done(e, res, 1) == 0, "hang guard");
+    CHECK(res[0].reason == LLM_FINISH_ERROR && res[0].status == LLM_ERR_INTERNAL
+          && res[0].n == 2 && strstr(res[0].msg, "injected fault") != NULL,
+          "the batch fails after 2 tokens (%d): %s", res[0].n, res[0].msg);
+    CHECK(llm_engine_get_state(e, NULL, 0) == LLM_STATE_READY,
+          "one failure is not the end");
+
+    /* B and C fail in their own batches (2nd and 3rd failure); D and E,
+     * waiting or in preparation then, end with NOT_READY. */
+    for (i = 1; i < 5; i++) {
+        REQUIRE(submit(e, &p, &res[i]) == 0, "submit %d: %s", i, res[i].msg);
+    }
+    REQUIRE(run_until_done(e, res + 1, 4) == 0, "hang guard");
+    for (i = 1; i < 3; i++) {
+        CHECK(res[i].reason == LLM_FINISH_ERROR
+              && res[i].status == LLM_ERR_INTERNAL && res[i].n == 0,
+              "request %d: its batch failed: %d %s", i, res[i].status,
+              res[i].msg);
+    }
+    for (i = 3; i < 5; i++) {
+        CHECK(res[i].reason == LLM_FINISH_ERROR
+              && res[i].status == LLM_ERR_NOT_READY
+              && strstr(res[i].msg, "3 failed forward passes") != NULL,
+              "request %d: the engine failed: %d %s", i, res[i].status,
+              res[i].msg);
+    }
+    err[0] = '\0';
+    CHECK(llm_engine_get_state(e, err, sizeof(err)) == LLM_STATE_FAILED
+          && strstr(err, "injected fault") != NULL, "FAILED: %s", err);
+    CHECK(llm_submit(e, &p, &status, err, sizeof(err)) == NULL
+          && status == LLM_ERR_NOT_READY
+          && strstr(err, "failed forward passes") != NULL,
+          "submit refused: %s", err);
+    llm_engine_stats(e, &st);
+    CHECK(st.forward_errors == 3 && st.running == 0 && st.waiting == 0
+          && st.kv_blocks_used == 0, "errors %llu, running %d, waiting %d, "
+          "blocks %lld", (unsigned long long) st.forward_errors, st.running,
+          st.waiting, (long long) st.kv_blocks_used);
+    CHECK(wait_not_busy(e, &hb) == 0, "a failed engine is not busy");
+    release_all(res, 5);
+    llm_engine_destroy(e);
+}
+
+/* Polls until the engine reports n paused requests (or the hang guard). */
+static int wait_paused(llm_engine *e, int n)
+{
+    double t0 = unit_now();
+    llm_stats st;
+
+    for (;;) {
+        llm_engine_stats(e, &st);
+        if (st.paused == n) {
+            return 0;
+        }
+        if (unit_now() - t0 > HANG_GUARD_S) {
+            return -1;
+        }
+        usleep(1000);
+    }
+}
+
+/* A request whose events are not read stops at LLM_PAUSE_UNREAD_TOKENS
+ * while another runs to its end; read, it resumes and ends with the same
+ * tokens as when read all along.  A cancel reaches a paused request. */
+static void test_slow_reader(void)
+{
+    llm_engine_options o;
+    llm_engine *e;
+    llm_engine_heartbeat hb;
+    llm_request_params p;
+    llm_request *ready[64];
+    llm_stats st;
+    int32_t pa[20], pb[20];
+    static result ref[2], res[2], c;
+    double t0;
+    int i;
+
+    for (i = 0; i < 20; i++) {
+        pa[i] = rand_token();
+        pb[i] = rand_token();
+    }
+    opts_default(&o);
+    e = open_engine(&o);
+    REQUIRE(e != NULL, "engine");
+    params_tokens(&p, pa, 20, 200);
+    REQUIRE(submit(e, &p, &ref[0]) == 0, "submit");
+    params_tokens(&p, pb, 20, 150);
+    REQUIRE(submit(e, &p, &ref[1]) == 0, "submit");
+    REQUIRE(run_until_done(e, ref, 2) == 0, "hang guard");
+    CHECK(ref[0].n == 200 && ref[1].n == 150, "references %d %d", ref[0].n,
+          ref[1].n);
+
+    params_tokens(&p, pa, 20, 200);
+    REQUIRE(submit(e, &p, &res[0]) == 0, "submit");
+    params_tokens(&p, pb, 20, 150);
+    REQUIRE(submit(e, &p, &res[1]) == 0, "submit");
+    /* Read only B. */
+    t0 = unit_now();
+    while (!res[1].finished && unit_now() - t0 < HANG_GUARD_S) {
+        while (llm_engine_ready(e, ready, 64) > 0) {
+        }
+        drain(&res[1]);
+        llm_engine_wait(e, 50);
+    }
+    CHECK(res[1].finished && same_tokens(&res[1], &ref[1]),
+          "B ran to its end while A was not read: %d tokens", res[1].n);
+    REQUIRE(wait_paused(e, 1) == 0, "A paused");
+    CHECK(wait_not_busy(e, &hb) == 0, "waiting for a reader is not busy");
+    CHECK(atomic_load(&res[0].r->unread_tokens) == LLM_PAUSE_UNREAD_TOKENS,
+          "A stopped at the bound: %d unread",
+          atomic_load(&res[0].r->unread_tokens));
+    llm_engine_stats(e, &st);
+    CHECK(st.running == 1 && st.kv_blocks_used > 0,
+          "A keeps its place and blocks: running %d", st.running);
+
+    /* Read A: it resumes and ends as if read all along. */
+    drain(&res[0]);
+    CHECK(res[0].n == LLM_PAUSE_UNREAD_TOKENS && !res[0].finished,
+          "A's first %d tokens", res[0].n);
+    REQUIRE(run_until_done(e, res, 1) == 0, "hang guard: A never resumed");
+    CHECK(res[0].reason == LLM_FINISH_LENGTH && same_tokens(&res[0], &ref[0]),
+          "A resumed to the same %d tokens (got %d)", ref[0].n, res[0].n);
+    release_all(res, 2);
+
+    /* A paused request is cancelled: the engine wakes and aborts it. */
+    params_tokens(&p, pa, 20, 200);
+    REQUIRE(submit(e, &p, &c) == 0, "submit");
+    REQUIRE(wait_paused(e, 1) == 0, "C paused");
+    llm_request_cancel(c.r);
+    REQUIRE(run_until_done(e, &c, 1) == 0, "hang guard: cancel not seen");
+    CHECK(c.reason == LLM_FINISH_ABORT && c.n == LLM_PAUSE_UNREAD_TOKENS,
+          "C aborted after %d tokens: %d", c.n, c.reason);
+    CHECK(wait_paused(e, 0) == 0, "nothing paused");
+    CHECK(used_blocks(e) == 0, "blocks back");
+    release_all(&c, 1);
+    release_all(ref, 2);
+    llm_engine_destroy(e);
+}
+
 int main(void)
 {
     RUN(test_batch_invariance);
@@ -979,5 +1297,10 @@ int main(void)
     RUN(test_queue_full);
     RUN(test_async_load);
     RUN(test_destroy_in_flight);
+    RUN(test_heartbeat);
+    RUN(test_fault_bad_values);
+    RUN(test_fault_hang);
+    RUN(test_fault_fail_forward);
+    RUN(test_slow_reader);
     return unit_done();
 }
