@@ -6,7 +6,9 @@
  *                  [--bench-model DIR] [--long] [--quick] [--bench-only]
  *
  * --quick: the tiny fixtures with the default kernels and short attention
- * cases only (for compute-sanitizer); --bench-only: skip the checks.
+ * cases only (for compute-sanitizer); --bench-only: skip the checks;
+ * --sampling: only the device sampling checks (and their timings);
+ * --no-sampling: the checks without them.
  *
  * Correctness (bars of issue 7):
  *   - tiny-qwen3 / tiny-qwen3-untied: full last-position logits vs
@@ -18,6 +20,14 @@
  *     graphs); chunked prefill and batched sequences vs one at a time.
  *   - attention kernels vs a float reference at contexts 1, 17, 4096, 65536.
  *   - a random model of Qwen3-0.6B's shape, 64 positions, vs the CPU.
+ *   - sampling on the device (vocabulary 151936, up to 256 rows): greedy
+ *     == the CPU's argmax; eos mask, logit_bias and penalties leave the
+ *     logits the CPU sampler leaves; logprobs within 1e-3 of the CPU's;
+ *     the distribution of seeded draws (chi-square at p = 1e-4 against the
+ *     CPU sampler's probabilities, which the CPU sampler's own draws must
+ *     pass too) for temperature / top-k / top-p / min-p settings and ties;
+ *     the same seed gives the same token whatever else is in the batch;
+ *     forward_sample on tiny-qwen3 vs forward's logits.
  * Benchmarks (printed, never asserted): decode tok/s at batch 1..256,
  * prefill tok/s at 128/4096 tokens, 32768-token TTFT (chunks of 4096).
  *
@@ -152,8 +162,21 @@ typedef struct {
 
 /* One forward over the chunks; logits of every token (all_rows > 0), of
  * each chunk's last token (0), or of none (< 0: no LM head, no copy). */
+static int run_chunks_ex(runner *r, const chunk *c, int n_chunks, int all_rows,
+                         float *logits, const llm_sample_row *srows,
+                         sampler_result *sout, char *err);
+
 static int run_chunks(runner *r, const chunk *c, int n_chunks, int all_rows,
                       float *logits, char *err)
+{
+    return run_chunks_ex(r, c, n_chunks, all_rows, logits, NULL, NULL, err);
+}
+
+/* With srows: the backend's forward_sample instead of forward (sout gets
+ * one result per logit row, logits are not written). */
+static int run_chunks_ex(runner *r, const chunk *c, int n_chunks, int all_rows,
+                         float *logits, const llm_sample_row *srows,
+                         sampler_result *sout, char *err)
 {
     int T = 0;
     for (int i = 0; i < n_chunks; i++)
@@ -191,7 +214,15 @@ static int run_chunks(runner *r, const chunk *c, int n_chunks, int all_rows,
         .seq_start = start, .seq_len = len, .block_tables = bt,
         .max_blocks = r->max_blocks, .logit_rows = rows, .n_logits = n_rows,
     };
-    rc = r->be->ops->forward(r->be, &b, logits, err, ERR_LEN);
+    if (srows) {
+        if (!r->be->ops->forward_sample) {
+            snprintf(err, ERR_LEN, "backend has no forward_sample");
+            goto out;
+        }
+        rc = r->be->ops->forward_sample(r->be, &b, srows, sout, err, ERR_LEN);
+    } else {
+        rc = r->be->ops->forward(r->be, &b, logits, err, ERR_LEN);
+    }
 out:
     free(tok);
     free(pos);
@@ -826,9 +857,687 @@ out:
     model_free(m);
 }
 
+/* ---- sampling on the device (forward_sample's kernel) -------------------- */
+
+#define SV 151936                   /* Qwen3's vocabulary */
+#define SROWS 256
+
+static uint64_t srand_state;
+
+static uint64_t srand_next(void)
+{
+    srand_state ^= srand_state << 13;
+    srand_state ^= srand_state >> 7;
+    srand_state ^= srand_state << 17;
+    return srand_state;
+}
+
+static double srand_unif(void)
+{
+    return (double)(srand_next() >> 11) * 0x1.0p-53;
+}
+
+static double srand_normal(void)
+{
+    double u = srand_unif(), v = srand_unif();
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(2 * M_PI * v);
+}
+
+/* A peaked row like a language model's: a tail of N(0, 1.5) and `n_hot`
+ * tokens lifted by 8-14, which hold most of the mass.  quant > 0 rounds
+ * every logit to that step (many exact ties). */
+static void logits_row(float *l, int V, uint64_t seed, int n_hot, float quant)
+{
+    srand_state = seed * 0x9e3779b97f4a7c15ull + 12345;
+    for (int i = 0; i < V; i++)
+        l[i] = (float)(1.5 * srand_normal());
+    for (int k = 0; k < n_hot; k++)
+        l[srand_next() % (uint64_t)V] += (float)(8.0 + 6.0 * srand_unif());
+    if (quant > 0)
+        for (int i = 0; i < V; i++)
+            l[i] = roundf(l[i] / quant) * quant;
+}
+
+static sampler_params sp_default(void)
+{
+    sampler_params p;
+    memset(&p, 0, sizeof p);
+    p.temperature = 1.0f;
+    p.top_p = 1.0f;
+    p.repetition_penalty = 1.0f;
+    return p;
+}
+
+/* The CPU sampler's distribution after steps 5-9 (sampler.h), computed
+ * plainly: sort by weight, cut, normalize.  prob[V] out. */
+typedef struct {
+    float   w;
+    int32_t id;
+} wid;
+
+static int wid_cmp(const void *a, const void *b)
+{
+    const wid *x = a, *y = b;
+    if (x->w != y->w)
+        return x->w > y->w ? -1 : 1;
+    return x->id < y->id ? -1 : 1;
+}
+
+static int float_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x > y ? -1 : x < y ? 1 : 0;
+}
+
+static void ref_probs(const float *l, int V, const sampler_params *p, double *prob,
+                      wid *tmp, float *ftmp)
+{
+    float m = -INFINITY, kth = -INFINITY;
+    for (int i = 0; i < V; i++)
+        m = l[i] > m ? l[i] : m;
+    if (p->top_k > 0 && p->top_k < V) {
+        memcpy(ftmp, l, (size_t)V * sizeof(float));
+        qsort(ftmp, (size_t)V, sizeof(float), float_desc);
+        kth = ftmp[p->top_k - 1];
+    }
+    const float inv_t = 1.0f / p->temperature;
+    double total = 0;
+    for (int i = 0; i < V; i++) {
+        float w = 0.0f;
+        if (l[i] >= kth) {
+            w = expf((l[i] - m) * inv_t);
+            if (!(w >= p->min_p && w > 0.0f))
+                w = 0.0f;
+        }
+        tmp[i].w = w;
+        tmp[i].id = i;
+        total += w;
+    }
+    qsort(tmp, (size_t)V, sizeof(wid), wid_cmp);
+    double target = (double)p->top_p * total, acc = 0, kept = 0;
+    for (int i = 0; i < V; i++)
+        prob[i] = 0;
+    for (int i = 0; i < V && tmp[i].w > 0; i++) {
+        if (p->top_p < 1.0f && acc >= target)
+            break;
+        acc += tmp[i].w;
+        prob[tmp[i].id] = tmp[i].w;
+        kept += tmp[i].w;
+    }
+    for (int i = 0; i < V; i++)
+        prob[i] /= kept;
+}
+
+/* Chi-square of counts[V] (n draws) against prob[V]: bins with an expected
+ * count >= 5, the rest pooled.  Returns the statistic over the p = 1e-4
+ * critical value (> 1: reject); *impossible gets draws of probability 0. */
+static double chi_square(const int *counts, const double *prob, int V, int n,
+                         int *impossible, int *bins)
+{
+    double stat = 0, rest_e = 0;
+    long rest_o = 0;
+    int df = 0;
+    *impossible = 0;
+    for (int i = 0; i < V; i++) {
+        const double e = prob[i] * n;
+        if (prob[i] == 0) {
+            *impossible += counts[i];
+        } else if (e >= 5) {
+            stat += (counts[i] - e) * (counts[i] - e) / e;
+            df++;
+        } else {
+            rest_e += e;
+            rest_o += counts[i];
+        }
+    }
+    if (rest_e >= 5) {
+        stat += (rest_o - rest_e) * (rest_o - rest_e) / rest_e;
+        df++;
+    }
+    df = df > 1 ? df - 1 : 1;
+    *bins = df + 1;
+    /* Wilson-Hilferty: chi2 quantile at z = 3.719 (p = 1e-4) */
+    const double h = 2.0 / (9.0 * df);
+    const double crit = df * pow(1 - h + 3.719 * sqrt(h), 3);
+    return stat / crit;
+}
+
+static int *g_counts;
+
+/* The distribution of seeded draws: the GPU against the reference (20,480
+ * draws: 256 rows x 80 calls, seeds 1..), and the CPU sampler against the
+ * same reference (4,000 draws), so both are the CPU sampler's. */
+static void check_sampling_dist(cuda_sampler *cs, const char *name, const float *row,
+                                const sampler_params *p, sampler_result *res,
+                                double *prob, wid *tmp, float *ftmp, float *rows_buf,
+                                sampler_scratch *scr)
+{
+    char err[ERR_LEN];
+    const int reps = g_quick ? 4 : 80, n_gpu = SROWS * reps, n_cpu = g_quick ? 500 : 4000;
+    llm_sample_row sr[SROWS];
+    ref_probs(row, SV, p, prob, tmp, ftmp);
+    for (int k = 0; k < SROWS; k++)
+        memcpy(rows_buf + (size_t)k * SV, row, SV * sizeof(float));
+    if (cuda_sampler_set_logits(cs, rows_buf, SROWS, err, sizeof err)) {
+        report(0, "sampling %s: %s", name, err);
+        return;
+    }
+    memset(g_counts, 0, SV * sizeof(int));
+    for (int r = 0; r < reps; r++) {
+        for (int k = 0; k < SROWS; k++) {
+            sampler_rng rng;
+            sampler_rng_seed(&rng, (uint64_t)(r * SROWS + k + 1));
+            sr[k].p = p;
+            sr[k].h = NULL;
+            sr[k].uniform = sampler_rng_uniform(&rng);
+        }
+        if (cuda_sampler_sample(cs, sr, SROWS, res, err, sizeof err)) {
+            report(0, "sampling %s: %s", name, err);
+            return;
+        }
+        for (int k = 0; k < SROWS; k++)
+            if (res[k].token >= 0 && res[k].token < SV)
+                g_counts[res[k].token]++;
+    }
+    int imp_g, imp_c, bins_g, bins_c;
+    const double q_g = chi_square(g_counts, prob, SV, n_gpu, &imp_g, &bins_g);
+    memset(g_counts, 0, SV * sizeof(int));
+    float *cpu_row = rows_buf;      /* the CPU edits nothing here (no penalties) */
+    memcpy(cpu_row, row, SV * sizeof(float));
+    for (int d = 0; d < n_cpu; d++) {
+        sampler_rng rng;
+        sampler_result r1;
+        sampler_rng_seed(&rng, (uint64_t)(1000000 + d));
+        if (sampler_sample(cpu_row, SV, p, NULL, &rng, scr, &r1) == 0)
+            g_counts[r1.token]++;
+    }
+    const double q_c = chi_square(g_counts, prob, SV, n_cpu, &imp_c, &bins_c);
+    report(q_g <= 1 && imp_g <= n_gpu / 1000,
+           "sampling distribution %s: GPU %d draws chi2/crit(1e-4) %.3f over %d bins, "
+           "%d outside the kept set", name, n_gpu, q_g, bins_g, imp_g);
+    report(q_c <= 1 && imp_c <= n_cpu / 1000,
+           "sampling distribution %s: CPU sampler vs the same reference: chi2/crit %.3f "
+           "over %d bins, %d outside", name, q_c, bins_c, imp_c);
+}
+
+static double lse_of(const float *l, int V)
+{
+    float m = -INFINITY;
+    for (int i = 0; i < V; i++)
+        m = l[i] > m ? l[i] : m;
+    double s = 0;
+    for (int i = 0; i < V; i++)
+        s += exp((double)l[i] - m);
+    return m + log(s);
+}
+
+static void check_sampling(int device)
+{
+    char err[ERR_LEN];
+    cuda_sampler *cs = cuda_sampler_create(device, SV, SROWS, err, sizeof err);
+    float *logits = malloc((size_t)SROWS * SV * sizeof(float));
+    float *cpu = malloc((size_t)SROWS * SV * sizeof(float));
+    float *back = malloc((size_t)SROWS * SV * sizeof(float));
+    double *prob = malloc(SV * sizeof(double));
+    wid *tmp = malloc(SV * sizeof(wid));
+    float *ftmp = malloc(SV * sizeof(float));
+    float *row = malloc(SV * sizeof(float));
+    sampler_result *res = malloc(SROWS * sizeof(sampler_result));
+    sampler_result *res2 = malloc(SROWS * sizeof(sampler_result));
+    sampler_params *ps = malloc(SROWS * sizeof(sampler_params));
+    sampler_history *hs = malloc(SROWS * sizeof(sampler_history));
+    int32_t *hist = malloc((size_t)SROWS * 700 * sizeof(int32_t));
+    llm_logit_bias *bias = malloc((size_t)SROWS * 4 * sizeof(llm_logit_bias));
+    sampler_scratch *scr = sampler_scratch_create(SV);
+    llm_sample_row *sr = malloc(SROWS * sizeof(llm_sample_row));
+    g_counts = malloc(SV * sizeof(int));
+    if (!cs || !logits || !cpu || !back || !prob || !tmp || !ftmp || !row || !res || !res2 ||
+        !ps || !hs || !hist || !bias || !scr || !sr || !g_counts) {
+        report(0, "sampling: setup: %s", cs ? "out of memory" : err);
+        goto out;
+    }
+    srand_state = 99;
+    for (size_t i = 0; i < (size_t)SROWS * 700; i++)
+        hist[i] = (int32_t)(srand_next() % SV);
+
+    /* 1. greedy == the CPU's argmax (lowest id on ties), degenerate rows */
+    {
+        for (int k = 0; k < SROWS; k++) {
+            float *l = logits + (size_t)k * SV;
+            logits_row(l, SV, 100 + k, k % 40, k % 7 == 3 ? 0.25f : 0.0f);
+            if (k % 11 == 5) {              /* a tie at the maximum */
+                int a = (int)((k * 7919) % SV), b = (int)((k * 104729) % SV);
+                l[a] = l[b] = 50.0f;
+            }
+            ps[k] = sp_default();
+            ps[k].temperature = 0.0f;
+            sr[k].p = &ps[k];
+            sr[k].h = NULL;
+            sr[k].uniform = 0.5;
+        }
+        for (int i = 0; i < SV; i++)
+            logits[(size_t)1 * SV + i] = -INFINITY;     /* row 1: nothing -> 0 */
+        logits[(size_t)2 * SV + 77] = INFINITY;         /* row 2: +inf wins */
+        logits[(size_t)2 * SV + 99] = INFINITY;
+        logits[(size_t)4 * SV + 3] = NAN;               /* row 4: NaN ignored */
+        memcpy(cpu, logits, (size_t)SROWS * SV * sizeof(float));
+        int bad = 0, first = -1;
+        if (cuda_sampler_set_logits(cs, logits, SROWS, err, sizeof err) ||
+            cuda_sampler_sample(cs, sr, SROWS, res, err, sizeof err)) {
+            report(0, "sampling greedy: %s", err);
+            goto out;
+        }
+        for (int k = 0; k < SROWS; k++) {
+            sampler_rng rng;
+            sampler_result r1;
+            sampler_rng_seed(&rng, 1);
+            sampler_sample(cpu + (size_t)k * SV, SV, &ps[k], NULL, &rng, scr, &r1);
+            if (r1.token != res[k].token) {
+                bad++;
+                if (first < 0)
+                    first = k;
+            }
+        }
+        report(bad == 0, "sampling greedy: %d rows x %d, GPU == CPU argmax (ties, -inf, "
+               "+inf, NaN rows): %d mismatches%s", SROWS, SV, bad,
+               bad ? " (see the first below)" : "");
+        if (bad)
+            printf("        row %d: GPU %d\n", first, res[first].token);
+    }
+
+    /* 2. eos mask, logit_bias and penalties: the edited logits equal the
+     * CPU's (sampler_sample leaves them in its buffer), greedy tokens too */
+    {
+        static const int32_t eos[3] = { SV - 1, 5, SV + 3 };
+        static const float reps_[4] = { 1.0f, 1.1f, 1.5f, 0.8f };
+        static const float pres_[3] = { 0.0f, 0.5f, -0.3f };
+        static const float freq_[3] = { 0.0f, 0.2f, 1.0f };
+        const int n = 64;
+        for (int k = 0; k < n; k++) {
+            float *l = logits + (size_t)k * SV;
+            logits_row(l, SV, 500 + k, 30, 0.0f);
+            int32_t *h = hist + (size_t)k * 700;
+            srand_state = 777 + k;
+            for (int i = 0; i < 700; i++) {
+                /* draws from a small range repeat ids; some hot ids */
+                h[i] = (int32_t)(i % 3 == 0 ? srand_next() % 2000 : srand_next() % SV);
+            }
+            ps[k] = sp_default();
+            ps[k].temperature = 0.0f;
+            ps[k].repetition_penalty = reps_[k % 4];
+            ps[k].presence_penalty = pres_[(k / 4) % 3];
+            ps[k].frequency_penalty = freq_[(k / 12) % 3];
+            ps[k].suppress_eos = k % 2;
+            ps[k].eos_ids = eos;
+            ps[k].n_eos = 3;
+            if (k % 3 == 1) {
+                llm_logit_bias *b = bias + (size_t)k * 4;
+                for (int i = 0; i < 4; i++) {
+                    b[i].token = (int32_t)(srand_next() % SV);
+                    b[i].bias = (float)(srand_unif() * 20 - 10);
+                }
+                b[3].token = b[0].token;    /* the same id twice: added twice */
+                ps[k].logit_bias = b;
+                ps[k].n_logit_bias = 4;
+            }
+            hs[k].prompt = h;
+            hs[k].n_prompt = 500;
+            hs[k].generated = h + 500;
+            hs[k].n_generated = 200;
+            sr[k].p = &ps[k];
+            sr[k].h = &hs[k];
+            sr[k].uniform = 0.25;
+        }
+        memcpy(cpu, logits, (size_t)n * SV * sizeof(float));
+        if (cuda_sampler_set_logits(cs, logits, n, err, sizeof err) ||
+            cuda_sampler_sample(cs, sr, n, res, err, sizeof err) ||
+            cuda_sampler_get_logits(cs, back, n, err, sizeof err)) {
+            report(0, "sampling penalties: %s", err);
+            goto out;
+        }
+        int bad_tok = 0;
+        long bad_val = 0;
+        double worst = 0;
+        for (int k = 0; k < n; k++) {
+            sampler_rng rng;
+            sampler_result r1;
+            sampler_rng_seed(&rng, 1);
+            sampler_sample(cpu + (size_t)k * SV, SV, &ps[k], &hs[k], &rng, scr, &r1);
+            bad_tok += r1.token != res[k].token;
+            for (int i = 0; i < SV; i++) {
+                const float a = back[(size_t)k * SV + i], b = cpu[(size_t)k * SV + i];
+                if (a == b)
+                    continue;
+                const double d = fabs((double)a - b) / (fabs(b) > 1 ? fabs(b) : 1);
+                if (!(d <= 1e-6))
+                    bad_val++;
+                if (d > worst || isnan(d))
+                    worst = d;
+            }
+        }
+        report(bad_val == 0, "sampling penalties: %d rows (repetition, presence, frequency, "
+               "logit_bias, eos mask) edited logits vs the CPU: %ld differ, worst rel %.2g",
+               n, bad_val, worst);
+        report(bad_tok == 0, "sampling penalties: greedy tokens after the edits == CPU: "
+               "%d mismatches", bad_tok);
+    }
+
+    /* 3. logprobs of the raw row: top-N ids equal, logprobs within 1e-3 of
+     * the CPU's; the sampled token's from the raw row even when penalties
+     * edited it */
+    {
+        const int n = 64;
+        for (int k = 0; k < n; k++) {
+            float *l = logits + (size_t)k * SV;
+            logits_row(l, SV, 900 + k, 20, k % 5 == 4 ? 0.5f : 0.0f);
+            ps[k] = sp_default();
+            ps[k].logprobs = 1;
+            ps[k].top_logprobs = (k % 4 == 0) ? 0 : (k % 4 == 1 ? 5 : 20);
+            ps[k].temperature = (k % 3 == 0) ? 0.0f : 0.8f;
+            ps[k].top_k = (k % 3 == 1) ? 20 : 0;
+            ps[k].top_p = (k % 3 == 2) ? 0.9f : 1.0f;
+            int32_t *h = hist + (size_t)k * 700;
+            srand_state = 4242 + k;
+            for (int i = 0; i < 64; i++)
+                h[i] = (int32_t)(srand_next() % SV);
+            /* penalise the row's own best tokens so the sampled one is
+             * often an edited id */
+            for (int i = 0; i < SV; i++)
+                if (l[i] > 7.0f)
+                    h[i % 64] = i;
+            hs[k].prompt = h;
+            hs[k].n_prompt = 32;
+            hs[k].generated = h + 32;
+            hs[k].n_generated = 32;
+            ps[k].repetition_penalty = (k % 2) ? 1.3f : 1.0f;
+            ps[k].presence_penalty = (k % 2) ? 0.7f : 0.0f;
+            sr[k].p = &ps[k];
+            sr[k].h = &hs[k];
+            sampler_rng rng;
+            sampler_rng_seed(&rng, 31 + k);
+            sr[k].uniform = sampler_rng_uniform(&rng);
+        }
+        memcpy(cpu, logits, (size_t)n * SV * sizeof(float));
+        if (cuda_sampler_set_logits(cs, logits, n, err, sizeof err) ||
+            cuda_sampler_sample(cs, sr, n, res, err, sizeof err)) {
+            report(0, "sampling logprobs: %s", err);
+            goto out;
+        }
+        int bad_ids = 0, bad_n = 0;
+        double worst = 0;
+        for (int k = 0; k < n; k++) {
+            const float *raw = logits + (size_t)k * SV;
+            sampler_rng rng;
+            sampler_result r1;
+            sampler_rng_seed(&rng, 1);
+            sampler_sample(cpu + (size_t)k * SV, SV, &ps[k], &hs[k], &rng, scr, &r1);
+            if (r1.n_top != res[k].n_top) {
+                bad_n++;
+                continue;
+            }
+            for (int i = 0; i < r1.n_top; i++) {
+                bad_ids += r1.top[i].token != res[k].top[i].token;
+                const double d = fabs((double)r1.top[i].logprob - res[k].top[i].logprob);
+                worst = d > worst || isnan(d) ? d : worst;
+            }
+            const int t = res[k].token;
+            const double want = (double)raw[t] - lse_of(raw, SV);
+            const double d = fabs(want - res[k].logprob);
+            worst = d > worst || isnan(d) ? d : worst;
+        }
+        report(bad_n == 0 && bad_ids == 0 && worst <= 1e-3,
+               "sampling logprobs: %d rows (0/5/20 alternatives, greedy/top-k/top-p, "
+               "penalised tokens): %d count and %d id mismatches, worst |diff| %.2g (<= 1e-3)",
+               n, bad_n, bad_ids, worst);
+    }
+
+    /* 4. the distribution of seeded draws */
+    {
+        static const struct {
+            const char *name;
+            float t, top_p, min_p;
+            int top_k, n_hot;
+            float quant;
+        } D[] = {
+            { "T=1", 1.0f, 1.0f, 0.0f, 0, 40, 0.0f },
+            { "T=0.7,top_k=20", 0.7f, 1.0f, 0.0f, 20, 40, 0.0f },
+            { "T=1,top_p=0.8", 1.0f, 0.8f, 0.0f, 0, 40, 0.0f },
+            { "T=0.7,top_k=20,top_p=0.8", 0.7f, 0.8f, 0.0f, 20, 40, 0.0f },
+            { "T=1,min_p=0.05", 1.0f, 1.0f, 0.05f, 0, 40, 0.0f },
+            { "T=1.3,top_k=1000,top_p=0.95,min_p=0.01", 1.3f, 0.95f, 0.01f, 1000, 60, 0.0f },
+            { "T=1,top_k=5000 (over the shared-memory list)", 1.0f, 1.0f, 0.0f, 5000, 40, 0.0f },
+            { "ties: T=1,top_k=50,top_p=0.5, logits in steps of 0.5", 1.0f, 0.5f, 0.0f, 50, 40, 0.5f },
+        };
+        for (size_t d = 0; d < sizeof D / sizeof D[0]; d++) {
+            if (g_quick && d > 1)
+                break;
+            sampler_params p = sp_default();
+            p.temperature = D[d].t;
+            p.top_p = D[d].top_p;
+            p.min_p = D[d].min_p;
+            p.top_k = D[d].top_k;
+            logits_row(row, SV, 3000 + d, D[d].n_hot, D[d].quant);
+            check_sampling_dist(cs, D[d].name, row, &p, res, prob, tmp, ftmp, logits, scr);
+        }
+    }
+
+    /* 5. determinism: a request's token depends on its row and seed only,
+     * not on the rest of the batch or its place in it */
+    {
+        const int n = 96;
+        static sampler_params dp[4];
+        for (int v = 0; v < 4; v++) {
+            dp[v] = sp_default();
+            dp[v].temperature = 0.7f + 0.2f * v;
+            dp[v].top_k = v == 1 ? 20 : 0;
+            dp[v].top_p = v >= 2 ? 0.9f : 1.0f;
+            dp[v].min_p = v == 3 ? 0.02f : 0.0f;
+        }
+        /* batch A: rows 0..n-1 in order */
+        for (int k = 0; k < n; k++) {
+            logits_row(logits + (size_t)k * SV, SV, 7000 + k, 30, 0.0f);
+            sampler_rng rng;
+            sampler_rng_seed(&rng, 9000 + k);
+            sr[k].p = &dp[k % 4];
+            sr[k].h = NULL;
+            sr[k].uniform = sampler_rng_uniform(&rng);
+        }
+        int bad = 0;
+        if (cuda_sampler_set_logits(cs, logits, n, err, sizeof err) ||
+            cuda_sampler_sample(cs, sr, n, res, err, sizeof err) ||
+            cuda_sampler_sample(cs, sr, n, res2, err, sizeof err)) {
+            report(0, "sampling determinism: %s", err);
+            goto out;
+        }
+        for (int k = 0; k < n; k++)
+            bad += res[k].token != res2[k].token;
+        report(bad == 0, "sampling determinism: the same batch twice: %d differ", bad);
+        /* batch B: reversed, interleaved with greedy rows of other logits */
+        int perm[SROWS];
+        llm_sample_row sr2[SROWS];
+        static sampler_params greedy;
+        greedy = sp_default();
+        greedy.temperature = 0.0f;
+        int m = 0;
+        for (int k = n - 1; k >= 0; k--) {
+            perm[m] = k;
+            memcpy(cpu + (size_t)m * SV, logits + (size_t)k * SV, SV * sizeof(float));
+            sr2[m++] = sr[k];
+            if (k % 3 == 0) {
+                perm[m] = -1;
+                logits_row(cpu + (size_t)m * SV, SV, 123456 + k, 10, 0.0f);
+                sr2[m].p = &greedy;
+                sr2[m].h = NULL;
+                sr2[m++].uniform = 0.0;
+            }
+        }
+        if (cuda_sampler_set_logits(cs, cpu, m, err, sizeof err) ||
+            cuda_sampler_sample(cs, sr2, m, res2, err, sizeof err)) {
+            report(0, "sampling determinism: %s", err);
+            goto out;
+        }
+        bad = 0;
+        for (int j = 0; j < m; j++)
+            if (perm[j] >= 0)
+                bad += res2[j].token != res[perm[j]].token;
+        report(bad == 0, "sampling determinism: %d seeded rows reordered among %d greedy "
+               "rows of other logits: %d tokens differ", n, m - n, bad);
+    }
+
+    /* speed (printed, not asserted) */
+    if (!g_quick) {
+        static const struct {
+            const char *name;
+            float t, top_p;
+            int top_k, lp, pen;
+        } B[] = {
+            { "greedy", 0.0f, 1.0f, 0, 0, 0 },
+            { "T=0.7,top_k=20,top_p=0.8", 0.7f, 0.8f, 20, 0, 0 },
+            { "T=1,top_p=0.9", 1.0f, 0.9f, 0, 0, 0 },
+            { "T=1 (full vocabulary)", 1.0f, 1.0f, 0, 0, 0 },
+            { "top_k=20,top_p=0.8 + penalties (700 ids) + 20 logprobs", 0.7f, 0.8f, 20, 1, 1 },
+        };
+        static const int NB[3] = { 1, 64, 256 };
+        for (int k = 0; k < SROWS; k++)
+            logits_row(logits + (size_t)k * SV, SV, 20000 + k, 30, 0.0f);
+        if (cuda_sampler_set_logits(cs, logits, SROWS, err, sizeof err)) {
+            report(0, "sampling bench: %s", err);
+            goto out;
+        }
+        for (size_t b = 0; b < sizeof B / sizeof B[0]; b++) {
+            sampler_params p = sp_default();
+            p.temperature = B[b].t;
+            p.top_p = B[b].top_p;
+            p.top_k = B[b].top_k;
+            p.logprobs = B[b].lp;
+            p.top_logprobs = B[b].lp ? 20 : 0;
+            p.repetition_penalty = B[b].pen ? 1.1f : 1.0f;
+            p.presence_penalty = B[b].pen ? 0.5f : 0.0f;
+            for (int k = 0; k < SROWS; k++) {
+                hs[k].prompt = hist + (size_t)k * 700;
+                hs[k].n_prompt = 500;
+                hs[k].generated = hist + (size_t)k * 700 + 500;
+                hs[k].n_generated = 200;
+                sr[k].p = &p;
+                sr[k].h = &hs[k];
+                sr[k].uniform = (k + 0.5) / SROWS;
+            }
+            printf("bench: sampling %-55s", B[b].name);
+            for (int i = 0; i < 3; i++) {
+                double ms = cuda_sampler_time(cs, sr, NB[i], 20, err, sizeof err);
+                if (ms < 0) {
+                    printf("\n");
+                    report(0, "sampling bench: %s", err);
+                    goto out;
+                }
+                printf("  batch %3d %.3f ms", NB[i], ms);
+            }
+            printf("\n");
+        }
+    }
+out:
+    cuda_sampler_free(cs);
+    free(logits);
+    free(cpu);
+    free(back);
+    free(prob);
+    free(tmp);
+    free(ftmp);
+    free(row);
+    free(res);
+    free(res2);
+    free(ps);
+    free(hs);
+    free(hist);
+    free(bias);
+    sampler_scratch_free(scr);
+    free(sr);
+    free(g_counts);
+    g_counts = NULL;
+}
+
+/* forward_sample on tiny-qwen3: greedy rows give forward's argmax, and the
+ * logprobs equal those of forward's logits (the kernel reads the logits
+ * rows where forward leaves them). */
+static void check_forward_sample(const char *dir, int device)
+{
+    char err[ERR_LEN];
+    model *m = model_load(dir, 0, 0, err, ERR_LEN);
+    if (!m) {
+        report(0, "forward_sample %s: load: %s", dir, err);
+        return;
+    }
+    llm_backend *be = cuda_backend_create(m, device, err, ERR_LEN);
+    runner r = { 0 };
+    const int n_seq = 6, len = 40;
+    const int V = m->cfg.vocab_size;
+    float *logits = malloc((size_t)n_seq * V * sizeof(float));
+    int32_t toks[6][40];
+    chunk cs[6];
+    sampler_params ps[6];
+    llm_sample_row sr[6];
+    sampler_result res[6];
+    sampler_scratch *scr = sampler_scratch_create(V);
+    if (!be || !logits || !scr || runner_init(&r, be, n_seq, 64, 11, err)) {
+        report(0, "forward_sample %s: setup: %s", dir, err);
+        goto out;
+    }
+    for (int s = 0; s < n_seq; s++) {
+        for (int i = 0; i < len; i++)
+            toks[s][i] = (int32_t)((s * 131 + i * 17 + 3) % V);
+        cs[s].slot = s;
+        cs[s].tokens = toks[s];
+        cs[s].n = len - s * 3;
+        cs[s].past = 0;
+        ps[s] = sp_default();
+        ps[s].temperature = s % 2 ? 0.0f : 0.8f;
+        ps[s].top_k = s % 2 ? 0 : 20;
+        ps[s].logprobs = 1;
+        ps[s].top_logprobs = 5;
+        sr[s].p = &ps[s];
+        sr[s].h = NULL;
+        sr[s].uniform = (s + 0.5) / n_seq;
+    }
+    if (run_chunks(&r, cs, n_seq, 0, logits, err) ||
+        run_chunks_ex(&r, cs, n_seq, 0, NULL, sr, res, err)) {
+        report(0, "forward_sample %s: %s", dir, err);
+        goto out;
+    }
+    int bad = 0;
+    double worst = 0;
+    for (int s = 0; s < n_seq; s++) {
+        const float *l = logits + (size_t)s * V;
+        sampler_rng rng;
+        sampler_result r1;
+        sampler_rng_seed(&rng, 1);
+        sampler_params g = ps[s];
+        g.temperature = 0.0f;
+        sampler_sample((float *)l, V, &g, NULL, &rng, scr, &r1);
+        if (ps[s].temperature == 0.0f)
+            bad += r1.token != res[s].token;
+        for (int i = 0; i < r1.n_top && i < res[s].n_top; i++) {
+            const double d = fabs((double)r1.top[i].logprob - res[s].top[i].logprob);
+            worst = d > worst || isnan(d) ? d : worst;
+            bad += r1.top[i].token != res[s].top[i].token;
+        }
+        bad += r1.n_top != res[s].n_top;
+    }
+    report(bad == 0 && worst <= 1e-3, "forward_sample %s: %d sequences, greedy tokens and "
+           "top-5 logprobs vs forward's logits: %d mismatches, worst |diff| %.2g",
+           dir, n_seq, bad, worst);
+out:
+    if (be)
+        be->ops->destroy(be);
+    free(r.tables);
+    free(logits);
+    sampler_scratch_free(scr);
+    model_free(m);
+}
+
 int main(int argc, char **argv)
 {
     int device = 0, do_bench = 1, do_06b = 1, long_ctx = 0, do_checks = 1;
+    int do_sampling = 1, sampling_only = 0;
     const char *fixtures = "t/fixtures";
     const char *bench_model = NULL;
     for (int i = 1; i < argc; i++) {
@@ -848,9 +1557,14 @@ int main(int argc, char **argv)
             g_quick = 1, do_06b = 0, do_bench = 0;
         else if (!strcmp(argv[i], "--bench-only"))
             do_checks = 0;
+        else if (!strcmp(argv[i], "--no-sampling"))
+            do_sampling = 0;
+        else if (!strcmp(argv[i], "--sampling"))
+            sampling_only = 1;
         else {
             fprintf(stderr, "usage: %s [--device N] [--fixtures DIR] [--bench-model DIR] "
-                    "[--no-bench] [--no-cpu-0.6b] [--long] [--quick] [--bench-only]\n", argv[0]);
+                    "[--no-bench] [--no-cpu-0.6b] [--long] [--quick] [--bench-only] "
+                    "[--sampling] [--no-sampling]\n", argv[0]);
             return 2;
         }
     }
@@ -859,12 +1573,24 @@ int main(int argc, char **argv)
         printf("llm-cuda-check: no CUDA device %d here (%s): skipped\n", device, path);
         return 77;
     }
+    if (sampling_only) {
+        check_sampling(device);
+        snprintf(path, sizeof path, "%s/tiny-qwen3", fixtures);
+        check_forward_sample(path, device);
+        printf("sampling: %s (%d failed)\n", g_failed ? "FAILED" : "passed", g_failed);
+        return g_failed ? 1 : 0;
+    }
     if (do_checks) {
         snprintf(path, sizeof path, "%s/tiny-qwen3", fixtures);
         check_tiny(path, device);
         snprintf(path, sizeof path, "%s/tiny-qwen3-untied", fixtures);
         check_tiny(path, device);
         check_attention(device);
+        if (do_sampling) {
+            check_sampling(device);
+            snprintf(path, sizeof path, "%s/tiny-qwen3", fixtures);
+            check_forward_sample(path, device);
+        }
         if (do_06b) {
             snprintf(path, sizeof path, "%s/configs/qwen3-0.6b", fixtures);
             check_vs_cpu(path, device, 64);
