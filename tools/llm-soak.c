@@ -193,6 +193,7 @@ typedef struct {
     const char *json_path;
     const char *table_path;
     int         clients;
+    int         workers;
     double      duration;
     double      disconnect_frac;
     double      bad_frac;
@@ -1393,14 +1394,20 @@ static int phase_idle(soak *S, int *workers_seen, double *idle_after, cJSON *las
 {
     metrics_sample latest[MAX_WORKERS];
     int seen[MAX_WORKERS] = { 0 }, idle[MAX_WORKERS] = { 0 };
-    int master, pids[MAX_WORKERS], nworkers = 1, w, all = 0;
+    int nworkers = 1, w, all = 0;
     double t_start = now_s();
     size_t first;
 
-    if (S->o->pid_file != NULL && (master = read_pid_file(S->o->pid_file)) > 0) {
-        nworkers = children_of(master, pids, MAX_WORKERS);
-        if (nworkers < 1) {
-            nworkers = 1;
+    /* the workers to hear from: --workers, else every worker="N" label the
+     * load phase saw (the master's children can still include old workers
+     * that a reload replaced and that drain their last streams) */
+    if (S->o->workers > 0) {
+        nworkers = S->o->workers;
+    } else {
+        for (first = 0; first < S->n_met; first++) {
+            if (S->met[first].worker + 1 > nworkers) {
+                nworkers = S->met[first].worker + 1;
+            }
         }
     }
     memset(latest, 0, sizeof(latest));
@@ -1695,7 +1702,10 @@ static void print_usage(FILE *f)
 "                        once they stream, wait --quit-wait s (default 60) for\n"
 "                        the master to exit\n"
 "  --idle-wait S         wait for idle engines after the load (default 30)\n"
-"  --rss-skip S          RSS windows skip a worker's first S seconds (default 10)\n"
+"  --workers N           worker processes whose engines must be idle (default:\n"
+"                        every worker=\"N\" label /metrics showed)\n"
+"  --rss-skip S          RSS windows skip a worker's first S seconds: its\n"
+"                        engine's load and ramp-up (default 30)\n"
 "  --seed N              request mix (default 1)\n"
 "  --json FILE           summary as JSON\n"
 "  --table FILE          RSS-over-time table (also printed)\n");
@@ -1718,6 +1728,7 @@ static int parse_args(int argc, char **argv, soak_opts *o)
         else if (ARG("--model")) o->model = v;
         else if (ARG("--api-key")) o->api_key = v;
         else if (ARG("--clients")) o->clients = atoi(v);
+        else if (ARG("--workers")) o->workers = atoi(v);
         else if (ARG("--duration")) o->duration = atof(v);
         else if (ARG("--disconnect-frac")) o->disconnect_frac = atof(v);
         else if (ARG("--bad-frac")) o->bad_frac = atof(v);
@@ -1794,7 +1805,7 @@ int main(int argc, char **argv)
         .disconnect_frac = 0.3, .bad_frac = 0.15, .max_tokens = 48,
         .max_body = 1048576, .timeout = 120, .reload_at = -1, .reload_grace = 30,
         .quit_streams = 100, .quit_tokens = 200, .idle_wait = 30, .quit_wait = 60,
-        .rss_skip = 10, .seed = 1,
+        .rss_skip = 30, .seed = 1,
     };
     soak S;
     client *cl;
