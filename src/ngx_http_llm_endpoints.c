@@ -320,6 +320,11 @@ ngx_http_llm_metrics_labels(ngx_http_llm_model_t *m, char *out, size_t size)
 
 static double m_running(const llm_stats *s) { return s->running; }
 static double m_waiting(const llm_stats *s) { return s->waiting; }
+static double m_paused(const llm_stats *s) { return s->paused; }
+static double m_fwd_err(const llm_stats *s)
+{
+    return (double) s->forward_errors;
+}
 static double m_kv_usage(const llm_stats *s)
 {
     return s->kv_blocks_total > 0
@@ -379,6 +384,10 @@ ngx_http_llm_metrics(ngx_http_request_t *r)
       && ngx_http_llm_gauge(&b, src, "llm:num_requests_waiting", "gauge",
                             "Number of requests waiting to be processed.",
                             m_waiting) == 0
+      && ngx_http_llm_gauge(&b, src, "llm:num_requests_paused", "gauge",
+                            "Requests (running or waiting) held until their "
+                            "clients read what was generated.",
+                            m_paused) == 0
       && ngx_http_llm_gauge(&b, src, "llm:kv_cache_usage_perc", "gauge",
                             "KV-cache usage. 1 means 100 percent usage.",
                             m_kv_usage) == 0
@@ -405,6 +414,9 @@ ngx_http_llm_metrics(ngx_http_request_t *r)
       && ngx_http_llm_gauge(&b, src, "llm:engine_steps_total", "counter",
                             "Number of engine steps (batches) run.",
                             m_steps) == 0
+      && ngx_http_llm_gauge(&b, src, "llm:forward_errors_total", "counter",
+                            "Failed forward passes (their batch's requests "
+                            "end with an error).", m_fwd_err) == 0
       && ngx_http_llm_histogram(&b, src, "llm:time_to_first_token_seconds",
                                 "Histogram of time to first token in "
                                 "seconds.", offsetof(llm_stats, ttft)) == 0

@@ -578,6 +578,7 @@ ngx_http_llm_write_handler(ngx_http_request_t *r)
     ngx_http_llm_ctx_t        *ctx = ngx_http_llm_find_ctx(r);
     ngx_http_core_loc_conf_t  *clcf;
     ngx_event_t               *wev = r->connection->write;
+    ngx_chain_t               *none = NULL;
     ngx_int_t                  rc;
 
     if (ctx == NULL || ctx->completed) {
@@ -595,7 +596,8 @@ ngx_http_llm_write_handler(ngx_http_request_t *r)
     }
 
     rc = ngx_http_output_filter(r, NULL);
-    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, NULL,
+    /* the function reads *out: an empty chain, not NULL */
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &none,
                             (ngx_buf_tag_t) &ngx_http_llm_module);
     if (rc == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_ERROR);

@@ -64,3 +64,65 @@ GET /v1/metrics
 --- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n
 --- no_error_log
 [error]
+
+
+
+=== TEST 4: a reader slower than generation: its request pauses in the engine, the others go on, nothing is lost
+# A server with a 4 KB send buffer and a client with a 4 KB receive buffer
+# that stops reading: nginx soon holds unsent output, the module stops
+# taking the request's events, and the engine pauses the request once
+# LLM_PAUSE_UNREAD_TOKENS tokens wait unread (llm:num_requests_paused).
+# Without that chain the request would run to max_tokens, its output piling
+# up in the worker.
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m;
+    server {
+        listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 sndbuf=4k;
+        location /v1/ { llm_pass tiny; }
+    }
+--- config
+    location /v1/ { llm_pass tiny; }
+--- init
+use Socket qw(PF_INET SOCK_STREAM SOL_SOCKET SO_RCVBUF pack_sockaddr_in inet_aton);
+main::llm_wait_ready('/v1/health');
+my $conf = do { local (@ARGV, $/) = (Test::Nginx::Util::server_root() . '/conf/nginx.conf'); <> };
+my ($slow_port) = $conf =~ /listen 127\.0\.0\.1:(\d+) sndbuf=4k/ or die "no slow port\n";
+socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!\n";
+setsockopt($s, SOL_SOCKET, SO_RCVBUF, 4096) or die "SO_RCVBUF: $!\n";
+connect($s, pack_sockaddr_in($slow_port, inet_aton('127.0.0.1'))) or die "connect: $!\n";
+binmode $s;
+$s->autoflush(1);
+print $s main::llm_post('/v1/completions',
+    '{"prompt":"Hi","max_tokens":3000,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}');
+push @main::LlmHeldSockets, $s;
+
+my $lbl = 'model_name="tiny",device="cpu",worker="0"';
+my $m = main::llm_poll('/v1/metrics', qr/^llm:num_requests_paused\{\Q$lbl\E\} 1$/m, 60);
+Test::More::like($m, qr/^llm:num_requests_paused\{\Q$lbl\E\} 1$/m, "$name - the slow reader's request is paused");
+my ($gen1) = $m =~ /^llm:generation_tokens_total\{\Q$lbl\E\} (\d+)$/m;
+Test::More::cmp_ok($gen1, '<', 3000, "$name - paused before it finished ($gen1 tokens)");
+my $pid = do { local (@ARGV, $/) = ($Test::Nginx::Util::PidFile); <> };
+chomp $pid;
+my $rss = sub { my $st = do { local (@ARGV, $/) = ("/proc/$pid/status"); <> }; ($st =~ /VmRSS:\s+(\d+)/)[0] };
+my $rss1 = $rss->();
+
+# another request runs to its end meanwhile
+my $j = main::llm_json_post('/v1/completions', {prompt => 'Hi', max_tokens => 8, ignore_eos => JSON::PP::true});
+Test::More::is($j->{usage}{completion_tokens}, 8, "$name - another request completes");
+$m = main::llm_http_get(Test::Nginx::Util::server_port_for_client(), '/v1/metrics');
+my ($gen2) = $m =~ /^llm:generation_tokens_total\{\Q$lbl\E\} (\d+)$/m;
+Test::More::is($gen2, $gen1 + 8, "$name - the paused request generated nothing meanwhile");
+Test::More::like($m, qr/^llm:num_requests_paused\{\Q$lbl\E\} 1$/m, "$name - still paused");
+Test::More::diag("worker VmRSS while paused: $rss1 kB, after the other request: " . $rss->() . " kB");
+
+# the reader catches up: the stream resumes and ends complete
+my $got = main::llm_read_until($s, qr/data: \[DONE\]\n\n\r\n0\r\n\r\n\z/, 120);
+my $body = main::llm_dechunk($got);
+Test::More::is(main::llm_sse_problem($body, 1, 1), '', "$name - the slow stream is well-formed");
+Test::More::like($body, qr/"completion_tokens":3000\b/, "$name - and has all 3000 tokens");
+$_->close for splice @main::LlmHeldSockets;
+--- request
+GET /v1/metrics
+--- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:num_requests_paused\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n
+--- no_error_log
+[error]
