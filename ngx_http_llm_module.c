@@ -35,6 +35,8 @@ static char *ngx_http_llm_pass_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_api_key_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_llm_api_key_exempt_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
@@ -60,6 +62,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
     { ngx_string("llm_api_key"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_llm_api_key_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_api_key_exempt"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_llm_api_key_exempt_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -172,6 +181,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
         return NULL;
     }
     lcf->api_keys = NGX_CONF_UNSET_PTR;
+    lcf->api_key_exempt = NGX_CONF_UNSET_UINT;
     lcf->max_tokens = NGX_CONF_UNSET;
     lcf->queue_size = NGX_CONF_UNSET;
     lcf->request_timeout = NGX_CONF_UNSET_MSEC;
@@ -192,6 +202,10 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_uint_t                 i;
 
     ngx_conf_merge_ptr_value(conf->api_keys, prev->api_keys, NULL);
+    /* load-balancer probes carry no key (as in vLLM); everything else,
+     * /metrics and /tokenize included, needs it unless listed */
+    ngx_conf_merge_uint_value(conf->api_key_exempt, prev->api_key_exempt,
+                              NGX_HTTP_LLM_EXEMPT_HEALTH);
     ngx_conf_merge_value(conf->max_tokens, prev->max_tokens, 0);
     ngx_conf_merge_value(conf->queue_size, prev->queue_size, 0);
     ngx_conf_merge_msec_value(conf->request_timeout, prev->request_timeout, 0);
@@ -642,6 +656,13 @@ ngx_http_llm_api_key_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;      /* an empty list turns inherited keys off */
     }
 
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_api_key: the key is empty (use \"off\" for "
+                           "no key)");
+        return NGX_CONF_ERROR;
+    }
+
     if (value[1].len <= 5 || ngx_strncmp(value[1].data, "file=", 5) != 0) {
         key = ngx_array_push(lcf->api_keys);
         if (key == NULL) {
@@ -709,6 +730,68 @@ ngx_http_llm_api_key_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "llm_api_key: no key in \"%V\"", &file);
         return NGX_CONF_ERROR;
     }
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * llm_api_key_exempt health metrics ... | off: routes answered without the
+ * key.  models covers /models and /models/ID, tokenize covers /tokenize and
+ * /detokenize; chat and completions always need the key.
+ */
+static char *
+ngx_http_llm_api_key_exempt_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_llm_loc_conf_t  *lcf = conf;
+    ngx_str_t                *value = cf->args->elts;
+    ngx_uint_t                i, j, mask = 0;
+
+    static const struct {
+        ngx_str_t   name;
+        ngx_uint_t  bit;
+    } routes[] = {
+        { ngx_string("health"), NGX_HTTP_LLM_EXEMPT_HEALTH },
+        { ngx_string("metrics"), NGX_HTTP_LLM_EXEMPT_METRICS },
+        { ngx_string("models"), NGX_HTTP_LLM_EXEMPT_MODELS },
+        { ngx_string("tokenize"), NGX_HTTP_LLM_EXEMPT_TOKENIZE },
+        { ngx_string("version"), NGX_HTTP_LLM_EXEMPT_VERSION }
+    };
+
+    if (lcf->api_key_exempt != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        if (cf->args->nelts > 2) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "llm_api_key_exempt: \"off\" cannot be "
+                               "combined with routes");
+            return NGX_CONF_ERROR;
+        }
+        lcf->api_key_exempt = 0;
+        return NGX_CONF_OK;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        for (j = 0; j < sizeof(routes) / sizeof(routes[0]); j++) {
+            if (value[i].len == routes[j].name.len
+                && ngx_strncmp(value[i].data, routes[j].name.data,
+                               value[i].len) == 0)
+            {
+                break;
+            }
+        }
+        if (j == sizeof(routes) / sizeof(routes[0])) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "llm_api_key_exempt: invalid value \"%V\" "
+                               "(health, metrics, models, tokenize, version "
+                               "or off)", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+        mask |= routes[j].bit;
+    }
+    lcf->api_key_exempt = mask;
     return NGX_CONF_OK;
 }
 
@@ -998,13 +1081,41 @@ ngx_http_llm_route(ngx_str_t *uri, ngx_str_t *model_id)
 }
 
 
-/* Bearer token against the configured keys, in constant time per key. */
+/*
+ * Whether the token equals the key, in a time that depends only on the
+ * token's length (which the client knows), not on the key's content or
+ * length: the loop runs over the token and reads the key cyclically, and a
+ * length difference counts as a difference.  No early exit.
+ */
+static ngx_uint_t
+ngx_http_llm_key_equal(const ngx_str_t *key, const ngx_str_t *token)
+{
+    size_t      i, j = 0;
+    ngx_uint_t  diff;
+
+    if (key->len == 0) {
+        return 0;                /* never configured: refused at load */
+    }
+    diff = key->len ^ token->len;
+    for (i = 0; i < token->len; i++) {
+        diff |= (ngx_uint_t) (key->data[j] ^ token->data[i]);
+        j++;
+        j &= (size_t) 0 - (size_t) (j != key->len);   /* j = 0 at the end */
+    }
+    return diff == 0;
+}
+
+
+/*
+ * Bearer token against every configured key (no early exit at the first
+ * match either), so the time tells neither where a token differs nor the
+ * keys' lengths.
+ */
 static ngx_uint_t
 ngx_http_llm_authorized(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *lcf)
 {
     ngx_str_t   *keys, token;
-    ngx_uint_t   i, k, ok = 0;
-    u_char       diff;
+    ngx_uint_t   k, ok = 0;
 
     if (lcf->api_keys == NULL || lcf->api_keys->nelts == 0) {
         return 1;
@@ -1027,16 +1138,66 @@ ngx_http_llm_authorized(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *lcf)
 
     keys = lcf->api_keys->elts;
     for (k = 0; k < lcf->api_keys->nelts; k++) {
-        if (keys[k].len != token.len) {
-            continue;
-        }
-        diff = 0;
-        for (i = 0; i < token.len; i++) {
-            diff |= keys[k].data[i] ^ token.data[i];
-        }
-        ok |= (diff == 0);
+        ok |= ngx_http_llm_key_equal(&keys[k], &token);
     }
     return ok;
+}
+
+
+/* The llm_api_key_exempt bit of a route; 0: the key is always needed. */
+static ngx_uint_t
+ngx_http_llm_exempt_bit(ngx_http_llm_route_e route)
+{
+    switch (route) {
+    case NGX_HTTP_LLM_ROUTE_HEALTH:
+        return NGX_HTTP_LLM_EXEMPT_HEALTH;
+    case NGX_HTTP_LLM_ROUTE_METRICS:
+        return NGX_HTTP_LLM_EXEMPT_METRICS;
+    case NGX_HTTP_LLM_ROUTE_MODELS:
+    case NGX_HTTP_LLM_ROUTE_MODEL:
+        return NGX_HTTP_LLM_EXEMPT_MODELS;
+    case NGX_HTTP_LLM_ROUTE_TOKENIZE:
+    case NGX_HTTP_LLM_ROUTE_DETOKENIZE:
+        return NGX_HTTP_LLM_EXEMPT_TOKENIZE;
+    case NGX_HTTP_LLM_ROUTE_VERSION:
+        return NGX_HTTP_LLM_EXEMPT_VERSION;
+    default:
+        return 0;
+    }
+}
+
+
+/*
+ * The URI for an error message: at most 200 bytes, as valid UTF-8 (nginx
+ * has decoded %XX escapes, so any byte can be there, and the message goes
+ * into a JSON string).  From the request pool; "" when out of memory.
+ */
+static ngx_str_t
+ngx_http_llm_uri_text(ngx_http_request_t *r)
+{
+    ngx_str_t   text = ngx_string("");
+    size_t      len;
+    char       *safe;
+
+    safe = oai_utf8_sanitize((const char *) r->uri.data,
+                             ngx_min(r->uri.len, 200), &len);
+    if (safe == NULL) {
+        return text;
+    }
+    /* U+FFFD takes 3 bytes: keep 200, cut before a character */
+    if (len > 200) {
+        len = 200;
+        while (len > 0 && ((u_char) safe[len] & 0xC0) == 0x80) {
+            len--;
+        }
+    }
+    text.data = ngx_pnalloc(r->pool, len);
+    if (text.data != NULL) {
+        ngx_memcpy(text.data, safe, len);
+        text.len = len;
+    }
+    free(safe);
+    return text;
 }
 
 
@@ -1045,7 +1206,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 {
     ngx_http_llm_loc_conf_t  *lcf;
     ngx_http_llm_route_e      route;
-    ngx_str_t                 model_id = ngx_null_string;
+    ngx_str_t                 model_id = ngx_null_string, uri;
     ngx_uint_t                post;
     const char               *allow;
 
@@ -1056,11 +1217,11 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
     route = ngx_http_llm_route(&r->uri, &model_id);
     if (route == NGX_HTTP_LLM_ROUTE_NONE) {
+        uri = ngx_http_llm_uri_text(r);
         return ngx_http_llm_error(r, NGX_HTTP_NOT_FOUND,
                                   "invalid_request_error", "not_found",
-                                  "Unknown route: %.*s",
-                                  (int) ngx_min(r->uri.len, 200),
-                                  r->uri.data);
+                                  "Unknown route: %.*s", (int) uri.len,
+                                  uri.data);
     }
 
     post = route == NGX_HTTP_LLM_ROUTE_CHAT
@@ -1074,6 +1235,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         if (ngx_http_llm_add_header(r, "Allow", allow) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+        uri = ngx_http_llm_uri_text(r);
         return ngx_http_llm_error(r, NGX_HTTP_NOT_ALLOWED,
                                   "invalid_request_error",
                                   "method_not_allowed",
@@ -1081,13 +1243,10 @@ ngx_http_llm_handler(ngx_http_request_t *r)
                                   "(use %s)",
                                   (int) r->method_name.len,
                                   r->method_name.data,
-                                  (int) ngx_min(r->uri.len, 200),
-                                  r->uri.data, allow);
+                                  (int) uri.len, uri.data, allow);
     }
 
-    /* probes and scrapers do not carry the API key, as in vLLM */
-    if (route != NGX_HTTP_LLM_ROUTE_HEALTH
-        && route != NGX_HTTP_LLM_ROUTE_METRICS
+    if (!(ngx_http_llm_exempt_bit(route) & lcf->api_key_exempt)
         && !ngx_http_llm_authorized(r, lcf))
     {
         return ngx_http_llm_error(r, NGX_HTTP_UNAUTHORIZED,
