@@ -126,3 +126,45 @@ GET /v1/metrics
 --- response_body_like: llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:num_requests_paused\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:kv_cache_used_blocks\{model_name="tiny",device="cpu",worker="0"\} 0\n
 --- no_error_log
 [error]
+
+
+
+=== TEST 5: llm_queue_size counts every choice of a request
+# max_num_seqs=1: one request runs, one waits; with llm_queue_size 2 a
+# request with n=2 would make three waiting (429), and n=3 can never fit (400)
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m max_num_seqs=1;
+--- config
+    location /v1/ { llm_pass tiny; llm_queue_size 2; }
+--- init
+main::llm_wait_ready('/v1/health');
+my $lbl = 'model_name="tiny",device="cpu",worker="0"';
+my $long = main::llm_post('/v1/completions', '{"prompt":"Hi","max_tokens":30000,"ignore_eos":true}');
+main::llm_hold_request($long);
+main::llm_poll('/v1/metrics', qr/^llm:num_requests_running\{\Q$lbl\E\} 1$/m, 20);
+main::llm_hold_request($long);
+my $m = main::llm_poll('/v1/metrics', qr/^llm:num_requests_waiting\{\Q$lbl\E\} 1$/m, 20);
+Test::More::like($m, qr/^llm:num_requests_waiting\{\Q$lbl\E\} 1$/m, "$name - one running, one waiting");
+--- request eval
+["POST /v1/completions\n{\"prompt\":\"Hi\",\"max_tokens\":1,\"n\":2}",
+ "POST /v1/completions\n{\"prompt\":\"Hi\",\"max_tokens\":1,\"n\":3}"]
+--- error_code eval
+[429, 400]
+--- response_body_like eval
+['"code":"rate_limit_exceeded"|"type":"rate_limit',
+ '"message":"this request needs 3 engine requests \(n times the prompts\), more than this server queues \(llm_queue_size 2\)".*"param":"n"']
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: the held requests go away; a request with n=2 fits again
+--- init
+$_->close for splice @main::LlmHeldSockets;
+main::llm_poll('/v1/metrics', qr/llm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n.*llm:num_requests_waiting\{model_name="tiny",device="cpu",worker="0"\} 0\n/s, 30);
+--- request
+POST /v1/completions
+{"prompt":"Hi","max_tokens":1,"n":2}
+--- response_body_like: "index":1
+--- no_error_log
+[error]
