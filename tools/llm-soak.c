@@ -72,6 +72,8 @@ static double now_s(void)
     return (double) ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+#include "bench_stats.h"
+
 static volatile sig_atomic_t interrupted;
 
 static void on_signal(int sig)
@@ -139,6 +141,7 @@ typedef struct {
     char     *example;
     window_e  win;
     long      count;
+    double    first_s, last_s;     /* when (from the load's start) */
 } failure;
 
 typedef struct {
@@ -148,7 +151,7 @@ typedef struct {
 } failures;
 
 static void failures_add(failures *f, window_e win, const char *reason,
-                         const char *example)
+                         const char *example, double t)
 {
     int i;
 
@@ -156,6 +159,7 @@ static void failures_add(failures *f, window_e win, const char *reason,
     for (i = 0; i < f->n; i++) {
         if (f->v[i].win == win && strcmp(f->v[i].reason, reason) == 0) {
             f->v[i].count++;
+            f->v[i].last_s = t;
             return;
         }
     }
@@ -178,6 +182,7 @@ static void failures_add(failures *f, window_e win, const char *reason,
     }
     f->v[f->n].win = win;
     f->v[f->n].count = 1;
+    f->v[f->n].first_s = f->v[f->n].last_s = t;
     f->n++;
 }
 
@@ -317,7 +322,7 @@ typedef struct {
     char         chunk_id[128];
     char         violation[256];   /* the first thing wrong with the stream */
     char         stream_err[300];  /* an error event's message */
-    double       t_start;
+    double       t_start, t_first;  /* request sent, first data event */
     double       next_start;       /* after a failure: a pause first */
 } client;
 
@@ -363,6 +368,7 @@ typedef struct {
     metrics_sample    *met;
     size_t             n_met, cap_met;
     metrics_sample     peak;           /* peaks over all workers */
+    series             e2e, ttfe;      /* completed load-phase requests */
     double             t_load_end;     /* relative */
     double             master_exit_s;
 } soak;
@@ -594,6 +600,7 @@ static void client_reset(client *c)
     memset(c->finish, 0, sizeof(c->finish));
     c->usage_chunks = 0;
     c->chunk_id[0] = '\0';
+    c->t_first = 0;
     c->violation[0] = '\0';
     c->stream_err[0] = '\0';
 }
@@ -745,6 +752,9 @@ static void stream_line(client *c, const char *line, size_t len)
             violate(c, "an event with two data lines");
         }
         c->in_event = 1;
+        if (c->t_first == 0) {
+            c->t_first = now_s();
+        }
         d = line + 5;
         if (*d == ' ') {
             d++;
@@ -989,7 +999,7 @@ static void fail(soak *S, client *c, const char *reason, const char *detail)
     c->next_start = now_s() + rng_int(&S->rng, 100, 500) / 1000.0;
 
     snprintf(r, sizeof(r), "%s: %s", c->bad ? c->bad->name : kind_name[c->kind], reason);
-    failures_add(&S->fails, client_window(S, c), r, detail ? detail : r);
+    failures_add(&S->fails, client_window(S, c), r, detail ? detail : r, rel(S));
 }
 
 /* A bad request's answer: its status and an OpenAI error body. */
@@ -1069,6 +1079,10 @@ static void check_stream(soak *S, client *c)
         return;
     }
     S->completed[c->kind]++;
+    if (!c->quit_batch) {
+        series_add(&S->e2e, now_s() - c->t_start);
+        series_add(&S->ttfe, c->t_first - c->t_start);
+    }
     if (c->disc_events > 0 || c->disc_at > 0) {
         S->ended_before_drop++;
     }
@@ -1134,6 +1148,7 @@ static void check_json(soak *S, client *c)
         fail(S, c, "malformed JSON answer", ex);
     } else {
         S->completed[c->kind]++;
+        series_add(&S->e2e, now_s() - c->t_start);
     }
     cJSON_Delete(root);
 }
@@ -1906,14 +1921,22 @@ int main(int argc, char **argv)
         printf("%-34s started %ld, completed %ld\n", kind_name[i], S.started[i],
                i == K_BAD ? S.rejected_ok : S.completed[i]);
     }
+    {
+        summary e = summarize(&S.e2e), f = summarize(&S.ttfe);
+
+        printf("%-34s p50 %.2f p90 %.2f p99 %.2f s; streams' first event p50 %.2f "
+               "p99 %.2f s\n", "Latency of completed requests:", e.p50, e.p90, e.p99,
+               f.p50, f.p99);
+    }
     printf("%-34s %ld after k events, %ld after t ms (%ld ended first)\n",
            "Dropped by us:", S.dropped_events, S.dropped_time, S.ended_before_drop);
     printf("%-34s %ld\n", "Rejected as expected:", S.rejected_ok);
     printf("%-34s %ld (load %ld, reload %ld, quit %ld)\n", "Failures:", total_fail,
            S.fails.total[WIN_LOAD], S.fails.total[WIN_RELOAD], S.fails.total[WIN_QUIT]);
     for (i = 0; i < S.fails.n; i++) {
-        printf("  [%s] x%ld %s\n      e.g. %.300s\n", win_name[S.fails.v[i].win],
-               S.fails.v[i].count, S.fails.v[i].reason, S.fails.v[i].example);
+        printf("  [%s] x%ld %s (%.1f-%.1f s)\n      e.g. %.300s\n",
+               win_name[S.fails.v[i].win], S.fails.v[i].count, S.fails.v[i].reason,
+               S.fails.v[i].first_s, S.fails.v[i].last_s, S.fails.v[i].example);
     }
     printf("%-34s %d (peak), metrics peak: running %.0f waiting %.0f kv_used %.0f/%.0f\n",
            "Client requests in flight:", S.peak_in_flight, S.peak.running, S.peak.waiting,
@@ -1984,6 +2007,16 @@ int main(int argc, char **argv)
         for (i = 0; i < K_BAD; i++) {
             cJSON_AddNumberToObject(x, kind_name[i], S.completed[i]);
         }
+        {
+            summary e = summarize(&S.e2e), f = summarize(&S.ttfe);
+
+            x = cJSON_AddObjectToObject(j, "latency_s");
+            cJSON_AddNumberToObject(x, "e2e_p50", e.p50);
+            cJSON_AddNumberToObject(x, "e2e_p90", e.p90);
+            cJSON_AddNumberToObject(x, "e2e_p99", e.p99);
+            cJSON_AddNumberToObject(x, "first_event_p50", f.p50);
+            cJSON_AddNumberToObject(x, "first_event_p99", f.p99);
+        }
         x = cJSON_AddObjectToObject(j, "dropped");
         cJSON_AddNumberToObject(x, "after_events", S.dropped_events);
         cJSON_AddNumberToObject(x, "after_time", S.dropped_time);
@@ -2010,6 +2043,8 @@ int main(int argc, char **argv)
             cJSON_AddStringToObject(y, "window", win_name[S.fails.v[i].win]);
             cJSON_AddStringToObject(y, "reason", S.fails.v[i].reason);
             cJSON_AddNumberToObject(y, "count", S.fails.v[i].count);
+            cJSON_AddNumberToObject(y, "first_s", S.fails.v[i].first_s);
+            cJSON_AddNumberToObject(y, "last_s", S.fails.v[i].last_s);
             cJSON_AddStringToObject(y, "example", S.fails.v[i].example);
             cJSON_AddItemToArray(arr, y);
         }
@@ -2101,6 +2136,8 @@ int main(int argc, char **argv)
     free(S.deep);
     free(S.rss);
     free(S.met);
+    free(S.e2e.v);
+    free(S.ttfe.v);
     for (i = 0; i < S.fails.n; i++) {
         free(S.fails.v[i].reason);
         free(S.fails.v[i].example);
