@@ -1168,25 +1168,25 @@ ngx_http_llm_exempt_bit(ngx_http_llm_route_e route)
 
 
 /*
- * The URI for an error message: at most 200 bytes, as valid UTF-8 (nginx
- * has decoded %XX escapes, so any byte can be there, and the message goes
- * into a JSON string).  From the request pool; "" when out of memory.
+ * Part of the URI for an error message: at most max bytes, as valid UTF-8
+ * (nginx has decoded %XX escapes, so any byte can be there, and messages go
+ * into JSON strings).  From the request pool; "" when out of memory.
  */
 static ngx_str_t
-ngx_http_llm_uri_text(ngx_http_request_t *r)
+ngx_http_llm_safe_text(ngx_http_request_t *r, ngx_str_t *in, size_t max)
 {
     ngx_str_t   text = ngx_string("");
     size_t      len;
     char       *safe;
 
-    safe = oai_utf8_sanitize((const char *) r->uri.data,
-                             ngx_min(r->uri.len, 200), &len);
+    safe = oai_utf8_sanitize((const char *) in->data, ngx_min(in->len, max),
+                             &len);
     if (safe == NULL) {
         return text;
     }
-    /* U+FFFD takes 3 bytes: keep 200, cut before a character */
-    if (len > 200) {
-        len = 200;
+    /* U+FFFD takes 3 bytes: keep max, cut before a character */
+    if (len > max) {
+        len = max;
         while (len > 0 && ((u_char) safe[len] & 0xC0) == 0x80) {
             len--;
         }
@@ -1217,7 +1217,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
     route = ngx_http_llm_route(&r->uri, &model_id);
     if (route == NGX_HTTP_LLM_ROUTE_NONE) {
-        uri = ngx_http_llm_uri_text(r);
+        uri = ngx_http_llm_safe_text(r, &r->uri, 200);
         return ngx_http_llm_error(r, NGX_HTTP_NOT_FOUND,
                                   "invalid_request_error", "not_found",
                                   "Unknown route: %.*s", (int) uri.len,
@@ -1235,7 +1235,7 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         if (ngx_http_llm_add_header(r, "Allow", allow) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-        uri = ngx_http_llm_uri_text(r);
+        uri = ngx_http_llm_safe_text(r, &r->uri, 200);
         return ngx_http_llm_error(r, NGX_HTTP_NOT_ALLOWED,
                                   "invalid_request_error",
                                   "method_not_allowed",
@@ -1267,6 +1267,15 @@ ngx_http_llm_handler(ngx_http_request_t *r)
     case NGX_HTTP_LLM_ROUTE_MODELS:
         return ngx_http_llm_models(r, NULL);
     case NGX_HTTP_LLM_ROUTE_MODEL:
+        /* the 404 echoes the id: an id that is not UTF-8 (it cannot name
+         * a model) is passed on with U+FFFD for its bad bytes */
+        uri = ngx_http_llm_safe_text(r, &model_id, 3 * model_id.len);
+        if (uri.len > 0                  /* "": out of memory */
+            && (uri.len != model_id.len
+                || ngx_memcmp(uri.data, model_id.data, uri.len) != 0))
+        {
+            model_id = uri;
+        }
         return ngx_http_llm_models(r, &model_id);
     case NGX_HTTP_LLM_ROUTE_HEALTH:
         return ngx_http_llm_health(r);

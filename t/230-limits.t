@@ -170,13 +170,14 @@ $idx == 1 ? $j->{object} eq 'text_completion'
 
 === TEST 8: an unknown route with bytes that are not UTF-8 is a valid JSON 404
 --- request eval
-["GET /v1/%FF%FE" . ('%C3' x 150), "PUT /v1/%E4%B8/models"]
+["GET /v1/%FF%FE" . ('%C3' x 150), "PUT /v1/%E4%B8/models", "GET /v1/models/ti%FFny"]
 --- error_code eval
-[404, 405]
+[404, 405, 404]
 --- json_check
 $idx == 0 ? $j->{error}{code} eq 'not_found' && $j->{error}{message} =~ /^Unknown route: \/v1\/\x{FFFD}\x{FFFD}/
   && length($j->{error}{message}) < 120
-: $j->{error}{code} eq 'method_not_allowed'
+: $idx == 1 ? $j->{error}{code} eq 'method_not_allowed'
+: $j->{error}{code} eq 'model_not_found' && $j->{error}{message} =~ /'ti\x{FFFD}ny'/
 --- no_error_log
 [error]
 
