@@ -242,7 +242,9 @@ static bad_case bad_cases[] = {
       HDR_KEY, "", 0, 0, 0 },
     { "lone_surrogate", "POST", "/v1/completions", 400, "invalid_json",
       HDR_KEY, "{\"prompt\":\"a\\ud800b\",\"max_tokens\":2}", 0, 0, 0 },
-    { "deep_nesting", "POST", "/v1/chat/completions", 400, "invalid_json",
+    /* cJSON's own limit (1000) says invalid_json; a limit of the module's
+     * own may answer first with its own code */
+    { "deep_nesting", "POST", "/v1/chat/completions", 400, NULL,
       HDR_KEY, NULL, 0, 0, 0 },
     { "messages_not_array", "POST", "/v1/chat/completions", 400, NULL,
       HDR_KEY, "{\"messages\":\"hello\"}", 0, 0, 0 },
@@ -1144,7 +1146,7 @@ static void check_json(soak *S, client *c)
     if (why[0] != '\0') {
         char ex[700];
 
-        snprintf(ex, sizeof(ex), "%s: %.600s", why, c->resp.p);
+        snprintf(ex, sizeof(ex), "%.280s: %.400s", why, c->resp.p);
         fail(S, c, "malformed JSON answer", ex);
     } else {
         S->completed[c->kind]++;
