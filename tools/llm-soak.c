@@ -273,6 +273,11 @@ static bad_case bad_cases[] = {
     { "invalid_utf8_message", "POST", "/v1/chat/completions", 400, NULL,
       HDR_KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\xc3" "(y\"}],"
       "\"stream\":true}", 0, 0, 0 },
+    { "nul_escape", "POST", "/v1/chat/completions", 400, NULL,
+      HDR_KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}",
+      0, 0, 0 },
+    { "data_after_json", "POST", "/v1/completions", 400, "invalid_json",
+      HDR_KEY, "{\"prompt\":\"x\",\"max_tokens\":2} {\"prompt\":\"y\"}", 0, 0, 0 },
     { "unknown_model", "POST", "/v1/chat/completions", 404, "model_not_found",
       HDR_KEY, "{\"model\":\"no-such-model\"," CHAT_MSG "}", 0, 0, 0 },
     { "get_on_chat", "GET", "/v1/chat/completions", 405, "method_not_allowed",
