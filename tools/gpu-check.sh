@@ -100,6 +100,7 @@ prepare() {
 OUT=${OUT:-build/gpu-check}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+export OUT
 
 setup_payload() {
     if [ -f "$PAYLOAD" ] && [ ! -d "$X/bin" ]; then
@@ -394,6 +395,14 @@ say "summary"
 grep -h "^FAILED" "$OUT"/correctness.log "$OUT"/sampling.log "$OUT"/bench.log 2>/dev/null
 grep -h "^bench:" "$OUT"/bench.log "$OUT"/sampling.log 2>/dev/null
 grep -h "^PASS nginx-\|^FAIL nginx-" "$OUT"/nginx.log 2>/dev/null
-printf '%s\n' "${RESULTS[@]}"
-echo "gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED) in $(($(date +%s) - start)) s"
+printf '%s\n' "${RESULTS[@]}" | tee "$OUT/summary.txt"
+echo "gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED) in $(($(date +%s) - start)) s" |
+    tee -a "$OUT/summary.txt"
+# The device tool brings back at most 8 files: the stage logs and the
+# summary stay, everything else goes into one archive.
+(
+    cd "$OUT" || exit 0
+    extra=$(ls -p | grep -v / | grep -v -x -E '(correctness|sampling|nginx|bench|memcheck)\.log|summary\.txt|gpu-check-logs\.tar\.gz')
+    [ -n "$extra" ] && tar czf gpu-check-logs.tar.gz $extra && rm -f $extra
+)
 exit $status
