@@ -13,8 +13,8 @@
 #      leak checking is off there (nginx does not free its pools at exit:
 #      the valgrind stage is the leak check);
 #   4. (stage "valgrind") Test::Nginx files (VALGRIND_TEST_FILES, default
-#      the request-path files 110-196) with a copy of the module of the
-#      default build (make module; VALGRIND_MODULE=path to choose another)
+#      the request-path files 110-196) with the module built normally but
+#      CUDA=0 under build-valgrind/ (VALGRIND_MODULE=path to choose another)
 #      under TEST_NGINX_USE_VALGRIND (memcheck, --leak-check=full,
 #      suppressions t/valgrind.supp; slow: opt-in, about an hour on a loaded
 #      2-core machine; VALGRIND_JOBS=N files at once).  Fails on any
@@ -122,19 +122,25 @@ WRAP
         fi
         ;;
     valgrind)
-        # The module of the default build, as make test uses it; not built
-        # here: build/ is shared with everyone's make (and make does not
-        # track flags, so a CUDA=0 build there would break a CUDA one).
-        # A copy is loaded, so that a rebuild during the (long) run cannot
-        # swap the library under a starting nginx.
-        module=${VALGRIND_MODULE:-$PWD/build/nginx/objs/ngx_http_llm_module.so}
-        if [ ! -f "$module" ]; then
-            fail "valgrind: no $module (make module first)"
-            continue
-        fi
+        # The module built normally (no sanitizer, the Makefile's flags) but
+        # without CUDA, under build-valgrind/: GPU code cannot run under
+        # valgrind, and the cuBLAS/cudart constructors alone take about a
+        # minute of every nginx start there (each block restarts nginx).
+        # VALGRIND_MODULE=path runs another build (it is copied first, so
+        # that a rebuild during the long run cannot swap it under nginx).
         vdir=$PWD/build-valgrind
-        mkdir -p "$vdir" && cp "$module" "$vdir/ngx_http_llm_module.so" || {
-            fail "valgrind: cannot copy $module to $vdir"; continue; }
+        if [ -n "${VALGRIND_MODULE:-}" ]; then
+            mkdir -p "$vdir" \
+                && cp "$VALGRIND_MODULE" "$vdir/module-copy.so" || {
+                fail "valgrind: cannot copy $VALGRIND_MODULE to $vdir"; continue; }
+            module=$vdir/module-copy.so
+        else
+            if ! nice -n "$NICE" make -s BUILD=build-valgrind CUDA=0 module; then
+                fail "valgrind: module build"
+                continue
+            fi
+            module=$vdir/nginx/objs/ngx_http_llm_module.so
+        fi
         # Every block restarts nginx under valgrind (tens of seconds each):
         # the default is the files that exercise the request paths.
         vfiles=${VALGRIND_TEST_FILES:-t/110-chat.t t/120-stream.t t/130-completions.t t/140-errors.t t/150-endpoints.t t/170-disconnect.t t/180-concurrency.t t/190-shutdown.t t/195-structured.t t/196-tools.t}
@@ -149,7 +155,7 @@ WRAP
         # shellcheck disable=SC2086
         TEST_NGINX_USE_VALGRIND="--tool=memcheck --leak-check=full --show-possibly-lost=no --keep-debuginfo=yes --suppressions=$PWD/t/valgrind.supp" \
         TEST_NGINX_TIMEOUT=${TEST_NGINX_TIMEOUT:-60} TEST_NGINX_BINARY=$NGINX \
-        TEST_NGINX_LOAD_MODULES=$vdir/ngx_http_llm_module.so \
+        TEST_NGINX_LOAD_MODULES=$module \
         TEST_NGINX_MODEL_DIR=$PWD/t/fixtures/tiny-qwen3 TEST_NGINX_RANDOMIZE=1 \
             nice -n "$NICE" prove -j "${VALGRIND_JOBS:-1}" \
             --exec "timeout ${TEST_FILE_TIMEOUT:-1800} perl $inc" \
