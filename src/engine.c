@@ -633,6 +633,11 @@ static void *prep_main(void *arg)
         pthread_mutex_lock(&e->mu);
         q_push(&e->incoming, r);
         eng_busy_locked(e);
+        if (e->prep_q.head == NULL) {
+            /* Done, in the same breath as the engine thread takes over,
+             * so no moment shows this thread's older stamp. */
+            atomic_store(&e->hb_prep_busy, 0);
+        }
         pthread_cond_signal(&e->engine_cond);
         pthread_mutex_unlock(&e->mu);
         notify(e);
@@ -1143,18 +1148,24 @@ static void fail_incoming(llm_engine *e)
  * forward passes in a row: state FAILED with why as its error text, every
  * request in it (running, paused, waiting, prepared) ends with an error
  * event, and llm_submit refuses from now on (the prep thread errors what
- * it still holds).  Engine thread.
+ * it still holds).  Engine thread: engine_set_failed, then the failing
+ * batch's errors, then engine_fail_all.
  */
-static void engine_fail(llm_engine *e, const char *why)
+static void engine_set_failed(llm_engine *e, const char *why)
 {
-    char msg[LLM_ERR_MAX];
-    sched_seq *s;
-
     pthread_mutex_lock(&e->mu);
     snprintf(e->load_err, sizeof(e->load_err), "%s", why);
     e->failed_at_runtime = 1;
     pthread_mutex_unlock(&e->mu);
     atomic_store(&e->state, LLM_STATE_FAILED);
+}
+
+/* After engine_set_failed: ends every request still in the engine. */
+static void engine_fail_all(llm_engine *e, const char *why)
+{
+    char msg[LLM_ERR_MAX];
+    sched_seq *s;
+
     snprintf(msg, sizeof(msg), "%s", why);
     while ((s = scheduler_running(e->sched)) != NULL) {
         fail_running(e, s->owner, LLM_ERR_NOT_READY, NULL, msg);
@@ -1272,9 +1283,31 @@ static int engine_step(llm_engine *e)
                                  sizeof(err));
     }
     if (rc != 0) {
+        char why[LLM_ERR_MAX];
+        int give_up;
+
         if (err[0] == '\0') {
             snprintf(err, sizeof(err), "the %s backend's forward pass failed",
                      e->be->ops->name);
+        }
+        pthread_mutex_lock(&e->stats_mu);
+        e->stats.forward_errors++;
+        pthread_mutex_unlock(&e->stats_mu);
+        e->forward_failures++;
+        give_up = rc == LLM_BACKEND_FATAL
+                  || e->forward_failures >= ENGINE_MAX_FORWARD_FAILURES;
+        if (give_up) {
+            if (rc == LLM_BACKEND_FATAL) {
+                snprintf(why, sizeof(why), "the engine stopped: fatal %s "
+                         "backend error: %.400s", e->be->ops->name, err);
+            } else {
+                snprintf(why, sizeof(why), "the engine stopped after %d "
+                         "failed forward passes in a row; the last: %.400s",
+                         e->forward_failures, err);
+            }
+            /* FAILED before any of these errors is seen: a caller that
+             * reads one and asks for the state gets the truth. */
+            engine_set_failed(e, why);
         }
         /* A failed forward leaves the batch's KV undefined: end those
          * requests with the backend's message. */
@@ -1286,24 +1319,8 @@ static int engine_step(llm_engine *e)
             finish_error(e, out.entries[i].seq->owner, LLM_ERR_INTERNAL, NULL,
                          err);
         }
-        pthread_mutex_lock(&e->stats_mu);
-        e->stats.forward_errors++;
-        pthread_mutex_unlock(&e->stats_mu);
-        e->forward_failures++;
-        if (rc == LLM_BACKEND_FATAL
-            || e->forward_failures >= ENGINE_MAX_FORWARD_FAILURES)
-        {
-            char why[LLM_ERR_MAX];
-
-            if (rc == LLM_BACKEND_FATAL) {
-                snprintf(why, sizeof(why), "the engine stopped: fatal %s "
-                         "backend error: %s", e->be->ops->name, err);
-            } else {
-                snprintf(why, sizeof(why), "the engine stopped after %d "
-                         "failed forward passes in a row; the last: %s",
-                         e->forward_failures, err);
-            }
-            engine_fail(e, why);
+        if (give_up) {
+            engine_fail_all(e, why);
         }
         notify(e);
         return 1;
@@ -1320,7 +1337,6 @@ static int engine_step(llm_engine *e)
                                        : en->seq->n_prompt) - en->start);
         }
     }
-    atomic_fetch_add(&e->hb_steps, 1);
     pthread_mutex_lock(&e->stats_mu);
     hist_add(&e->stats.step_time, engine_now() - t0);
     e->stats.steps++;
@@ -1335,6 +1351,9 @@ static int engine_step(llm_engine *e)
         }
     }
     update_gauges(e);
+    /* The step is finished, its tokens published: stamp, then count. */
+    atomic_store(&e->hb_eng_ns, now_ns());
+    atomic_fetch_add(&e->hb_steps, 1);
     notify(e);
     return 1;
 }
@@ -1343,6 +1362,7 @@ static void *engine_main(void *arg)
 {
     llm_engine *e = arg;
     int progressed = 1;
+    uint64_t steps;
 
     if (atomic_load(&e->state) == LLM_STATE_LOADING) {
         char err[LLM_ERR_MAX];
@@ -1390,8 +1410,13 @@ static void *engine_main(void *arg)
             progressed = 0;
             continue;
         }
+        steps = atomic_load(&e->hb_steps);
         progressed = engine_step(e);
-        atomic_store(&e->hb_eng_ns, now_ns());
+        if (atomic_load(&e->hb_steps) == steps) {
+            /* An iteration without a forward pass (failed, or only
+             * endings): the thread is alive all the same. */
+            atomic_store(&e->hb_eng_ns, now_ns());
+        }
     }
     return NULL;
 }

@@ -1010,7 +1010,7 @@ static void test_heartbeat(void)
     int32_t prompt[10];
     result res;
     double t_before;
-    int i;
+    int i, ended;
 
     for (i = 0; i < 10; i++) prompt[i] = rand_token();
     opts_default(&o);
@@ -1022,17 +1022,23 @@ static void test_heartbeat(void)
           (unsigned long long) hb.steps);
 
     t_before = unit_now();
-    params_tokens(&p, prompt, 10, 8);
+    params_tokens(&p, prompt, 10, 40);
     REQUIRE(submit(e, &p, &res) == 0, "submit: %s", res.msg);
     heartbeat(e, &hb);
-    CHECK(hb.busy == 1 && hb.last_progress >= t_before,
+    pthread_mutex_lock(&res.r->ev_mu);
+    ended = res.r->final_pushed;
+    pthread_mutex_unlock(&res.r->ev_mu);
+    /* From llm_submit's return to the last event the engine is busy (the
+     * request may have run to its end before the first look). */
+    CHECK((hb.busy == 1 || ended) && hb.last_progress >= t_before,
           "busy from the submit on, its clock starting then: busy %d, "
           "%.6f < %.6f", hb.busy, hb.last_progress, t_before);
     REQUIRE(run_until_done(e, &res, 1) == 0, "hang guard");
-    CHECK(res.n == 8 && res.reason == LLM_FINISH_LENGTH, "8 tokens: %d", res.n);
+    CHECK(res.n == 40 && res.reason == LLM_FINISH_LENGTH, "40 tokens: %d",
+          res.n);
     CHECK(wait_not_busy(e, &hb1) == 0, "not busy once idle");
     llm_engine_stats(e, &st);
-    CHECK(hb1.steps >= 8 && hb1.steps == st.steps, "steps %llu (stats %llu)",
+    CHECK(hb1.steps >= 40 && hb1.steps == st.steps, "steps %llu (stats %llu)",
           (unsigned long long) hb1.steps, (unsigned long long) st.steps);
     CHECK(hb1.last_progress >= t_before && hb1.last_progress <= unit_now(),
           "last progress during the run");
@@ -1121,8 +1127,12 @@ static void test_fault_hang(void)
     release_all(&res, 1);
 }
 
-/* fail_forward_after_steps=2: the pass after two steps fails; three in a
- * row put the engine in FAILED, erroring what waits and every submit. */
+/* Polls until the engine reports n paused requests (or the hang guard). */
+static int wait_paused(llm_engine *e, int n);
+
+/* fail_forward_after_steps=N: every pass after N steps fails; three in a
+ * row put the engine in FAILED, erroring what it still holds (here a
+ * request paused for its reader) and every later submit. */
 static void test_fault_fail_forward(void)
 {
     llm_engine_options o;
@@ -1131,58 +1141,59 @@ static void test_fault_fail_forward(void)
     llm_request_params p;
     llm_stats st;
     llm_status status;
-    char err[LLM_ERR_MAX];
+    char err[LLM_ERR_MAX], fault[64];
     int32_t prompt[10];
-    result res[5];
+    result x, res[3];
     int i;
 
     for (i = 0; i < 10; i++) prompt[i] = rand_token();
     opts_default(&o);
-    o.max_num_seqs = 1;                /* one request a batch */
-    e = open_with_fault("fail_forward_after_steps=2", &o, err, sizeof(err));
+    snprintf(fault, sizeof(fault), "fail_forward_after_steps=%d",
+             LLM_PAUSE_UNREAD_TOKENS);
+    e = open_with_fault(fault, &o, err, sizeof(err));
     REQUIRE(e != NULL, "engine: %s", err);
-    params_tokens(&p, prompt, 10, 50);
-    REQUIRE(submit(e, &p, &res[0]) == 0, "submit: %s", res[0].msg);
-    REQUIRE(run_until_done(e, res, 1) == 0, "hang guard");
-    CHECK(res[0].reason == LLM_FINISH_ERROR && res[0].status == LLM_ERR_INTERNAL
-          && res[0].n == 2 && strstr(res[0].msg, "injected fault") != NULL,
-          "the batch fails after 2 tokens (%d): %s", res[0].n, res[0].msg);
-    CHECK(llm_engine_get_state(e, NULL, 0) == LLM_STATE_READY,
-          "one failure is not the end");
 
-    /* B and C fail in their own batches (2nd and 3rd failure); D and E,
-     * waiting or in preparation then, end with NOT_READY. */
-    for (i = 1; i < 5; i++) {
+    /* X, not read, takes exactly the good steps and pauses. */
+    params_tokens(&p, prompt, 10, 200);
+    REQUIRE(submit(e, &p, &x) == 0, "submit: %s", x.msg);
+    REQUIRE(wait_paused(e, 1) == 0, "X paused");
+
+    /* One request at a time, each in its own failing batch. */
+    for (i = 0; i < 3; i++) {
+        CHECK(llm_engine_get_state(e, NULL, 0) == LLM_STATE_READY,
+              "%d failures are not the end", i);
+        params_tokens(&p, prompt, 10, 50);
         REQUIRE(submit(e, &p, &res[i]) == 0, "submit %d: %s", i, res[i].msg);
-    }
-    REQUIRE(run_until_done(e, res + 1, 4) == 0, "hang guard");
-    for (i = 1; i < 3; i++) {
+        REQUIRE(run_until_done(e, &res[i], 1) == 0, "hang guard");
         CHECK(res[i].reason == LLM_FINISH_ERROR
-              && res[i].status == LLM_ERR_INTERNAL && res[i].n == 0,
+              && res[i].status == LLM_ERR_INTERNAL && res[i].n == 0
+              && strstr(res[i].msg, "injected fault") != NULL,
               "request %d: its batch failed: %d %s", i, res[i].status,
-              res[i].msg);
-    }
-    for (i = 3; i < 5; i++) {
-        CHECK(res[i].reason == LLM_FINISH_ERROR
-              && res[i].status == LLM_ERR_NOT_READY
-              && strstr(res[i].msg, "3 failed forward passes") != NULL,
-              "request %d: the engine failed: %d %s", i, res[i].status,
               res[i].msg);
     }
     err[0] = '\0';
     CHECK(llm_engine_get_state(e, err, sizeof(err)) == LLM_STATE_FAILED
+          && strstr(err, "3 failed forward passes") != NULL
           && strstr(err, "injected fault") != NULL, "FAILED: %s", err);
+    REQUIRE(run_until_done(e, &x, 1) == 0, "hang guard: X never ended");
+    CHECK(x.n == LLM_PAUSE_UNREAD_TOKENS && x.reason == LLM_FINISH_ERROR
+          && x.status == LLM_ERR_NOT_READY
+          && strstr(x.msg, "3 failed forward passes") != NULL,
+          "the paused request ends with the failure: %d tokens, %d %s", x.n,
+          x.status, x.msg);
     CHECK(llm_submit(e, &p, &status, err, sizeof(err)) == NULL
           && status == LLM_ERR_NOT_READY
           && strstr(err, "failed forward passes") != NULL,
           "submit refused: %s", err);
     llm_engine_stats(e, &st);
     CHECK(st.forward_errors == 3 && st.running == 0 && st.waiting == 0
-          && st.kv_blocks_used == 0, "errors %llu, running %d, waiting %d, "
-          "blocks %lld", (unsigned long long) st.forward_errors, st.running,
-          st.waiting, (long long) st.kv_blocks_used);
+          && st.paused == 0 && st.kv_blocks_used == 0, "errors %llu, "
+          "running %d, waiting %d, paused %d, blocks %lld",
+          (unsigned long long) st.forward_errors, st.running, st.waiting,
+          st.paused, (long long) st.kv_blocks_used);
     CHECK(wait_not_busy(e, &hb) == 0, "a failed engine is not busy");
-    release_all(res, 5);
+    release_all(&x, 1);
+    release_all(res, 3);
     llm_engine_destroy(e);
 }
 
