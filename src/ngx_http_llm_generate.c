@@ -18,6 +18,37 @@
 
 #define NGX_HTTP_LLM_IDLE_TICK  60000   /* ms; keeps a timer while waiting */
 
+#if (NGX_HTTP_LLM_TIMING)
+#include <time.h>
+
+static void
+ngx_http_llm_stamp(ngx_http_llm_ctx_t *ctx, ngx_uint_t i)
+{
+    struct timespec  ts;
+
+    if (ctx->t[i] == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ctx->t[i] = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+    }
+}
+
+static void
+ngx_http_llm_log_timing(ngx_http_llm_ctx_t *ctx)
+{
+    double  *t = ctx->t;
+
+    ngx_log_error(NGX_LOG_NOTICE, ctx->request->connection->log, 0,
+                  "llm timing (ms after the content handler): body %.3f "
+                  "submitted %.3f started %.3f token %.3f written %.3f",
+                  t[1] - t[0], t[2] - t[0], t[3] - t[0], t[4] - t[0],
+                  t[5] - t[0]);
+}
+
+#define ngx_http_llm_timing(ctx, i)  ngx_http_llm_stamp(ctx, i)
+#else
+#define ngx_http_llm_timing(ctx, i)
+#endif
+
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
 static void ngx_http_llm_cleanup(void *data);
 static void ngx_http_llm_write_handler(ngx_http_request_t *r);
@@ -48,6 +79,7 @@ ngx_http_llm_generate(ngx_http_request_t *r, ngx_http_llm_route_e route)
     }
     ctx->request = r;
     ctx->route = route;
+    ngx_http_llm_timing(ctx, NGX_HTTP_LLM_T_HANDLER);
     ctx->lcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
     ctx->mcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
 
@@ -109,6 +141,7 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
     msg[0] = '\0';
     switch (llm_engine_get_state(model->engine, msg, sizeof(msg))) {
     case LLM_STATE_READY:
+        model->served = 1;      /* a later FAILED is a runtime failure */
         break;
     case LLM_STATE_LOADING:
         oai_error_from_llm(err, LLM_ERR_NOT_READY, NULL,
@@ -214,6 +247,7 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
+    ngx_http_llm_timing(ctx, NGX_HTTP_LLM_T_BODY);
 
     if (ngx_http_llm_read_body(r, &body, &len) != NGX_OK) {
         ngx_http_llm_reject(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -255,6 +289,8 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
         ngx_http_llm_reject(ctx, ngx_http_llm_send_error(r, &err));
         return;
     }
+
+    ngx_http_llm_timing(ctx, NGX_HTTP_LLM_T_SUBMITTED);
 
     /* a client that goes away is noticed on the read event */
     r->read_event_handler = ngx_http_test_reading;
@@ -351,6 +387,14 @@ ngx_http_llm_event(ngx_http_llm_ctx_t *ctx, ngx_http_llm_slot_t *slot,
     oai_error  err;
     int        rc = 0;
 
+#if (NGX_HTTP_LLM_TIMING)
+    if (ev->type == LLM_EV_STARTED) {
+        ngx_http_llm_timing(ctx, NGX_HTTP_LLM_T_STARTED);
+    } else if (ev->type == LLM_EV_TOKEN && ev->text_len > 0) {
+        ngx_http_llm_timing(ctx, NGX_HTTP_LLM_T_TOKEN);
+    }
+#endif
+
     if (ev->type == LLM_EV_FINISH || ev->type == LLM_EV_ERROR) {
         slot->done = 1;
         slot->model->active--;
@@ -420,7 +464,13 @@ ngx_http_llm_drain(ngx_http_llm_ctx_t *ctx)
         if (rc == NGX_ERROR) {
             ctx->completed = 1;
             ngx_http_finalize_request(r, NGX_ERROR);
+            return;
         }
+#if (NGX_HTTP_LLM_TIMING)
+        if (ctx->t[NGX_HTTP_LLM_T_TOKEN] != 0) {
+            ngx_http_llm_timing(ctx, NGX_HTTP_LLM_T_WRITTEN);
+        }
+#endif
     }
 }
 
@@ -472,6 +522,9 @@ ngx_http_llm_complete(ngx_http_llm_ctx_t *ctx)
 
     ctx->completed = 1;
     ngx_http_llm_unlink(ctx);
+#if (NGX_HTTP_LLM_TIMING)
+    ngx_http_llm_log_timing(ctx);
+#endif
     if (ctx->tick.timer_set) {
         ngx_del_timer(&ctx->tick);
     }

@@ -25,6 +25,27 @@
 
 typedef struct ngx_http_llm_ctx_s  ngx_http_llm_ctx_t;
 
+/*
+ * Build with -DNGX_HTTP_LLM_TIMING=1 (e.g. NGX_CC_OPT) to log, per
+ * generation request at the notice level, CLOCK_MONOTONIC timestamps of the
+ * way to the first token: content handler, body read, submitted, STARTED
+ * popped, first token popped, first token passed to nginx's output.  Used
+ * for the TTFT overhead analysis in docs/benchmarks-serving.md.
+ */
+#ifndef NGX_HTTP_LLM_TIMING
+#define NGX_HTTP_LLM_TIMING  0
+#endif
+
+enum {
+    NGX_HTTP_LLM_T_HANDLER = 0,
+    NGX_HTTP_LLM_T_BODY,
+    NGX_HTTP_LLM_T_SUBMITTED,
+    NGX_HTTP_LLM_T_STARTED,
+    NGX_HTTP_LLM_T_TOKEN,
+    NGX_HTTP_LLM_T_WRITTEN,
+    NGX_HTTP_LLM_T_N
+};
+
 /* One llm_model directive; the engine exists in worker processes only. */
 typedef struct {
     ngx_str_t               name;            /* llm_model NAME */
@@ -153,6 +174,10 @@ struct ngx_http_llm_ctx_s {
     unsigned                  sent_since_tick:1;
     unsigned                  in_drain:1;
     unsigned                  linked:1;      /* link is in a queue */
+#if (NGX_HTTP_LLM_TIMING)
+    /* CLOCK_MONOTONIC ms of the first-token path, logged at the end */
+    double                    t[NGX_HTTP_LLM_T_N];
+#endif
 };
 
 extern ngx_module_t  ngx_http_llm_module;
