@@ -69,10 +69,20 @@ static long rss_kb(void)
 
 /* ---- read bandwidth --------------------------------------------------------- */
 
+/*
+ * The roofline's bandwidth: what the pool's threads read together from a
+ * buffer larger than the weights, with the loads decode uses (AVX-512
+ * when the bf16 kernels run) and the pages decode has (huge pages where
+ * the kernel grants them: the report says how many of both were granted).
+ * The buffer is allocated and faulted in once, so every run reads the same
+ * pages.  The buffer is cut into 1 MB pieces taken from the pool's shared
+ * counter, as decode's row blocks are: a worker the scheduler parks does
+ * not leave half of the buffer to one thread.
+ */
+#define BW_PIECE ((size_t) 1 << 20)
+
 typedef struct {
     const uint8_t *buf;
-    size_t         bytes;
-    int            parts;
     double         sink[256];
 } bw_job;
 
@@ -90,24 +100,39 @@ static double sum_avx2(const uint8_t *p, size_t n)
     a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
     return (double) _mm256_extract_epi64(a0, 0);
 }
+
+__attribute__((target("avx512f")))
+static double sum_avx512(const uint8_t *p, size_t n)
+{
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 256 <= n; i += 256) {
+        a0 = _mm512_add_epi64(a0, _mm512_load_si512((const void *) (p + i)));
+        a1 = _mm512_add_epi64(a1, _mm512_load_si512((const void *) (p + i + 64)));
+        a2 = _mm512_add_epi64(a2, _mm512_load_si512((const void *) (p + i + 128)));
+        a3 = _mm512_add_epi64(a3, _mm512_load_si512((const void *) (p + i + 192)));
+    }
+    a0 = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
+    return (double) _mm512_reduce_add_epi64(a0);
+}
 #endif
 
 static void bw_task(void *ctx, int task, int thread)
 {
     bw_job *j = ctx;
-    size_t per = (j->bytes / (size_t) j->parts) & ~(size_t) 127;
-    const uint8_t *p = j->buf + per * (size_t) task;
+    const uint8_t *p = j->buf + BW_PIECE * (size_t) task;
     double s = 0;
 
 #if defined(__x86_64__)
-    if (kern_detect_isa() >= KERN_ISA_AVX2) {
-        s = sum_avx2(p, per);
+    if (kern_detect_isa() >= KERN_ISA_AVX512BF16) {
+        s = sum_avx512(p, BW_PIECE);
+    } else if (kern_detect_isa() >= KERN_ISA_AVX2) {
+        s = sum_avx2(p, BW_PIECE);
     } else
 #endif
     {
         const uint64_t *q = (const uint64_t *) p;
         uint64_t acc = 0;
-        for (size_t i = 0; i < per / 8; i++) {
+        for (size_t i = 0; i < BW_PIECE / 8; i++) {
             acc += q[i];
         }
         s = (double) acc;
@@ -115,34 +140,70 @@ static void bw_task(void *ctx, int task, int thread)
     j->sink[thread & 255] += s;
 }
 
-/* Bytes per second that the pool's threads read together (best of 3). */
-static double measure_bandwidth(thread_pool *pool, size_t bytes)
+/* A buffer of at least `bytes` (whole pieces), huge pages requested as
+ * for the dummy weights, faulted in. */
+static uint8_t *bw_buffer(size_t *bytes)
 {
-    bw_job j;
-    uint8_t *buf = aligned_alloc(4096, bytes);
+    size_t n = (*bytes + BW_PIECE - 1) & ~(BW_PIECE - 1);
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+    (void) madvise(p, n, MADV_HUGEPAGE);
+    memset(p, 1, n);
+    *bytes = n;
+    return p;
+}
+
+/* Bytes per second the pool's threads read together over the whole
+ * buffer: the best of `passes` passes after one warm-up pass. */
+static double measure_bandwidth(thread_pool *pool, const uint8_t *buf,
+                                size_t bytes, int passes)
+{
+    static bw_job j;
     double best = 0;
 
-    if (buf == NULL) {
-        return 0;
-    }
-    /* huge pages where the kernel allows, as for the dummy weights: the
-     * roofline must not be the lower one of 4 KB pages */
-    (void) madvise(buf, bytes, MADV_HUGEPAGE);
-    memset(buf, 1, bytes);
-    memset(&j, 0, sizeof(j));
     j.buf = buf;
-    j.bytes = bytes;
-    j.parts = thread_pool_size(pool);
-    for (int r = 0; r < 4; r++) {
+    for (int r = 0; r <= passes; r++) {
         double t0 = now(), dt;
-        thread_pool_run(pool, j.parts, bw_task, &j);
+        thread_pool_run(pool, (int) (bytes / BW_PIECE), bw_task, &j);
         dt = now() - t0;
         if (r > 0 && bytes / dt > best) {      /* first pass warms up */
             best = (double) bytes / dt;
         }
     }
-    free(buf);
     return best;
+}
+
+/* kB of [p, p + n) that the kernel backs with transparent huge pages:
+ * AnonHugePages of the mappings that overlap the range (all of a mapping
+ * that overlaps only partly; -1 if /proc/self/smaps is unreadable). */
+static long thp_kb(const void *p, size_t n)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    uintptr_t lo = (uintptr_t) p, hi = lo + n;
+    int in = 0;
+    long kb = 0;
+
+    if (f == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long a, b;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-')
+            < strchr(line, ' ')) {
+            in = a < hi && b > lo;
+            continue;
+        }
+        if (in && strncmp(line, "AnonHugePages:", 14) == 0) {
+            kb += strtol(line + 14, NULL, 10);
+        }
+    }
+    fclose(f);
+    return kb;
 }
 
 /* ---- model runs --------------------------------------------------------------- */
@@ -173,6 +234,36 @@ static size_t bytes_per_token(const model *m)
         }
     }
     return b;
+}
+
+/* The address range the model's matrices span (the dummy weights are one
+ * mapping; safetensors files are mappings of their own). */
+static void weight_range(const model *m, const uint8_t **lo,
+                         const uint8_t **hi)
+{
+    const tensor_ref *ts[] = { &m->embed, &m->lm_head };
+    const uint8_t *a = NULL, *b = NULL;
+
+    for (int l = -1; l < m->cfg.n_layers; l++) {
+        const layer_weights *w = l >= 0 ? &m->layers[l] : NULL;
+        const tensor_ref *lt[] = { w ? &w->q_proj : ts[0],
+                                   w ? &w->k_proj : ts[1],
+                                   w ? &w->v_proj : ts[0],
+                                   w ? &w->o_proj : ts[0],
+                                   w ? &w->gate_proj : ts[0],
+                                   w ? &w->up_proj : ts[0],
+                                   w ? &w->down_proj : ts[0] };
+        for (size_t i = 0; i < sizeof(lt) / sizeof(lt[0]); i++) {
+            const uint8_t *p = lt[i]->data, *e = p + matrix_bytes(lt[i]);
+            if (p == NULL) {
+                continue;
+            }
+            a = a == NULL || p < a ? p : a;
+            b = b == NULL || e > b ? e : b;
+        }
+    }
+    *lo = a;
+    *hi = b;
 }
 
 typedef struct {
@@ -270,7 +361,9 @@ int main(int argc, char **argv)
     double t0, load_s, bw[64], dec[64], roof[64], pre[64];
     double dec_share[64], pre_share[64];
     long rss_load, rss_ready;
-    size_t bpt;
+    size_t bpt, bw_bytes;
+    uint8_t *bw_buf;
+    const uint8_t *w_lo, *w_hi;
     int ctx, n_blocks;
 
     for (int i = 1; i < argc; i++) {
@@ -343,6 +436,16 @@ int main(int argc, char **argv)
         ids[i] = (int32_t) ((i * 7919 + 13) % (r.vocab > 151000 ? 151000 : r.vocab));
     }
     bpt = bytes_per_token(m);
+    weight_range(m, &w_lo, &w_hi);
+    /* at least the weights: a smaller buffer could hide in a larger L3 of
+     * another machine, and must cover as many pages as decode touches */
+    bw_bytes = bpt > ((size_t) 1 << 30) ? bpt : (size_t) 1 << 30;
+    bw_buf = bw_buffer(&bw_bytes);
+    if (bw_buf == NULL) {
+        fprintf(stderr, "llm-model-bench: cannot allocate the %zu-byte "
+                "bandwidth buffer: %s\n", bw_bytes, strerror(errno));
+        return 1;
+    }
     {
         /* the machine's load when the run starts: numbers from a shared
          * machine mean little without it */
@@ -371,11 +474,46 @@ int main(int argc, char **argv)
     printf("load %.2f s; RSS after load %.1f MB, after backend + KV pool "
            "(%d blocks) + first forward %.1f MB\n", load_s, rss_load / 1024.0,
            n_blocks, rss_ready / 1024.0);
+    {
+        /* huge pages decide both the bandwidth and decode's speed (TLB
+         * misses): a roofline ratio means something only when weights and
+         * buffer got the same kind of pages */
+        long wk = thp_kb(w_lo, (size_t) (w_hi - w_lo));
+        long bk = thp_kb(bw_buf, bw_bytes);
+        FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+        char thp[128] = "?";
+        if (f != NULL) {
+            if (fgets(thp, sizeof(thp), f) == NULL) {
+                snprintf(thp, sizeof(thp), "?");
+            }
+            thp[strcspn(thp, "\n")] = '\0';
+            fclose(f);
+        }
+        printf("transparent huge pages (%s): weights %.0f%% of %.0f MB, "
+               "bandwidth buffer %.0f%% of %.0f MB\n", thp,
+               wk < 0 ? -1.0 : 100.0 * wk * 1024 / (double) (w_hi - w_lo),
+               (w_hi - w_lo) / 1e6,
+               bk < 0 ? -1.0 : 100.0 * bk * 1024 / (double) bw_bytes,
+               bw_bytes / 1e6);
+    }
+    {
+        thread_pool *one = thread_pool_create(1, err, sizeof(err));
+        if (one != NULL) {
+            printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s "
+                   "(%.0f MB buffer, %s loads)\n",
+                   measure_bandwidth(one, bw_buf, bw_bytes, 2) / 1e9, threads,
+                   measure_bandwidth(pool, bw_buf, bw_bytes, 2) / 1e9,
+                   bw_bytes / 1e6,
+                   kern_detect_isa() >= KERN_ISA_AVX512BF16 ? "AVX-512"
+                   : kern_detect_isa() >= KERN_ISA_AVX2 ? "AVX2" : "scalar");
+            thread_pool_destroy(one);
+        }
+    }
     for (int k = 0; k < runs; k++) {
         int32_t next;
         double td, tp, cd, cp;
 
-        bw[k] = measure_bandwidth(pool, (size_t) 1 << 30);
+        bw[k] = measure_bandwidth(pool, bw_buf, bw_bytes, 3);
         if (run(&r, ids, prompt, 0) != 0) {
             return 1;
         }
@@ -419,6 +557,7 @@ int main(int argc, char **argv)
     printf("RSS after the runs (weights, KV pool, scratch of a %d-token "
            "prefill): %.1f MB\n", prefill, rss_kb() / 1024.0);
     thread_pool_destroy(pool);
+    munmap(bw_buf, bw_bytes);
     be->ops->destroy(be);
     model_free(m);
     free(r.table);
