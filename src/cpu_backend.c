@@ -47,6 +47,13 @@
  * ATTN_SCORE_FLOATS per thread (16 MB). */
 #define ATTN_TILE         16
 #define ATTN_SCORE_FLOATS (4u << 20)
+/* Decode: the K/V context a layer's attention will read, asked for while
+ * its Q/K/V weights stream (at most this much per layer: more would evict
+ * itself from the caches before attention reads it). */
+#define KV_PREFETCH_BYTES ((size_t) 4 << 20)
+/* Decode attention below this many flops stays on the calling thread
+ * (a fork costs a microsecond or two when the workers spin). */
+#define ATTN_PARALLEL_FLOPS 1e5
 
 typedef struct {
     float      *input_norm, *post_norm, *q_norm, *k_norm;
@@ -95,6 +102,11 @@ typedef struct {
     int          n_tiles, tile_cap;
     int          attn_tile;      /* tile length limit of this forward */
     int          logit_cap;
+    /* decode: the K and V blocks of the chunk's contexts in the current
+     * layer, prefetched by the Q/K/V projection's tasks */
+    const void **pf_spans;
+    int          pf_n, pf_cap;
+    size_t       pf_span;
     float       *final_rows;
     uint16_t    *final_hi, *final_lo;
 } cpu_backend;
@@ -266,6 +278,11 @@ typedef struct {
      * and (when split_hi is set) its bf16 split for the down projection */
     int         fuse_silu;
     uint16_t   *split_hi, *split_lo;
+    /* prefetch: task i asks for its share, bytes [i, i + 1) * pf_total /
+     * n_tasks, of pf_n spans of pf_span bytes */
+    const void *const *pf;
+    size_t      pf_span, pf_total;
+    int         pf_tasks;
 } mm_job;
 
 static void mm_task(void *ctx, int task, int thread)
@@ -274,6 +291,12 @@ static void mm_task(void *ctx, int task, int thread)
     int m = 0, r0, r1;
 
     (void) thread;
+    if (j->pf != NULL) {
+        kern_prefetch_spans(j->pf, j->pf_span,
+                            j->pf_total * (size_t) task / (size_t) j->pf_tasks,
+                            j->pf_total * (size_t) (task + 1)
+                                / (size_t) j->pf_tasks);
+    }
     while (task >= j->tasks[m + 1]) {
         m++;
     }
@@ -310,11 +333,15 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
 {
     int blk;
 
+    (void) total_rows;
     if (n_tok <= 1) {
-        /* multiples of 16: the decode kernel's pass */
-        blk = total_rows / (b->n_threads * 8);
-        blk = blk < 16 ? 16 : blk;
-        return (blk + 15) & ~15;
+        /* one pass of the decode kernel (32 KB of bf16 weights at
+         * K = 1024): the pool hands them out in runs that shrink as the
+         * matrix drains (thread_pool_run_guided), so both threads stream
+         * to the end of every matrix and wait at most one block for each
+         * other */
+        (void) w;
+        return 16;
     }
     /* half of a 1 MB L2: the rest holds the token tile being streamed;
      * larger blocks mean fewer passes of the activations from L3 (measured
@@ -334,7 +361,7 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
 static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
                         const float *x, const uint16_t *hi,
                         const uint16_t *lo, int n_tok, int cols,
-                        int fuse_silu)
+                        int fuse_silu, int prefetch_kv)
 {
     mm_job j;
     int total_rows = 0, want_split = 0;
@@ -374,7 +401,19 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
                 + (targets[i].w->rows + j.block - 1) / j.block;
         }
     }
-    thread_pool_run(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n], mm_task, &j);
+    if (prefetch_kv && b->pf_n > 0) {
+        j.pf = b->pf_spans;
+        j.pf_span = b->pf_span;
+        j.pf_total = (size_t) b->pf_n * b->pf_span;
+        j.pf_tasks = fuse_silu ? j.tasks[1] : j.tasks[n];
+    }
+    if (n_tok <= 1) {
+        thread_pool_run_guided(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n],
+                               mm_task, &j);
+    } else {
+        thread_pool_run(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n], mm_task,
+                        &j);
+    }
 }
 
 /* ---- per-token passes --------------------------------------------------------- */
@@ -525,18 +564,10 @@ static void run_tokens(cpu_backend *b, tok_job *j, int what)
         }
         flops *= 4.0 * b->n_heads * b->hd;
         tasks = b->n_tiles * b->n_kv;
-        if (j->n <= 8) {
-            /* decode: request each sequence's whole (evicted) context
-             * before the heads are walked one by one */
-            kern_kv kv = layer_kv(b, j->layer);
-            for (int t = 0; t < b->n_tiles; t++) {
-                int bi = j->c0 + b->tile_start[t], s = b->tok_seq[bi];
-                kern_kv_prefetch(&kv, j->batch->block_tables
-                                          + (size_t) s * j->batch->max_blocks,
-                                 j->batch->positions[bi] + b->tile_len[t]);
-            }
-        }
-        if (flops < 1e6) {
+        /* decode's context was prefetched during the Q/K/V projection
+         * (kv_prefetch_list); what remains is a few microseconds of
+         * arithmetic per head, worth a fork above a small context */
+        if (flops < (j->n <= 8 ? ATTN_PARALLEL_FLOPS : 1e6)) {
             for (int t = 0; t < tasks; t++) {
                 tok_task(j, t, 0);
             }
@@ -608,6 +639,18 @@ static int ensure_scratch(cpu_backend *b, int n_tok, int max_ctx,
             return -1;
         }
         b->scores_per_thread = per;
+    }
+    if (b->pf_spans == NULL) {
+        size_t span = (size_t) b->n_kv * (size_t) b->hd
+                      * (size_t) b->block_size * sizeof(float);
+        int n = (int) (KV_PREFETCH_BYTES / span);
+        if (n >= 2) {
+            b->pf_spans = xrealloc(NULL, (size_t) n * sizeof(void *), &failed);
+            if (failed) {
+                return -1;
+            }
+            b->pf_cap = n;
+        }
     }
     if (n_logits > b->logit_cap) {
         size_t n = (size_t) n_logits * b->H;
@@ -726,6 +769,36 @@ static void build_tiles(cpu_backend *b, const llm_batch *bt, int c0, int n)
     }
 }
 
+/* Decode chunks (at most 8 tokens): the K and V blocks of this layer
+ * that the chunk's attention will read, into b->pf_spans, at most
+ * KV_PREFETCH_BYTES; the Q/K/V projection's tasks prefetch them. */
+static void kv_prefetch_list(cpu_backend *b, const tok_job *j)
+{
+    kern_kv kv = layer_kv(b, j->layer);
+    size_t span = (size_t) b->n_kv * (size_t) b->hd * (size_t) b->block_size
+                  * sizeof(float);
+    int max = (int) (KV_PREFETCH_BYTES / span);
+
+    b->pf_n = 0;
+    b->pf_span = span;
+    if (j->n > 8 || max < 2) {
+        return;
+    }
+    for (int t = 0; t < b->n_tiles && b->pf_n + 2 <= max; t++) {
+        int bi = j->c0 + b->tile_start[t], s = b->tok_seq[bi];
+        int ctx = j->batch->positions[bi] + b->tile_len[t];
+        const int32_t *table = j->batch->block_tables
+                               + (size_t) s * j->batch->max_blocks;
+        for (int k = 0; k < (ctx + b->block_size - 1) / b->block_size
+                        && b->pf_n + 2 <= max && b->pf_n + 2 <= b->pf_cap; k++) {
+            b->pf_spans[b->pf_n++] = kv.k + (size_t) table[k] * span
+                                                / sizeof(float);
+            b->pf_spans[b->pf_n++] = kv.v + (size_t) table[k] * span
+                                                / sizeof(float);
+        }
+    }
+}
+
 static void layer_forward(cpu_backend *b, tok_job *j)
 {
     const cpu_layer *L = &b->layers[j->layer];
@@ -738,18 +811,19 @@ static void layer_forward(cpu_backend *b, tok_job *j)
     t[0] = (mm_target) { &L->q, b->q, (size_t) b->Q };
     t[1] = (mm_target) { &L->k, b->k, (size_t) b->KV };
     t[2] = (mm_target) { &L->v, b->v, (size_t) b->KV };
-    run_matmuls(b, t, 3, b->xn, hi, lo, n, b->H, 0);
+    kv_prefetch_list(b, j);
+    run_matmuls(b, t, 3, b->xn, hi, lo, n, b->H, 0, 1);
     run_tokens(b, j, TOK_QKV_POST);
     run_tokens(b, j, TOK_ATTN);
     t[0] = (mm_target) { &L->o, b->tmp, (size_t) b->H };
-    run_matmuls(b, t, 1, b->att, hi, lo, n, b->Q, 0);
+    run_matmuls(b, t, 1, b->att, hi, lo, n, b->Q, 0, 0);
     run_tokens(b, j, TOK_POST_NORM);
     t[0] = (mm_target) { &L->gate, b->g, (size_t) b->I };
     t[1] = (mm_target) { &L->up, b->u, (size_t) b->I };
-    run_matmuls(b, t, 2, b->xn, hi, lo, n, b->H, 1);
+    run_matmuls(b, t, 2, b->xn, hi, lo, n, b->H, 1, 0);
     t[0] = (mm_target) { &L->down, b->tmp, (size_t) b->H };
     run_matmuls(b, t, 1, b->g, b->split ? b->hi2 : NULL,
-                b->split ? b->lo2 : NULL, n, b->I, 0);
+                b->split ? b->lo2 : NULL, n, b->I, 0, 0);
     /* the down projection's residual is added by the next layer's
      * TOK_INPUT_NORM pass, or after the last layer */
 }
@@ -831,7 +905,11 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
         }
         j.block = mm_block_rows(b, &b->lm_head, bt->n_logits, b->vocab);
         j.tasks[1] = (b->vocab + j.block - 1) / j.block;
-        thread_pool_run(b->pool, j.tasks[1], mm_task, &j);
+        if (bt->n_logits <= 1) {
+            thread_pool_run_guided(b->pool, j.tasks[1], mm_task, &j);
+        } else {
+            thread_pool_run(b->pool, j.tasks[1], mm_task, &j);
+        }
     }
     return 0;
 }
@@ -896,6 +974,7 @@ static void cpu_destroy(llm_backend *base)
     free(b->tok_seq); free(b->scores);
     free(b->tile_start); free(b->tile_len);
     free(b->final_rows); free(b->final_hi); free(b->final_lo);
+    free(b->pf_spans);
     free(b);
 }
 

@@ -768,6 +768,24 @@ void kern_kv_prefetch(const kern_kv *kv, const int32_t *table, int ctx)
 #endif
 }
 
+void kern_prefetch_spans(const void *const *base, size_t span_bytes,
+                         size_t from, size_t to)
+{
+#if KERN_X86
+    /* whole lines: a line straddling two slices is asked for twice at
+     * most, which costs nothing */
+    for (size_t o = from & ~(size_t) 63; o < to; o += 64) {
+        _mm_prefetch((const char *) base[o / span_bytes] + o % span_bytes,
+                     _MM_HINT_T0);
+    }
+#else
+    (void) base;
+    (void) span_bytes;
+    (void) from;
+    (void) to;
+#endif
+}
+
 /* Scores are kept for whole blocks: rows of blocks * bs floats. */
 size_t kern_attention_scratch(int n_q, int ctx, int bs)
 {

@@ -106,6 +106,14 @@ void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
  * line for the misses to overlap unless requested together. */
 void kern_kv_prefetch(const kern_kv *kv, const int32_t *block_table, int ctx);
 
+/* Prefetches bytes [from, to) of the concatenation of spans of span_bytes
+ * each, span i starting at base[i]: a decode matmul spreads the next
+ * attention's K/V context over its row blocks this way, so the context
+ * arrives while the weights stream instead of in a burst of misses with
+ * too little work per line to overlap them. */
+void kern_prefetch_spans(const void *const *base, size_t span_bytes,
+                         size_t from, size_t to);
+
 /* Floats of scratch kern_attention needs for n_q query vectors over a
  * context of ctx positions. */
 size_t kern_attention_scratch(int n_q, int ctx, int bs);

@@ -9,6 +9,12 @@
  * task is unfinished).  The caller returns when every task is done, not
  * when every thread has checked in: on an oversubscribed machine a worker
  * that the scheduler parked is simply not waited for.
+ *
+ * A guided job (thread_pool_run_guided) claims runs of tasks instead of
+ * single ones: a claim takes 1/(2 * threads) of the tasks still unclaimed
+ * (at least one), so a job of thousands of small tasks costs a few dozen
+ * compare-and-swaps on the shared word while the last claims, one task
+ * each, still balance the threads to within one task.
  */
 #include "thread_pool.h"
 
@@ -40,6 +46,7 @@ struct thread_pool {
     thread_pool_fn        fn;
     void                 *ctx;
     _Atomic uint64_t      job;        /* gen | n_tasks | next */
+    atomic_int            guided;     /* claim divisor, 0: one task a claim */
     atomic_uint           wake;       /* futex word: bumped per job */
     atomic_int            sleepers;
     /* join */
@@ -78,18 +85,29 @@ static int run_tasks(thread_pool *p, int thread)
 
     for (;;) {
         uint64_t n = (w >> N_SHIFT) & FIELD_MASK, next = w & FIELD_MASK;
+        uint64_t take = 1;
+        int div;
         unsigned total;
         if (next >= n) {
             return ran;
         }
-        if (!atomic_compare_exchange_weak_explicit(&p->job, &w, w + 1,
+        /* a stale w (an older job) fails the exchange below, whatever
+         * divisor it is paired with here */
+        div = atomic_load_explicit(&p->guided, memory_order_relaxed);
+        if (div > 0 && (n - next) / (uint64_t) div > 1) {
+            take = (n - next) / (uint64_t) div;
+        }
+        if (!atomic_compare_exchange_weak_explicit(&p->job, &w, w + take,
                                                    memory_order_acq_rel,
                                                    memory_order_acquire)) {
             continue;                     /* w reloaded: retry */
         }
-        p->fn(p->ctx, (int) next, thread);
-        ran++;
-        total = atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1;
+        for (uint64_t t = next; t < next + take; t++) {
+            p->fn(p->ctx, (int) t, thread);
+        }
+        ran += (int) take;
+        total = atomic_fetch_add_explicit(&p->done, (unsigned) take,
+                                          memory_order_acq_rel) + (unsigned) take;
         if (total == n && atomic_load(&p->caller_sleeping)) {
             futex_wake_all(&p->done);
         }
@@ -172,8 +190,9 @@ int thread_pool_size(const thread_pool *p)
     return p->n_threads;
 }
 
-/* One job of at most MAX_TASKS tasks. */
-static void run_job(thread_pool *p, int n_tasks, thread_pool_fn fn, void *ctx)
+/* One job of at most MAX_TASKS tasks; guided: claim divisor or 0. */
+static void run_job(thread_pool *p, int n_tasks, thread_pool_fn fn, void *ctx,
+                    int guided)
 {
     uint64_t w = atomic_load(&p->job);
     uint64_t gen = ((w >> GEN_SHIFT) + 1) & ((1ULL << 24) - 1);
@@ -182,6 +201,7 @@ static void run_job(thread_pool *p, int n_tasks, thread_pool_fn fn, void *ctx)
 
     p->fn = fn;
     p->ctx = ctx;
+    atomic_store_explicit(&p->guided, guided, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->job, (gen << GEN_SHIFT)
                                        | ((uint64_t) n_tasks << N_SHIFT),
@@ -218,8 +238,8 @@ static void slice_task(void *ctx, int task, int thread)
     s->fn(s->ctx, s->base + task, thread);
 }
 
-void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
-                     void *ctx)
+static void run(thread_pool *p, int n_tasks, thread_pool_fn fn, void *ctx,
+                int guided)
 {
     if (n_tasks <= 0) {
         return;
@@ -231,15 +251,27 @@ void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
         return;
     }
     if (n_tasks <= MAX_TASKS) {
-        run_job(p, n_tasks, fn, ctx);
+        run_job(p, n_tasks, fn, ctx, guided);
         return;
     }
     /* more tasks than the job word counts: slices of MAX_TASKS */
     for (int base = 0; base < n_tasks; base += MAX_TASKS) {
         slice_ctx s = { fn, ctx, base };
         run_job(p, n_tasks - base < MAX_TASKS ? n_tasks - base : MAX_TASKS,
-                slice_task, &s);
+                slice_task, &s, guided);
     }
+}
+
+void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
+                     void *ctx)
+{
+    run(p, n_tasks, fn, ctx, 0);
+}
+
+void thread_pool_run_guided(thread_pool *p, int n_tasks, thread_pool_fn fn,
+                            void *ctx)
+{
+    run(p, n_tasks, fn, ctx, 2 * p->n_threads);
 }
 
 void thread_pool_destroy(thread_pool *p)

@@ -530,22 +530,27 @@ static void hit_task(void *ctx, int task, int thread)
     __atomic_fetch_add(&j->hits[task], 1, __ATOMIC_RELAXED);
 }
 
-/* Every task of every job runs exactly once, jobs back to back; pools are
- * created and destroyed at once (threads the scheduler starts late must
- * still see the stop). */
+/* Every task of every job runs exactly once, jobs back to back, plain
+ * and guided (runs of tasks per claim) jobs mixed; pools are created and
+ * destroyed at once (threads the scheduler starts late must still see the
+ * stop). */
 static void test_thread_pool(void)
 {
     char err[128];
-    int hits[300];
+    static int hits[3000];
     int bad = 0;
 
     for (int round = 0; round < 50; round++) {
         thread_pool *p = thread_pool_create(1 + round % 4, err, sizeof(err));
         REQUIRE(p != NULL, "%s", err);
         for (int job = 0; job < (round % 5 == 0 ? 0 : 400); job++) {
-            hit_job j = { hits, 1 + (job * 37 + round) % 300 };
+            hit_job j = { hits, 1 + (job * 37 + round) % (job % 3 ? 300 : 3000) };
             memset(hits, 0, sizeof(hits));
-            thread_pool_run(p, j.n, hit_task, &j);
+            if (job % 2) {
+                thread_pool_run_guided(p, j.n, hit_task, &j);
+            } else {
+                thread_pool_run(p, j.n, hit_task, &j);
+            }
             for (int t = 0; t < j.n; t++) {
                 bad += hits[t] != 1;
             }
