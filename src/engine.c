@@ -1242,6 +1242,15 @@ static int engine_step(llm_engine *e)
         if (events) {
             notify(e);
         }
+        if (events == 0
+            && count_paused(e) < scheduler_num_running(e->sched)
+                                 + scheduler_num_waiting(e->sched))
+        {
+            /* Runnable sequences but nothing scheduled (cannot happen with
+             * a sane pool): retry without spinning, do not sleep on them. */
+            usleep(1000);
+            return 1;
+        }
         return events > 0;
     }
 
