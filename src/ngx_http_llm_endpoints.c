@@ -607,6 +607,8 @@ ngx_http_llm_tokenize_body(ngx_http_request_t *r, ngx_uint_t detokenize)
     u_char                    *body;
     size_t                     len;
     char                      *model = NULL;
+    char                       why[LLM_ERR_MAX];
+    llm_engine_state           state;
 #if (NGX_THREADS)
     ngx_http_llm_main_conf_t  *mcf;
     ngx_thread_task_t         *task;
@@ -624,6 +626,20 @@ ngx_http_llm_tokenize_body(ngx_http_request_t *r, ngx_uint_t detokenize)
                                   "model_not_ready", "%s",
                                   lcf->model->error[0] ? lcf->model->error
                                   : "the model is not loaded"));
+        return;
+    }
+    /* the engine tokenizes only when READY: anything else is a 503 with
+     * the reason, as /health gives it, not the engine's 400 */
+    why[0] = '\0';
+    state = llm_engine_get_state(lcf->model->engine, why, sizeof(why));
+    if (state != LLM_STATE_READY) {
+        ngx_http_finalize_request(r, ngx_http_llm_error(r,
+                                  NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "service_unavailable_error",
+                                  state == LLM_STATE_LOADING
+                                  ? "model_not_ready" : "model_failed",
+                                  "%s", state == LLM_STATE_LOADING
+                                  ? "the model is loading" : why));
         return;
     }
 

@@ -71,7 +71,7 @@ POST /v1/completions
 --- json_check
 $j->{error}{code} eq 'model_failed' && $j->{error}{message} =~ /made no progress/
 --- error_log eval
-qr/\[alert\].*: 1 requests failed, answering 503/
+qr/\[alert\].*; 1 requests failed, answering 503/
 
 
 
@@ -130,3 +130,12 @@ POST /v1/chat/completions
 {"messages":[{"role":"user","content":"Hi"}]}
 --- error_code: 503
 --- response_body_like: "message":"the engine failed: .*failed forward passes.*"code":"model_failed"
+
+
+
+=== TEST 8: /tokenize on the failed engine: 503 with the reason
+--- request
+POST /v1/tokenize
+{"prompt":"Hi"}
+--- error_code: 503
+--- response_body_like: "message":"the engine stopped after 3 failed forward passes in a row; .*"code":"model_failed"
