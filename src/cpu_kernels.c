@@ -16,7 +16,6 @@
 #define KERN_X86 0
 #endif
 
-#define KERN_KV_PREFETCH_BYTES (512u << 10)
 
 /* ---- ISA selection ----------------------------------------------------- */
 
@@ -736,36 +735,6 @@ void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
         }
         memcpy(vb, v + (size_t) g * kv->hd, (size_t) kv->hd * sizeof(float));
     }
-}
-
-void kern_kv_prefetch(const kern_kv *kv, const int32_t *table, int ctx)
-{
-#if KERN_X86
-    size_t blk_bytes = (size_t) kv->n_kv * (size_t) kv->hd * (size_t) kv->bs
-                       * sizeof(float);
-    int nb = (ctx + kv->bs - 1) / kv->bs;
-
-    /* half of L2 at most: the rest is the caller's */
-    if ((size_t) nb * 2 * blk_bytes > KERN_KV_PREFETCH_BYTES) {
-        nb = (int) (KERN_KV_PREFETCH_BYTES / (2 * blk_bytes));
-    }
-    for (int b = 0; b < nb; b++) {
-        /* one block holds all KV heads of its slots, K and V each
-         * contiguous: blk_bytes from the first head's start */
-        const char *kb = (const char *) (kv->k + (size_t) table[b] * kv->n_kv
-                                                     * kv->hd * kv->bs);
-        const char *vb = (const char *) (kv->v + (size_t) table[b] * kv->n_kv
-                                                     * kv->hd * kv->bs);
-        for (size_t o = 0; o < blk_bytes; o += 64) {
-            _mm_prefetch(kb + o, _MM_HINT_T0);
-            _mm_prefetch(vb + o, _MM_HINT_T0);
-        }
-    }
-#else
-    (void) kv;
-    (void) table;
-    (void) ctx;
-#endif
 }
 
 void kern_prefetch_spans(const void *const *base, size_t span_bytes,

@@ -100,12 +100,6 @@ typedef struct {
 void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
                    const float *v);
 
-/* Asks for the K and V cache lines of positions [0, ctx) of one sequence
- * (all KV heads, up to 512 KB): decode attention reads a context the
- * weight stream has evicted since the last step, with too little work per
- * line for the misses to overlap unless requested together. */
-void kern_kv_prefetch(const kern_kv *kv, const int32_t *block_table, int ctx);
-
 /* Prefetches bytes [from, to) of the concatenation of spans of span_bytes
  * each, span i starting at base[i]: a decode matmul spreads the next
  * attention's K/V context over its row blocks this way, so the context
