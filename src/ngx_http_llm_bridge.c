@@ -277,9 +277,14 @@ ngx_http_llm_wakeup(ngx_event_t *rev)
     ngx_uint_t                 m;
     int                        n, i, orphans = 0;
 
-    /* reset the counter; the engines are polled below either way */
-    while (read(mcf->efd, &count, sizeof(count)) == sizeof(count)) {
-        /* nothing */
+    /*
+     * One read returns and resets the whole counter (a second would only
+     * fail with EAGAIN: one syscall less per token on the TTFT/ITL path).
+     * A notify that lands after it makes the eventfd readable again, and
+     * the engines are polled below either way.
+     */
+    if (read(mcf->efd, &count, sizeof(count)) != sizeof(count)) {
+        /* EAGAIN: a wake-up whose counter an earlier read took */
     }
 
     models = mcf->models.elts;
