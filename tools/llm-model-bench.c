@@ -5,11 +5,15 @@
  *   llm-model-bench MODEL_DIR [--dummy] [--threads N] [--prompt 16]
  *                   [--gen 128] [--prefill 512] [--runs 3] [--seed S] [--fast]
  *
- * Per run: the N-thread read bandwidth (a stream over a buffer far larger
- * than the L3 cache), batch-1 decode (--gen tokens after a --prompt-token
- * prompt, greedy) and its roofline ratio tok/s / (bandwidth / weight bytes
- * read per token), and the prefill speed of one --prefill-token prompt.
- * Prints best and median over the runs, and the RSS after loading.
+ * Once: the huge-page coverage of the weights and of the bandwidth buffer,
+ * and the 1-thread and N-thread read bandwidth.  Per run: the N-thread
+ * read bandwidth (a stream over a buffer at least as large as the
+ * weights), batch-1 decode (--gen tokens after a --prompt-token prompt,
+ * greedy) and its roofline ratio tok/s / (bandwidth / weight bytes read
+ * per token), the prefill speed of one --prefill-token prompt, and the
+ * share of the threads' CPU time each phase got (a warning when decode got
+ * less than 90%: the machine was busy).  Prints best and median over the
+ * runs, and the RSS after loading.
  * --fast: the backend's fast precision (bf16 activations, as llama.cpp);
  * the default is the exact precision the server uses.
  */
@@ -547,6 +551,21 @@ int main(int argc, char **argv)
                100 * roof[k], prefill, pre[k], threads, 100 * dec_share[k],
                100 * pre_share[k]);
         fflush(stdout);
+    }
+    {
+        /* a run that did not get the whole of its threads measured the
+         * machine's other tenants as much as this code (and with Linux's
+         * autogroup scheduling, other sessions' `nice` does not keep them
+         * out of the way) */
+        int busy = 0;
+        for (int k = 0; k < runs; k++) {
+            busy += dec_share[k] < 0.9;
+        }
+        if (busy > 0) {
+            printf("WARNING: %d of %d runs got less than 90%% of %d CPUs "
+                   "during decode: the machine is busy, these numbers are "
+                   "not its own\n", busy, runs, threads);
+        }
     }
     printf("best:   decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
            "tok/s, bandwidth %.1f GB/s\n", best_of(dec, runs),
