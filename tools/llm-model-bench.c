@@ -440,16 +440,6 @@ int main(int argc, char **argv)
         ids[i] = (int32_t) ((i * 7919 + 13) % (r.vocab > 151000 ? 151000 : r.vocab));
     }
     bpt = bytes_per_token(m);
-    weight_range(m, &w_lo, &w_hi);
-    /* at least the weights: a smaller buffer could hide in a larger L3 of
-     * another machine, and must cover as many pages as decode touches */
-    bw_bytes = bpt > ((size_t) 1 << 30) ? bpt : (size_t) 1 << 30;
-    bw_buf = bw_buffer(&bw_bytes);
-    if (bw_buf == NULL) {
-        fprintf(stderr, "llm-model-bench: cannot allocate the %zu-byte "
-                "bandwidth buffer: %s\n", bw_bytes, strerror(errno));
-        return 1;
-    }
     {
         /* the machine's load when the run starts: numbers from a shared
          * machine mean little without it */
@@ -478,6 +468,18 @@ int main(int argc, char **argv)
     printf("load %.2f s; RSS after load %.1f MB, after backend + KV pool "
            "(%d blocks) + first forward %.1f MB\n", load_s, rss_load / 1024.0,
            n_blocks, rss_ready / 1024.0);
+    /* after the RSS figures: the buffer is the benchmark's, not the
+     * model's */
+    weight_range(m, &w_lo, &w_hi);
+    /* at least the weights: a smaller buffer could hide in a larger L3 of
+     * another machine, and must cover as many pages as decode touches */
+    bw_bytes = bpt > ((size_t) 1 << 30) ? bpt : (size_t) 1 << 30;
+    bw_buf = bw_buffer(&bw_bytes);
+    if (bw_buf == NULL) {
+        fprintf(stderr, "llm-model-bench: cannot allocate the %zu-byte "
+                "bandwidth buffer: %s\n", bw_bytes, strerror(errno));
+        return 1;
+    }
     {
         /* huge pages decide both the bandwidth and decode's speed (TLB
          * misses): a roofline ratio means something only when weights and
@@ -574,7 +576,8 @@ int main(int argc, char **argv)
            "tok/s, bandwidth %.1f GB/s\n", median(dec, runs),
            100 * median(roof, runs), median(pre, runs), median(bw, runs) / 1e9);
     printf("RSS after the runs (weights, KV pool, scratch of a %d-token "
-           "prefill): %.1f MB\n", prefill, rss_kb() / 1024.0);
+           "prefill; not the bandwidth buffer): %.1f MB\n", prefill,
+           (rss_kb() - (long) (bw_bytes / 1024)) / 1024.0);
     thread_pool_destroy(pool);
     munmap(bw_buf, bw_bytes);
     be->ops->destroy(be);
