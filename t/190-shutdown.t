@@ -71,22 +71,38 @@ main::llm_wait_ready('/v1/health');
 
 
 
-=== TEST 3: the fresh worker serves (a broken one answers 503 for ever)
+=== TEST 3: the worker is replaced and the fresh one serves (a broken one answers 503 for ever)
+# self-contained (a block that reuses a server is restarted under valgrind)
+--- main_config
+    env LLM_TEST_FAULT=hang_after_steps=3;
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m watchdog=2s;
+--- config
+    location /v1/ { llm_pass tiny; }
 --- init
 main::llm_wait_ready('/v1/health');
-# the log of the replacement (checked here: the harness checks a block's
-# error_log after each pipelined response)
-open my $log, '<', Test::Nginx::Util::server_root() . '/logs/error.log' or die "error.log: $!\n";
-my $text = do { local $/; <$log> };
+my $s = main::llm_hold_request(main::llm_post('/v1/completions', '{"prompt":"Hi","max_tokens":100,"ignore_eos":true}'));
+my $got = main::llm_read_until($s, qr/\r\n\r\n\{"error".*\}\n?\z/s, 60);
+Test::More::like($got, qr/^HTTP\/1\.1 503 .*"message":"the engine made no progress/s, "$name - the stalled request gets a 503");
+$_->close for splice @main::LlmHeldSockets;
+my $logfile = Test::Nginx::Util::server_root() . '/logs/error.log';
+my $text = '';
+for (1 .. 600) {
+    $text = do { local (@ARGV, $/) = ($logfile); <> } // '';
+    last if $text =~ /exits to be replaced.*start worker process/s;
+    select undef, undef, undef, 0.05;
+}
 Test::More::like($text, qr/\[alert\].*llm_model "tiny": the engine made no progress for [0-9.]+ s with requests in flight \(watchdog=2000ms, 3 steps done\); 1 requests failed, worker 0 exits to be replaced/,
                  "$name - the watchdog's alert");
 Test::More::like($text, qr/the stalled engine is not destroyed \(its thread cannot be joined\).*worker process \d+ exited with code 0.*start worker process/s,
                  "$name - the old worker exited, a new one started");
 Test::More::unlike($text, qr/open socket|\[crit\]|\[emerg\]/, "$name - nothing left open");
+main::llm_wait_ready('/v1/health');
 --- request
 POST /v1/completions
 {"prompt":"Hi","max_tokens":1}
 --- response_body_like: "finish_reason":"length"
+--- error_log eval
+qr/\[alert\].*worker 0 exits to be replaced/
 --- no_error_log
-[alert]
 [error]

@@ -35,11 +35,26 @@ qr/\[alert\].*llm_model "tiny": the engine made no progress for [0-9.]+ s with r
 
 
 === TEST 2: /health answers 503 with the reason
+# its own server (a block that reuses one is restarted under valgrind, with
+# the configuring block's init run again): the init stalls the engine
+--- main_config
+    env LLM_TEST_FAULT=hang_after_steps=3;
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m watchdog=2s;
+--- config
+    location /v1/ { llm_pass tiny; }
+--- init
+main::llm_wait_ready('/v1/health');
+main::llm_hold_request(main::llm_post('/v1/completions', '{"prompt":"Hi","max_tokens":100,"ignore_eos":true}'));
+main::llm_poll('/v1/health', qr/^HTTP\/1\.\d 503/, 30);
+$_->close for splice @main::LlmHeldSockets;
 --- request
 GET /v1/health
 --- error_code: 503
 --- json_check
 $j->{error}{code} eq 'model_failed' && $j->{error}{message} =~ /made no progress/
+--- error_log eval
+qr/\[alert\].*the engine made no progress .*; 1 requests failed, answering 503/
 
 
 
