@@ -381,7 +381,7 @@ CHECK=$(prog llm-cuda-check) || { echo "gpu-check: no llm-cuda-check"; exit 2; }
 echo "llm-cuda-check: $CHECK"
 
 stage correctness 150 "$CHECK" --no-bench --no-sampling
-stage sampling 75 "$CHECK" --sampling
+stage sampling 90 "$CHECK" --sampling
 stage nginx 200 "$ROOT/tools/gpu-check.sh" --nginx
 stage bench 180 "$CHECK" --bench-only
 if command -v compute-sanitizer > /dev/null; then
