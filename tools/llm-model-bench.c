@@ -240,34 +240,41 @@ static size_t bytes_per_token(const model *m)
     return b;
 }
 
+/* Widens [*lo, *hi) to cover tensor t's bytes. */
+static void cover(const tensor_ref *t, const uint8_t **lo, const uint8_t **hi)
+{
+    const uint8_t *p = t->data;
+
+    if (p == NULL) {
+        return;
+    }
+    if (*lo == NULL || p < *lo) {
+        *lo = p;
+    }
+    if (*hi == NULL || p + matrix_bytes(t) > *hi) {
+        *hi = p + matrix_bytes(t);
+    }
+}
+
 /* The address range the model's matrices span (the dummy weights are one
  * mapping; safetensors files are mappings of their own). */
 static void weight_range(const model *m, const uint8_t **lo,
                          const uint8_t **hi)
 {
-    const tensor_ref *ts[] = { &m->embed, &m->lm_head };
-    const uint8_t *a = NULL, *b = NULL;
-
-    for (int l = -1; l < m->cfg.n_layers; l++) {
-        const layer_weights *w = l >= 0 ? &m->layers[l] : NULL;
-        const tensor_ref *lt[] = { w ? &w->q_proj : ts[0],
-                                   w ? &w->k_proj : ts[1],
-                                   w ? &w->v_proj : ts[0],
-                                   w ? &w->o_proj : ts[0],
-                                   w ? &w->gate_proj : ts[0],
-                                   w ? &w->up_proj : ts[0],
-                                   w ? &w->down_proj : ts[0] };
-        for (size_t i = 0; i < sizeof(lt) / sizeof(lt[0]); i++) {
-            const uint8_t *p = lt[i]->data, *e = p + matrix_bytes(lt[i]);
-            if (p == NULL) {
-                continue;
-            }
-            a = a == NULL || p < a ? p : a;
-            b = b == NULL || e > b ? e : b;
-        }
+    *lo = NULL;
+    *hi = NULL;
+    cover(&m->embed, lo, hi);
+    cover(&m->lm_head, lo, hi);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const layer_weights *w = &m->layers[l];
+        cover(&w->q_proj, lo, hi);
+        cover(&w->k_proj, lo, hi);
+        cover(&w->v_proj, lo, hi);
+        cover(&w->o_proj, lo, hi);
+        cover(&w->gate_proj, lo, hi);
+        cover(&w->up_proj, lo, hi);
+        cover(&w->down_proj, lo, hi);
     }
-    *lo = a;
-    *hi = b;
 }
 
 typedef struct {
@@ -495,8 +502,11 @@ int main(int argc, char **argv)
             thp[strcspn(thp, "\n")] = '\0';
             fclose(f);
         }
-        printf("transparent huge pages (%s): weights %.0f%% of %.0f MB, "
+        /* file-backed weights (safetensors) live in the page cache:
+         * AnonHugePages does not count them */
+        printf("transparent huge pages (%s): %s weights %.0f%% of %.0f MB, "
                "bandwidth buffer %.0f%% of %.0f MB\n", thp,
+               dummy ? "dummy" : "file-mapped (not anonymous memory)",
                wk < 0 ? -1.0 : 100.0 * wk * 1024 / (double) (w_hi - w_lo),
                (w_hi - w_lo) / 1e6,
                bk < 0 ? -1.0 : 100.0 * bk * 1024 / (double) bw_bytes,
