@@ -338,7 +338,9 @@ SKIP: {
     skip "valgrind is not installed", 4 if system('valgrind --version >/dev/null 2>&1') != 0;
     # TEST 2 has no --- config: nginx, stopped after TEST 1 so that
     # valgrind reports its leaks, must be started again with TEST 1's
-    # whole configuration (the map of --- http_config included).
+    # whole configuration (the map of --- http_config included), and TEST
+    # 1's --- init (which prepares the server: here a file in its fresh html
+    # directory) must run again before TEST 2's own.
     my $file = <<'_EOF_';
 use Test::Nginx::Socket 'no_plan';
 no_shuffle();
@@ -350,12 +352,17 @@ __DATA__
     map $uri $greeting { default "ok"; }
 --- config
     location = /t { return 200 "$greeting\n"; }
+--- init
+open my $f, '>', "$ENV{TEST_NGINX_HTML_DIR}/prepared" or die "prepared: $!";
+close $f;
 --- request
 GET /t
 --- response_body
 ok
 
 === TEST 2: the previous block's configuration, restarted under valgrind
+--- init
+-f "$ENV{TEST_NGINX_HTML_DIR}/prepared" or die "TEST 1's init did not run again\n";
 --- request
 GET /t
 --- response_body

@@ -920,9 +920,12 @@ sub run_test ($) {
             $ErrLogFilePos = 0;
             sleep $TestNginxSleep;
             # The configuring block's --- init prepared that server (a
-            # readiness wait, say): run it for the new one too.
+            # readiness wait, say): run it for the new one too, before this
+            # block's own init (which may already send requests), with
+            # $block meaning the configuring block as it did there.
             my $init = scalar $PrevConfigBlock->init;
-            if (defined $init && !defined scalar $block->init) {
+            if (defined $init) {
+                my $block = $PrevConfigBlock;
                 eval $init;
                 bail_out("$name - init (of the previous block) failed: $@")
                     if $@;
