@@ -11,10 +11,12 @@
  * that the scheduler parked is simply not waited for.
  *
  * A guided job (thread_pool_run_guided) claims runs of tasks instead of
- * single ones: a claim takes 1/(2 * threads) of the tasks still unclaimed
- * (at least one), so a job of thousands of small tasks costs a few dozen
- * compare-and-swaps on the shared word while the last claims, one task
- * each, still balance the threads to within one task.
+ * single ones: a claim takes 1/(2 * threads) of the tasks still unclaimed,
+ * but at most 1/(8 * threads) of the job and at least one task, so a job
+ * of thousands of small tasks costs a few dozen compare-and-swaps on the
+ * shared word, the last claims, one task each, still balance the threads
+ * to within one task, and a thread descheduled right after a claim holds
+ * back no more of the job than a plain job's 8-per-thread split would.
  */
 #include "thread_pool.h"
 
@@ -95,7 +97,11 @@ static int run_tasks(thread_pool *p, int thread)
          * divisor it is paired with here */
         div = atomic_load_explicit(&p->guided, memory_order_relaxed);
         if (div > 0 && (n - next) / (uint64_t) div > 1) {
+            /* at most 1/(4 * div) of the job: a worker the scheduler
+             * parks right after a claim holds back no more than that */
+            uint64_t cap = n / (4 * (uint64_t) div);
             take = (n - next) / (uint64_t) div;
+            take = take > cap ? (cap > 1 ? cap : 1) : take;
         }
         if (!atomic_compare_exchange_weak_explicit(&p->job, &w, w + take,
                                                    memory_order_acq_rel,
