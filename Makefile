@@ -115,6 +115,9 @@ $(NGX_TREE)/objs/Makefile: config $(NGX_LIST)
 	  { tail -20 configure.log; exit 1; }
 
 $(MODULE): $(NGX_TREE)/objs/Makefile $(LIB) ngx_http_llm_module.c $(wildcard src/ngx_*.c src/ngx_*.h) src/llm.h
+	@# nginx's objs/Makefile does not know libllm.a: drop the .so so that an
+	@# engine change relinks it (the objects stay, only the link reruns)
+	rm -f $@
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
 	@touch $@
 
