@@ -122,6 +122,7 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
     llm_request_params     p;
     llm_status             st;
     llm_stats              stats;
+    llm_model_info         info;
     char                   msg[LLM_ERR_MAX];
     ngx_uint_t             i;
     int                    per_prompt = ctx->oreq.n;
@@ -151,6 +152,13 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
         oai_error_set(err, NGX_HTTP_SERVICE_UNAVAILABLE,
                       "service_unavailable_error", "model_failed", NULL,
                       "the model failed to load: %s", msg);
+        return NGX_ERROR;
+    }
+
+    /* token ids (logit_bias, token prompts) against this model's vocabulary:
+     * a 400 naming the param rather than the engine's refusal without one */
+    llm_engine_model_info(model->engine, &info);
+    if (oai_check_token_ids(&ctx->oreq, info.vocab_size, err) != 0) {
         return NGX_ERROR;
     }
 

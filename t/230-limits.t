@@ -141,12 +141,17 @@ $j->{usage}{completion_tokens} == 3 && $j->{choices}[0]{finish_reason} eq 'lengt
 === TEST 6: a logit_bias id outside the vocabulary is a 400, then a good request
 --- request eval
 ["POST /v1/completions\n" . '{"prompt":"Hi","max_tokens":1,"logit_bias":{"999999":5}}',
+ "POST /v1/completions\n" . '{"prompt":[9,151936],"max_tokens":1}',
  "POST /v1/completions\n" . '{"prompt":"Hi","max_tokens":1,"logit_bias":{"1":5}}']
 --- error_code eval
-[400, 200]
+[400, 400, 200]
 --- json_check
-$idx == 1 ? $j->{object} eq 'text_completion'
-: $j->{error}{type} eq 'invalid_request_error' && $j->{error}{message} =~ /\b999999\b/
+$idx == 2 ? $j->{object} eq 'text_completion'
+: $idx == 1 ? $j->{error}{type} eq 'invalid_request_error'
+              && $j->{error}{param} eq 'prompt'
+              && $j->{error}{message} =~ /\b151936\b/
+: $j->{error}{type} eq 'invalid_request_error'
+  && $j->{error}{param} eq 'logit_bias' && $j->{error}{message} =~ /\b999999\b/
 --- no_error_log
 [error]
 
