@@ -8,6 +8,9 @@
  * weights stays in cache while every token passes over it).  Element-wise
  * steps run on the calling thread for small chunks and over the pool for
  * large ones.  Only the rows in batch.logit_rows go through the LM head.
+ * Decode (one token) splits each matrix into 16-row blocks handed out by
+ * a guided pool job, and the Q/K/V projection's blocks prefetch the K/V
+ * context the layer's attention reads next.
  *
  * Exactness: activations, accumulations and the KV cache are f32 (the KV
  * cache in f32 costs 2x the memory of bf16 but keeps step-by-step decode
@@ -333,14 +336,12 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
 {
     int blk;
 
-    (void) total_rows;
     if (n_tok <= 1) {
         /* one pass of the decode kernel (32 KB of bf16 weights at
          * K = 1024): the pool hands them out in runs that shrink as the
          * matrix drains (thread_pool_run_guided), so both threads stream
          * to the end of every matrix and wait at most one block for each
          * other */
-        (void) w;
         return 16;
     }
     /* half of a 1 MB L2: the rest holds the token tile being streamed;
@@ -777,20 +778,20 @@ static void kv_prefetch_list(cpu_backend *b, const tok_job *j)
     kern_kv kv = layer_kv(b, j->layer);
     size_t span = (size_t) b->n_kv * (size_t) b->hd * (size_t) b->block_size
                   * sizeof(float);
-    int max = (int) (KV_PREFETCH_BYTES / span);
 
+    /* pf_cap: KV_PREFETCH_BYTES / span (0: blocks too large to bother) */
     b->pf_n = 0;
     b->pf_span = span;
-    if (j->n > 8 || max < 2) {
+    if (j->n > 8) {
         return;
     }
-    for (int t = 0; t < b->n_tiles && b->pf_n + 2 <= max; t++) {
+    for (int t = 0; t < b->n_tiles && b->pf_n + 2 <= b->pf_cap; t++) {
         int bi = j->c0 + b->tile_start[t], s = b->tok_seq[bi];
         int ctx = j->batch->positions[bi] + b->tile_len[t];
         const int32_t *table = j->batch->block_tables
                                + (size_t) s * j->batch->max_blocks;
         for (int k = 0; k < (ctx + b->block_size - 1) / b->block_size
-                        && b->pf_n + 2 <= max && b->pf_n + 2 <= b->pf_cap; k++) {
+                        && b->pf_n + 2 <= b->pf_cap; k++) {
             b->pf_spans[b->pf_n++] = kv.k + (size_t) table[k] * span
                                                 / sizeof(float);
             b->pf_spans[b->pf_n++] = kv.v + (size_t) table[k] * span
