@@ -134,10 +134,16 @@ ngx_http_llm_models(ngx_http_request_t *r, ngx_str_t *id)
              && ngx_strncmp(id->data, lcf->model->served_name.data, id->len)
                 == 0))
     {
+        /* the id is valid UTF-8 (the dispatcher made it so): cut it at
+         * 200 bytes before a character, not inside one */
+        len = ngx_min(id->len, 200);
+        while (len < id->len && len > 0 && (id->data[len] & 0xC0) == 0x80) {
+            len--;
+        }
         return ngx_http_llm_error(r, NGX_HTTP_NOT_FOUND,
                                   "invalid_request_error", "model_not_found",
                                   "The model '%.*s' does not exist",
-                                  (int) ngx_min(id->len, 200), id->data);
+                                  (int) len, id->data);
     }
 
     ngx_cpystrn(root, lcf->model->path.data,

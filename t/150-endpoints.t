@@ -31,11 +31,15 @@ $j->{object} eq 'list' && @{$j->{data}} == 1 && $j->{data}[0]{id} eq 'tiny'
 
 === TEST 2: one model, and an unknown one
 --- request eval
-["GET /v1/models/tiny", "GET /v1/models/other"]
+["GET /v1/models/tiny", "GET /v1/models/other",
+ "GET /v1/models/" . ('a' x 199) . "%C3%A9"]
 --- error_code eval
-[200, 404]
+[200, 404, 404]
 --- json_check
-$idx == 0 ? $j->{id} eq 'tiny' && $j->{object} eq 'model' : $j->{error}{code} eq 'model_not_found'
+$idx == 0 ? $j->{id} eq 'tiny' && $j->{object} eq 'model'
+: $idx == 1 ? $j->{error}{code} eq 'model_not_found'
+: $j->{error}{code} eq 'model_not_found'
+  && $j->{error}{message} =~ /'a{199}'/
 --- no_error_log
 [error]
 
