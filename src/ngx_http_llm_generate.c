@@ -149,9 +149,11 @@ ngx_http_llm_submit(ngx_http_llm_ctx_t *ctx, oai_error *err)
                            "the model is still loading");
         return NGX_ERROR;
     default:
+        /* after serving, the engine's text already says what stopped it */
         oai_error_set(err, NGX_HTTP_SERVICE_UNAVAILABLE,
                       "service_unavailable_error", "model_failed", NULL,
-                      "the model failed to load: %s", msg);
+                      model->served ? "%s" : "the model failed to load: %s",
+                      msg);
         return NGX_ERROR;
     }
 
