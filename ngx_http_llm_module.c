@@ -207,7 +207,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->api_key_exempt, prev->api_key_exempt,
                               NGX_HTTP_LLM_EXEMPT_HEALTH);
     ngx_conf_merge_value(conf->max_tokens, prev->max_tokens, 0);
-    ngx_conf_merge_value(conf->queue_size, prev->queue_size, 0);
+    ngx_conf_merge_value(conf->queue_size, prev->queue_size, 1024);
     ngx_conf_merge_msec_value(conf->request_timeout, prev->request_timeout, 0);
     ngx_conf_merge_msec_value(conf->sse_keepalive, prev->sse_keepalive,
                               NGX_HTTP_LLM_DEFAULT_KEEPALIVE);
