@@ -75,7 +75,7 @@ typedef struct {
      * up to float rounding at truncation boundaries (the order in which
      * kept tokens are walked for the draw differs, so the same uniform can
      * pick a different token; the distribution is the same).
-     * Returns 0, or -1 with err. */
+     * Returns as forward does. */
     int    (*forward_sample)(llm_backend *b, const llm_batch *batch,
                              const llm_sample_row *rows, sampler_result *out,
                              char *err, size_t errlen);
