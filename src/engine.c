@@ -88,6 +88,11 @@ struct llm_engine {
                                                makes it at the first */
     float             *logits;
     size_t             logits_cap;           /* floats */
+    /* forward_sample's per-row inputs and results (backends with it) */
+    llm_sample_row    *srows;
+    sampler_history   *shist;
+    sampler_result    *sres;
+    int                srows_cap;
     int                max_model_len;
     int                block_size;
     int                n_blocks;
@@ -909,9 +914,11 @@ static int constrain_logits(llm_engine *e, llm_request *r, float *logits)
     return 0;
 }
 
-/* Samples one token for r from its logits row and publishes what follows
- * from it; finishes the request when a stop condition holds. */
-static void process_token(llm_engine *e, llm_request *r, float *logits)
+/* Samples one token for r from its logits row (or takes the one the
+ * backend sampled: pre) and publishes what follows from it; finishes the
+ * request when a stop condition holds. */
+static void process_token(llm_engine *e, llm_request *r, float *logits,
+                          const sampler_result *pre)
 {
     sched_seq *seq = &r->seq;
     sampler_history h;
@@ -924,6 +931,10 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
     llm_finish_reason reason = LLM_FINISH_NONE;
     double now;
 
+    if (pre != NULL) {
+        res = *pre;
+        goto sampled;
+    }
     if (e->logits_hook) {
         e->logits_hook(e->logits_hook_ctx, r, r->n_generated, logits, e->vocab);
     }
@@ -943,6 +954,7 @@ static void process_token(llm_engine *e, llm_request *r, float *logits)
         finish_request(e, r, LLM_FINISH_ERROR, NULL, -1);
         return;
     }
+sampled:
     tok = res.token;
     if (r->gm != NULL && grammar_matcher_accept(r->gm, tok) != 0) {
         /* Only when min_tokens or a logit bias removed every allowed
@@ -1200,12 +1212,78 @@ static void update_gauges(llm_engine *e)
     pthread_mutex_unlock(&e->stats_mu);
 }
 
+/* Whether this step samples on the device: the backend can
+ * (forward_sample), no logits hook watches the rows and no sampled request
+ * has an output constraint (grammar masks are host work).  If so, fills
+ * e->srows with each request's parameters, history and its one uniform
+ * draw, taken only when the row is not greedy as sampler_sample() takes
+ * it, so a request's RNG stream is the same whichever path samples a step.
+ * Returns 1, 0 (host sampling), or -1 when out of memory. */
+static int device_sampling(llm_engine *e, const sched_output *out)
+{
+    int i, k, n = out->batch.n_logits;
+
+    if (e->be->ops->forward_sample == NULL || e->logits_hook != NULL
+        || n <= 0)
+    {
+        return 0;
+    }
+    for (i = 0; i < out->n_entries; i++) {
+        const llm_request *r = out->entries[i].seq->owner;
+
+        if (out->entries[i].sample && r->grammar != NULL) {
+            return 0;
+        }
+    }
+    if (n > e->srows_cap) {
+        llm_sample_row *sr = realloc(e->srows, (size_t) n * sizeof(*sr));
+        sampler_history *sh;
+        sampler_result *rs;
+
+        if (sr == NULL) {
+            return -1;
+        }
+        e->srows = sr;
+        sh = realloc(e->shist, (size_t) n * sizeof(*sh));
+        if (sh == NULL) {
+            return -1;
+        }
+        e->shist = sh;
+        rs = realloc(e->sres, (size_t) n * sizeof(*rs));
+        if (rs == NULL) {
+            return -1;
+        }
+        e->sres = rs;
+        e->srows_cap = n;
+    }
+    for (i = 0, k = 0; i < out->n_entries && k < n; i++) {
+        llm_request *r = out->entries[i].seq->owner;
+        sched_seq *seq = &r->seq;
+
+        if (!out->entries[i].sample) {
+            continue;
+        }
+        r->sp.suppress_eos = r->n_generated < r->min_tokens;
+        e->shist[k].prompt = seq->tokens;
+        e->shist[k].n_prompt = seq->n_prompt;
+        e->shist[k].generated = seq->tokens + seq->n_prompt;
+        e->shist[k].n_generated = r->n_generated;
+        e->srows[k].p = &r->sp;
+        e->srows[k].h = &e->shist[k];
+        /* 1e-5: the sampler's greedy threshold (SAMPLER_GREEDY_EPS) */
+        e->srows[k].uniform = r->sp.temperature < 1e-5f
+                              ? 0.0 : sampler_rng_uniform(&r->rng);
+        k++;
+    }
+    return 1;
+}
+
 /* One engine step.  Returns 1 if work was done, 0 if idle. */
 static int engine_step(llm_engine *e)
 {
     sched_output out;
     char err[LLM_ERR_MAX];
-    int n, i, k, rc, events = 0;
+    int n, i, k, rc, gpu, events = 0;
     uint64_t prompt_tok = 0, steps;
     double t0;
 
@@ -1254,7 +1332,16 @@ static int engine_step(llm_engine *e)
         return events > 0;
     }
 
-    if ((size_t) out.batch.n_logits * e->vocab > e->logits_cap) {
+    gpu = device_sampling(e, &out);
+    if (gpu < 0) {
+        for (i = 0; i < out.n_entries; i++) {
+            finish_request(e, out.entries[i].seq->owner,
+                           LLM_FINISH_ERROR, NULL, -1);
+        }
+        notify(e);
+        return 1;
+    }
+    if (!gpu && (size_t) out.batch.n_logits * e->vocab > e->logits_cap) {
         size_t cap = (size_t) out.batch.n_logits * e->vocab;
         float *l = realloc(e->logits, cap * sizeof(float));
 
@@ -1287,6 +1374,9 @@ static int engine_step(llm_engine *e)
                  "(LLM_TEST_FAULT=fail_forward_after_steps=%lld)",
                  (long long) e->fault_fail_after);
         rc = -1;
+    } else if (gpu) {
+        rc = e->be->ops->forward_sample(e->be, &out.batch, e->srows,
+                                        e->sres, err, sizeof(err));
     } else {
         rc = e->be->ops->forward(e->be, &out.batch, e->logits, err,
                                  sizeof(err));
@@ -1355,7 +1445,8 @@ static int engine_step(llm_engine *e)
     for (i = 0, k = 0; i < out.n_entries; i++) {
         if (out.entries[i].sample) {
             process_token(e, out.entries[i].seq->owner,
-                          e->logits + (size_t) k * e->vocab);
+                          gpu ? NULL : e->logits + (size_t) k * e->vocab,
+                          gpu ? &e->sres[k] : NULL);
             k++;
         }
     }
@@ -1561,6 +1652,9 @@ llm_engine *llm_engine_create(const llm_engine_options *o, char *err,
 static void engine_free_all(llm_engine *e)
 {
     free(e->logits);
+    free(e->srows);
+    free(e->shist);
+    free(e->sres);
     free(e->out);
     sampler_scratch_free(e->scratch);
     grammar_vocab_free(e->gvocab);
