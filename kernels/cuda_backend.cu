@@ -926,8 +926,56 @@ static int forward_enqueue(cuda_backend *b, const llm_batch *bt, char *err,
     return 0;
 }
 
+/*
+ * A failed step either leaves the context usable (an allocation refused, a
+ * malformed batch: the engine fails that batch and goes on) or poisons it:
+ * after an illegal address or a launch failure every later CUDA call fails
+ * with the same "sticky" error until the process ends.  A device-wide
+ * synchronize tells them apart; the sticky kind is LLM_BACKEND_FATAL so the
+ * engine stops at once (and nginx's watchdog replaces the worker) instead
+ * of failing three more batches.
+ */
+static int classify_failure(cuda_backend *b, char *err, size_t errlen)
+{
+    (void)b;
+    cudaError_t st = cudaDeviceSynchronize();
+    if (st == cudaSuccess) {
+        (void)cudaGetLastError();    /* clear a non-sticky error */
+        return -1;
+    }
+    size_t n = strnlen(err, errlen);
+    if (n + 1 < errlen)
+        snprintf(err + n, errlen - n, "%sdevice context lost: %s",
+                 n ? "; " : "", cudaGetErrorString(st));
+    return LLM_BACKEND_FATAL;
+}
+
+static int cuda_forward_logits(llm_backend *base, const llm_batch *bt,
+                               float *logits, char *err, size_t errlen);
+static int cuda_forward_sampled(llm_backend *base, const llm_batch *bt,
+                                const llm_sample_row *rows,
+                                sampler_result *out, char *err,
+                                size_t errlen);
+
 static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
                         char *err, size_t errlen)
+{
+    if (cuda_forward_logits(base, bt, logits, err, errlen) == 0)
+        return 0;
+    return classify_failure((cuda_backend *)base, err, errlen);
+}
+
+static int cuda_forward_sample(llm_backend *base, const llm_batch *bt,
+                               const llm_sample_row *rows, sampler_result *out,
+                               char *err, size_t errlen)
+{
+    if (cuda_forward_sampled(base, bt, rows, out, err, errlen) == 0)
+        return 0;
+    return classify_failure((cuda_backend *)base, err, errlen);
+}
+
+static int cuda_forward_logits(llm_backend *base, const llm_batch *bt,
+                               float *logits, char *err, size_t errlen)
 {
     cuda_backend *b = (cuda_backend *)base;
     if (forward_enqueue(b, bt, err, errlen))
@@ -949,9 +997,10 @@ static int cuda_forward(llm_backend *base, const llm_batch *bt, float *logits,
 
 /* forward, then sampling on the device: the logits never cross PCIe,
  * only ids (and logprobs rows asked for). */
-static int cuda_forward_sample(llm_backend *base, const llm_batch *bt,
-                               const llm_sample_row *rows, sampler_result *out,
-                               char *err, size_t errlen)
+static int cuda_forward_sampled(llm_backend *base, const llm_batch *bt,
+                                const llm_sample_row *rows,
+                                sampler_result *out, char *err,
+                                size_t errlen)
 {
     cuda_backend *b = (cuda_backend *)base;
     if (forward_enqueue(b, bt, err, errlen))
