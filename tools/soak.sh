@@ -15,6 +15,7 @@
 #   SOAK_RSS_GROWTH_PCT [10] largest RSS growth of a worker, first vs last
 #                        window of its life under load (60 s, or a third of it)
 #   SOAK_NICE [15]       nice level of nginx and the client
+#   SOAK_SEED [1]        llm-soak's request mix
 #   SOAK_OUT [BUILD/soak/<UTC time>]  prefix, logs and results
 #   TEST_NGINX_BINARY    nginx (default: nginx on PATH)
 #
@@ -48,6 +49,7 @@ THREADS=${SOAK_THREADS:-1}
 QUIT_STREAMS=${SOAK_QUIT_STREAMS:-100}
 RSS_GROWTH=${SOAK_RSS_GROWTH_PCT:-10}
 NICE=${SOAK_NICE:-15}
+SEED=${SOAK_SEED:-1}
 KEY=soak-$$-key
 MAX_BODY=262144
 
@@ -142,6 +144,7 @@ say "llm-soak: $CLIENTS clients for $DURATION s"
 rc=0
 nice -n "$NICE" "$CLIENT" --base-url "http://127.0.0.1:$PORT" --model tiny --api-key "$KEY" \
     --clients "$CLIENTS" --workers "$WORKERS" --duration "$DURATION" --max-body "$MAX_BODY" \
+    --seed "$SEED" \
     --pid-file "$PIDFILE" --reload-at "$(( DURATION / 3 ))" \
     --reload-cmd "${NGX[*]} -s reload" --quit-cmd "${NGX[*]} -s quit" \
     --quit-streams "$QUIT_STREAMS" --json "$OUT/soak.json" --table "$OUT/rss.txt" \
