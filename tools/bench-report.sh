@@ -24,6 +24,12 @@ mkdir -p docs
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
+# Hand-written analysis below this marker survives regeneration.
+MARKER='<!-- Everything below this line is hand-written; make bench-report keeps it. -->'
+if [ -f "$DOC" ] && grep -qF -- "$MARKER" "$DOC"; then
+    awk -v m="$MARKER" '$0 == m { keep = 1 } keep' "$DOC" > "$TMP/kept.md"
+fi
+
 meta() { jq -r ".$1 // \"?\"" "$RES/meta.json"; }
 num() { printf "%.${2:-1}f" "$1"; }
 
@@ -226,6 +232,10 @@ echo
 echo "![output throughput](bench-throughput.$FMT)"
 echo "![TTFT](bench-ttft.$FMT)"
 echo "![TPOT](bench-tpot.$FMT)"
+if [ -s "$TMP/kept.md" ]; then
+    echo
+    cat "$TMP/kept.md"
+fi
 } > "$DOC"
 
 echo "bench-report: wrote $DOC and docs/bench-{throughput,ttft,tpot}.$FMT from $RES" >&2
