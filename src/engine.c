@@ -119,6 +119,7 @@ struct llm_engine {
 
     /* LLM_TEST_FAULT; -1: none */
     int64_t            fault_hang_after, fault_fail_after;
+    int64_t            fault_load_delay_ms;
     int                forward_failures;     /* consecutive; engine thread */
     int                failed_at_runtime;    /* under mu: load_err tells why
                                                 a loaded engine gave up */
@@ -723,6 +724,15 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
     int64_t kv_bytes;
     size_t block_bytes;
     sched_config sc;
+
+    if (e->fault_load_delay_ms > 0) {   /* LLM_TEST_FAULT=load_delay_ms=N */
+        struct timespec ts = { e->fault_load_delay_ms / 1000,
+                               (e->fault_load_delay_ms % 1000) * 1000000L };
+
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            /* the rest of the delay */
+        }
+    }
 
     if (load_tokenizer(e->tokenizer_dir, &e->tok, &e->ct, e->ct_err,
                        sizeof(e->ct_err), err, errlen) != 0)
@@ -1523,23 +1533,26 @@ static void *engine_main(void *arg)
 
 /* ---- create / destroy --------------------------------------------------------- */
 
-/* LLM_TEST_FAULT (llm.h): "hang_after_steps=N" or
- * "fail_forward_after_steps=N"; unset or empty: no fault. */
+/* LLM_TEST_FAULT (llm.h): "hang_after_steps=N",
+ * "fail_forward_after_steps=N" or "load_delay_ms=N"; unset or empty: no
+ * fault. */
 static int parse_fault(llm_engine *e, char *err, size_t errlen)
 {
     static const struct { const char *key; size_t len; } keys[] = {
         { "hang_after_steps=", sizeof("hang_after_steps=") - 1 },
-        { "fail_forward_after_steps=", sizeof("fail_forward_after_steps=") - 1 }
+        { "fail_forward_after_steps=", sizeof("fail_forward_after_steps=") - 1 },
+        { "load_delay_ms=", sizeof("load_delay_ms=") - 1 }
     };
     const char *v = getenv("LLM_TEST_FAULT");
     int i;
 
     e->fault_hang_after = -1;
     e->fault_fail_after = -1;
+    e->fault_load_delay_ms = 0;
     if (v == NULL || v[0] == '\0') {
         return 0;
     }
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < 3; i++) {
         if (strncmp(v, keys[i].key, keys[i].len) == 0) {
             const char *num = v + keys[i].len;
             char *end;
@@ -1554,15 +1567,17 @@ static int parse_fault(llm_engine *e, char *err, size_t errlen)
             }
             if (i == 0) {
                 e->fault_hang_after = n;
-            } else {
+            } else if (i == 1) {
                 e->fault_fail_after = n;
+            } else {
+                e->fault_load_delay_ms = n;
             }
             return 0;
         }
     }
     seterr(err, errlen, "LLM_TEST_FAULT=\"%.200s\": expected "
-           "\"hang_after_steps=N\" or \"fail_forward_after_steps=N\" with N "
-           "a non-negative integer", v);
+           "\"hang_after_steps=N\", \"fail_forward_after_steps=N\" or "
+           "\"load_delay_ms=N\" with N a non-negative integer", v);
     return -1;
 }
 

@@ -122,8 +122,9 @@ llm_engine_state llm_engine_get_state(llm_engine *e, char *err, size_t errlen);
  * Fault injection for tests: the environment variable LLM_TEST_FAULT, read
  * by llm_engine_create, may hold "hang_after_steps=N" (the engine thread
  * stops making progress after N steps, as if a kernel never returned; it
- * still honours llm_engine_destroy) or "fail_forward_after_steps=N" (every
- * forward pass after N steps fails, as a lost CUDA context would).
+ * still honours llm_engine_destroy), "fail_forward_after_steps=N" (every
+ * forward pass after N steps fails, as a lost CUDA context would) or
+ * "load_delay_ms=N" (loading takes N ms longer, as a large model's does).
  */
 /*
  * Which thread does what (engine.c): the engine thread counts steps and

@@ -53,6 +53,8 @@ static void ngx_http_llm_body_handler(ngx_http_request_t *r);
 static void ngx_http_llm_cleanup(void *data);
 static void ngx_http_llm_write_handler(ngx_http_request_t *r);
 static void ngx_http_llm_tick(ngx_event_t *ev);
+static void ngx_http_llm_start(ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_load_wait(ngx_event_t *ev);
 static void ngx_http_llm_timed_out(ngx_event_t *ev);
 static void ngx_http_llm_complete(ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_pass_out(ngx_http_llm_ctx_t *ctx,
@@ -251,7 +253,6 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
     oai_error            err;
     u_char              *body;
     size_t               len;
-    ngx_msec_t           tick;
 
     if (ctx == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -293,6 +294,75 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
         return;
     }
     ctx->n_slots = ctx->oresp.n_choices;
+
+    ngx_http_llm_start(ctx);
+}
+
+
+/*
+ * A request that arrives while this worker's engine is still loading waits
+ * for it (polling every NGX_HTTP_LLM_LOAD_POLL ms) instead of getting a 503:
+ * after "nginx -s reload" the old workers stop accepting as soon as the new
+ * ones start, so the new workers' loading time would otherwise fail every
+ * request sent during it.  The wait is bounded by llm_request_timeout, or
+ * NGX_HTTP_LLM_LOAD_WAIT without one, and ends when the worker shuts down;
+ * then the request gets the 503 "still loading" it would have got at once.
+ * /health keeps answering 503 meanwhile (readiness).
+ */
+#define NGX_HTTP_LLM_LOAD_POLL  50
+#define NGX_HTTP_LLM_LOAD_WAIT  60000
+
+static ngx_uint_t
+ngx_http_llm_should_wait(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_model_t  *model = ctx->lcf->model;
+    ngx_msec_t             limit;
+
+    if (model->engine == NULL || model->broken || ngx_exiting || ngx_quit
+        || llm_engine_get_state(model->engine, NULL, 0) != LLM_STATE_LOADING)
+    {
+        return 0;
+    }
+    if (!ctx->load_waiting) {
+        ctx->load_waiting = 1;
+        ctx->load_wait_start = ngx_current_msec;
+        return 1;
+    }
+    limit = ctx->lcf->request_timeout ? ctx->lcf->request_timeout
+                                      : NGX_HTTP_LLM_LOAD_WAIT;
+    return ngx_current_msec - ctx->load_wait_start < limit;
+}
+
+
+static void
+ngx_http_llm_load_wait(ngx_event_t *ev)
+{
+    ngx_http_llm_ctx_t  *ctx = ev->data;
+    ngx_connection_t    *c = ctx->request->connection;
+
+    ngx_http_llm_start(ctx);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* Submits a parsed request and starts its response (or its wait). */
+static void
+ngx_http_llm_start(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_request_t  *r = ctx->request;
+    oai_error            err;
+    ngx_msec_t           tick;
+
+    if (ngx_http_llm_should_wait(ctx)) {
+        /* a client that goes away meanwhile is noticed on the read event;
+         * the cleanup deletes the timer */
+        r->read_event_handler = ngx_http_test_reading;
+        ctx->tick.handler = ngx_http_llm_load_wait;
+        ctx->tick.data = ctx;
+        ctx->tick.log = r->connection->log;
+        ngx_add_timer(&ctx->tick, NGX_HTTP_LLM_LOAD_POLL);
+        return;
+    }
 
     if (ngx_http_llm_submit(ctx, &err) != NGX_OK) {
         /* submitted slots become orphans in the cleanup */

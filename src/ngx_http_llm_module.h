@@ -162,8 +162,10 @@ struct ngx_http_llm_ctx_s {
     oai_buf                   out;           /* SSE bytes not yet passed on */
     ngx_chain_t              *free;
     ngx_chain_t              *busy;
-    ngx_event_t               tick;          /* keepalive comments */
+    ngx_event_t               tick;          /* keepalive comments; before
+                                                submit: the load wait */
     ngx_event_t               timeout;       /* llm_request_timeout */
+    ngx_msec_t                load_wait_start; /* parked while loading */
     oai_error                 error;         /* the request's failure */
     ngx_queue_t               link;          /* in model->requests */
     unsigned                  parsed:1;
@@ -174,6 +176,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                  sent_since_tick:1;
     unsigned                  in_drain:1;
     unsigned                  linked:1;      /* link is in a queue */
+    unsigned                  load_waiting:1; /* load_wait_start is set */
 #if (NGX_HTTP_LLM_TIMING)
     /* CLOCK_MONOTONIC ms of the first-token path, logged at the end */
     double                    t[NGX_HTTP_LLM_T_N];

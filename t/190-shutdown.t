@@ -106,3 +106,50 @@ POST /v1/completions
 qr/\[alert\].*worker 0 exits to be replaced/
 --- no_error_log
 [error]
+
+
+
+=== TEST 5: a request sent while the engine loads waits for it (no 503)
+# After a reload the old workers stop accepting at once: requests reaching
+# a new worker before its engine is ready must wait, not fail.  The load is
+# made 3 s longer by the engine's fault injection; /health says 503
+# meanwhile (readiness), the completion waits and succeeds.
+--- main_config
+env LLM_TEST_FAULT=load_delay_ms=3000;
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m;
+--- config
+    location /v1/ { llm_pass tiny; }
+--- init
+1;  # no wait for /health: the requests below go in while the model loads
+--- request eval
+["GET /v1/health",
+ "POST /v1/completions\n" . '{"prompt":"Hi","max_tokens":2,"ignore_eos":true}',
+ "GET /v1/health"]
+--- error_code eval
+[503, 200, 200]
+--- response_body_like eval
+[qr/loading/, qr/"object":"text_completion".*"completion_tokens":2\b/s, qr/^/]
+--- timeout: 60
+--- no_error_log
+[alert]
+
+
+
+=== TEST 6: the wait is bounded by llm_request_timeout: then the 503
+--- main_config
+env LLM_TEST_FAULT=load_delay_ms=4000;
+--- http_config
+    llm_model tiny $TEST_NGINX_MODEL_DIR threads=1 kv_cache=64m;
+--- config
+    location /v1/ { llm_pass tiny; llm_request_timeout 500ms; }
+--- init
+1;  # no wait for /health
+--- request
+POST /v1/completions
+{"prompt":"Hi","max_tokens":2}
+--- error_code: 503
+--- response_body_like: the model is still loading
+--- timeout: 60
+--- no_error_log
+[alert]
