@@ -46,15 +46,8 @@
 #define ERRBODY_MAX  4096      /* bytes of a failed response kept */
 #define PROMPT_TRIES 64        /* decode/re-encode rounds per prompt */
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double) ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 #include "bench_stats.h"
+#include "client_util.h"
 
 /* Seeded generator for lengths, prompt ids and arrival times (splitmix64),
  * so two runs with one seed send the same requests at the same offsets. */
@@ -72,34 +65,6 @@ static double rng_uniform(uint64_t *s)        /* [0, 1) */
     return (double) (rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-/* ---- growable byte buffer ------------------------------------------------ */
-
-typedef struct {
-    char   *p;
-    size_t  len, cap;
-} buf;
-
-static int buf_add(buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *p;
-
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        p = realloc(b->p, cap);
-        if (p == NULL) {
-            return -1;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
 
 /* ---- failures, grouped by reason ----------------------------------------- */
 
@@ -487,26 +452,6 @@ typedef struct {
     double last_sample;
 } rss_watch;
 
-static long read_rss_kb(int pid)
-{
-    char path[64], line[256];
-    FILE *f;
-    long kb = -1;
-
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
-    f = fopen(path, "r");
-    if (f == NULL) {
-        return -1;
-    }
-    while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return kb;
-}
 
 typedef struct {
     CURLM               *multi;
@@ -920,26 +865,6 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     return 0;
 }
 
-/* Soft RLIMIT_NOFILE up to the hard limit: one socket per concurrent
- * request, and the default soft limit (1024) is below 2,000 streams. */
-static void raise_nofile(int want)
-{
-    struct rlimit rl;
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-        return;
-    }
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-            fprintf(stderr, "llm-serve-bench: setrlimit(NOFILE): %s\n", strerror(errno));
-        }
-    }
-    if ((long long) rl.rlim_cur < (long long) want + 64) {
-        fprintf(stderr, "llm-serve-bench: warning: open-file limit %llu is below "
-                "%d concurrent connections\n", (unsigned long long) rl.rlim_cur, want);
-    }
-}
 
 static void utc_now(char *out, size_t len)
 {
@@ -1057,7 +982,7 @@ int main(int argc, char **argv)
     if (max_conc > o.num_prompts) {
         max_conc = o.num_prompts;
     }
-    raise_nofile(max_conc);
+    raise_nofile("llm-serve-bench", max_conc);
     r.multi = curl_multi_init();
     if (r.multi == NULL) {
         fprintf(stderr, "llm-serve-bench: curl_multi_init failed\n");

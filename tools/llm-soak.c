@@ -64,15 +64,9 @@
 #define MAX_WORKERS    64
 #define NO_TIME        (-1.0)
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double) ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 #include "bench_stats.h"
+#include "client_util.h"
 
 static volatile sig_atomic_t interrupted;
 
@@ -102,34 +96,6 @@ static int rng_int(uint64_t *s, int lo, int hi)        /* [lo, hi] */
     return lo + (int) (rng_next(s) % (uint64_t) (hi - lo + 1));
 }
 
-/* ---- growable byte buffer ------------------------------------------------ */
-
-typedef struct {
-    char   *p;
-    size_t  len, cap;
-} buf;
-
-static int buf_add(buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *p;
-
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        p = realloc(b->p, cap);
-        if (p == NULL) {
-            return -1;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
 
 /* ---- failures, grouped by window and reason ------------------------------ */
 
@@ -402,26 +368,6 @@ static int read_pid_file(const char *path)
     return pid;
 }
 
-static long read_rss_kb(int pid)
-{
-    char path[64], line[256];
-    FILE *f;
-    long kb = -1;
-
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
-    f = fopen(path, "r");
-    if (f == NULL) {
-        return -1;
-    }
-    while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return kb;
-}
 
 /* Children of pid: /proc/PID/task/PID/children where the kernel has it,
  * else a scan of /proc for processes whose parent is pid. */
@@ -1788,24 +1734,6 @@ static int parse_args(int argc, char **argv, soak_opts *o)
     return 0;
 }
 
-static void raise_nofile(int want)
-{
-    struct rlimit rl;
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-        return;
-    }
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-            fprintf(stderr, "llm-soak: setrlimit(NOFILE): %s\n", strerror(errno));
-        }
-    }
-    if ((long long) rl.rlim_cur < (long long) want + 64) {
-        fprintf(stderr, "llm-soak: warning: open-file limit %llu is below %d "
-                "connections\n", (unsigned long long) rl.rlim_cur, want);
-    }
-}
 
 static struct curl_slist *headers(const char *auth)
 {
@@ -1892,7 +1820,7 @@ int main(int argc, char **argv)
         memset(S.deep + k + deep_levels, ']', (size_t) deep_levels);
         strcpy(S.deep + k + 2 * deep_levels, "}");
     }
-    raise_nofile(o.clients + o.quit_streams);
+    raise_nofile("llm-soak", o.clients + o.quit_streams);
     curl_multi_setopt(S.multi, CURLMOPT_MAXCONNECTS, (long) o.clients + o.quit_streams + 16);
     curl_multi_setopt(S.multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
     curl_multi_setopt(S.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
