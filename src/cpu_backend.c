@@ -8,9 +8,10 @@
  * weights stays in cache while every token passes over it).  Element-wise
  * steps run on the calling thread for small chunks and over the pool for
  * large ones.  Only the rows in batch.logit_rows go through the LM head.
- * Decode (one token) splits each matrix into 16-row blocks handed out by
- * a guided pool job, and the Q/K/V projection's blocks prefetch the K/V
- * context the layer's attention reads next.
+ * Decode (one token) splits each matrix into 16-row blocks, each thread
+ * streaming a contiguous range of them (a ranged pool job), and the Q/K/V
+ * projection's blocks prefetch the K/V context the layer's attention
+ * reads next.
  *
  * Exactness: activations, accumulations and the KV cache are f32 (the KV
  * cache in f32 costs 2x the memory of bf16 but keeps step-by-step decode
@@ -338,10 +339,10 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
 
     if (n_tok <= 1) {
         /* one pass of the decode kernel (32 KB of bf16 weights at
-         * K = 1024): the pool hands them out in runs that shrink as the
-         * matrix drains (thread_pool_run_guided), so both threads stream
-         * to the end of every matrix and wait at most one block for each
-         * other */
+         * K = 1024): each thread streams its contiguous range of blocks
+         * and steals single blocks from the back of an unfinished range
+         * (thread_pool_run_ranged), so both threads stream to the end of
+         * every matrix and wait at most one block for each other */
         return 16;
     }
     /* half of a 1 MB L2: the rest holds the token tile being streamed;
@@ -409,7 +410,7 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
         j.pf_tasks = fuse_silu ? j.tasks[1] : j.tasks[n];
     }
     if (n_tok <= 1) {
-        thread_pool_run_guided(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n],
+        thread_pool_run_ranged(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n],
                                mm_task, &j);
     } else {
         thread_pool_run(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n], mm_task,
@@ -907,7 +908,7 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
         j.block = mm_block_rows(b, &b->lm_head, bt->n_logits, b->vocab);
         j.tasks[1] = (b->vocab + j.block - 1) / j.block;
         if (bt->n_logits <= 1) {
-            thread_pool_run_guided(b->pool, j.tasks[1], mm_task, &j);
+            thread_pool_run_ranged(b->pool, j.tasks[1], mm_task, &j);
         } else {
             thread_pool_run(b->pool, j.tasks[1], mm_task, &j);
         }

@@ -24,11 +24,12 @@ int thread_pool_size(const thread_pool *p);
  * reentrant: one job at a time, from one caller thread. */
 void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
                      void *ctx);
-/* The same for many small tasks of equal cost (e.g. 16 rows of a matrix
- * each): threads claim runs of consecutive tasks, shrinking as the job
- * drains, instead of one task at a time.  Which thread runs which task
+/* The same for many small tasks of equal cost that stream memory in task
+ * order (e.g. 16 rows of a matrix each): thread i runs the i-th contiguous
+ * range of the tasks in order, then steals from the back of the ranges of
+ * threads that have not finished theirs.  Which thread runs which task
  * differs from thread_pool_run; nothing else does. */
-void thread_pool_run_guided(thread_pool *p, int n_tasks, thread_pool_fn fn,
+void thread_pool_run_ranged(thread_pool *p, int n_tasks, thread_pool_fn fn,
                             void *ctx);
 void thread_pool_destroy(thread_pool *p);
 

@@ -531,7 +531,7 @@ static void hit_task(void *ctx, int task, int thread)
 }
 
 /* Every task of every job runs exactly once, jobs back to back, plain
- * and guided (runs of tasks per claim) jobs mixed; pools are created and
+ * and ranged (contiguous ranges, stealing) jobs mixed; pools are created and
  * destroyed at once (threads the scheduler starts late must still see the
  * stop). */
 static void test_thread_pool(void)
@@ -547,7 +547,7 @@ static void test_thread_pool(void)
             hit_job j = { hits, 1 + (job * 37 + round) % (job % 3 ? 300 : 3000) };
             memset(hits, 0, sizeof(hits));
             if (job % 2) {
-                thread_pool_run_guided(p, j.n, hit_task, &j);
+                thread_pool_run_ranged(p, j.n, hit_task, &j);
             } else {
                 thread_pool_run(p, j.n, hit_task, &j);
             }
