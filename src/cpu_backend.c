@@ -913,6 +913,9 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
             thread_pool_run(b->pool, j.tasks[1], mm_task, &j);
         }
     }
+    /* the engine samples, detokenizes and publishes before the next pass:
+     * let the workers sleep rather than spin on CPUs the server needs */
+    thread_pool_park(b->pool);
     return 0;
 }
 

@@ -64,6 +64,7 @@ struct thread_pool {
     task_range           *ranges;     /* [n_threads], ranged jobs */
     atomic_uint           wake;       /* futex word: bumped per job */
     atomic_int            sleepers;
+    atomic_int            parked;     /* thread_pool_park: sleep, no spin */
     /* join */
     atomic_uint           done;       /* tasks finished in the current job */
     atomic_int            caller_sleeping;
@@ -190,7 +191,8 @@ static void *worker_main(void *arg)
         unsigned w;
         while ((w = atomic_load_explicit(&p->wake, memory_order_acquire))
                == seen && !atomic_load(&p->stop)) {
-            if (++spins < SPIN_ITERS) {
+            if (++spins < SPIN_ITERS
+                && !atomic_load_explicit(&p->parked, memory_order_relaxed)) {
                 cpu_relax();
                 continue;
             }
@@ -284,6 +286,7 @@ static void run_job(thread_pool *p, int n_tasks, thread_pool_fn fn, void *ctx,
                                   memory_order_relaxed);
         }
     }
+    atomic_store_explicit(&p->parked, 0, memory_order_relaxed);
     /* release: the ranges, fn and ctx are visible to whoever sees gen */
     atomic_store_explicit(&p->job, (ranged ? RANGED : 0) | (gen << GEN_SHIFT)
                                        | ((uint64_t) n_tasks << N_SHIFT),
@@ -354,6 +357,11 @@ void thread_pool_run_ranged(thread_pool *p, int n_tasks, thread_pool_fn fn,
                             void *ctx)
 {
     run(p, n_tasks, fn, ctx, 1);
+}
+
+void thread_pool_park(thread_pool *p)
+{
+    atomic_store_explicit(&p->parked, 1, memory_order_relaxed);
 }
 
 void thread_pool_destroy(thread_pool *p)

@@ -31,6 +31,12 @@ void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
  * differs from thread_pool_run; nothing else does. */
 void thread_pool_run_ranged(thread_pool *p, int n_tasks, thread_pool_fn fn,
                             void *ctx);
+/* Idle workers stop spinning and sleep at once, until the next job: the
+ * caller says so when no fork follows soon (the end of a forward pass),
+ * so the pool does not hold CPUs the rest of the process (the event loop
+ * sending the tokens just made) needs.  The next job wakes them through
+ * the futex: a few microseconds once per pass. */
+void thread_pool_park(thread_pool *p);
 void thread_pool_destroy(thread_pool *p);
 
 #endif
