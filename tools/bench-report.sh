@@ -3,12 +3,19 @@
 # runs) into docs/benchmarks-serving.md and SVG charts in docs/.
 #
 #   tools/bench-report.sh [RESULTS_DIR]   (default: newest bench/results/*/)
+#   BENCH_REPORT_DOC=<file.md>  (default docs/benchmarks-serving.md; the
+#   charts go next to it, the hand-written part below the marker is kept)
 #
-# Tables: every run of the matrix (offline engine and through nginx), the
-# overhead of nginx against the offline engine (throughput ratio and TTFT
-# difference at p50; bars: >= 97 %, <= 1 ms), and the 2,000-connection
-# scale check with the worker's memory.  Charts (gnuplot): output
-# throughput vs concurrency, TTFT and TPOT percentiles vs concurrency.
+# Tables: the matrix (offline engine and through nginx; with repeats, the
+# repeat with the median output tok/s of each mode/model/concurrency), the
+# overhead of nginx against the offline engine (per interleaved pair r the
+# ratio nginx/offline of output tok/s and the TTFT p50 difference; the table
+# gives the median over the pairs and the min-max range; bars: >= 97 %,
+# <= 1 ms), and the 2,000-connection scale check with the worker's memory.
+# Charts (gnuplot, median runs): output throughput vs concurrency, TTFT and
+# TPOT percentiles vs concurrency.  Result files are
+# <mode>-<model>-c<conc>.r<repeat>.json; older directories with one run
+# each (<mode>-<model>-c<conc>.json) render as one repeat.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,8 +26,9 @@ RES=${RES%/}
     echo "bench-report: no results (run make bench first, or pass a results dir)" >&2
     exit 1
 }
-DOC=docs/benchmarks-serving.md
-mkdir -p docs
+DOC=${BENCH_REPORT_DOC:-docs/benchmarks-serving.md}
+CHARTS=$(dirname "$DOC")
+mkdir -p "$CHARTS"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -33,25 +41,40 @@ fi
 meta() { jq -r ".$1 // \"?\"" "$RES/meta.json"; }
 num() { printf "%.${2:-1}f" "$1"; }
 
-# One TSV row per matrix run:
-# mode model c n failed out_tps tot_tps req_s ttft50 ttft90 ttft99 tpot50 tpot90 tpot99 itl50 e2e50 load
+# One TSV row per matrix run (all repeats):
+# mode model c n failed out_tps tot_tps req_s ttft50 ttft90 ttft99 tpot50 tpot90 tpot99 itl50 e2e50 load repeat
 for f in "$RES"/offline-*-c*.json "$RES"/nginx-*-c*.json; do
     [ -f "$f" ] || continue
-    b=$(basename "$f" .json)
-    mode=${b%%-*}
-    rest=${b#*-}
+    b=$(basename "$f" .json)          # offline-tiny-c1.r2, or offline-tiny-c1 (one run)
+    run=${b%.r*}
+    r=1
+    [ "$run" = "$b" ] || r=${b##*.r}
+    mode=${run%%-*}
+    rest=${run#*-}
     model=${rest%-c*}
     c=${rest##*-c}
     load=$(awk -F'\t' -v r="$b" '$1 == r {split($2, a, " "); print a[1]}' "$RES/runs.tsv" 2>/dev/null)
-    jq -r --arg mode "$mode" --arg model "$model" --arg c "$c" --arg load "${load:-?}" \
+    jq -r --arg mode "$mode" --arg model "$model" --arg c "$c" --arg load "${load:-?}" --arg r "$r" \
        '[$mode, $model, ($c | tonumber), .num_prompts, (.failed // (.num_prompts - .completed)),
          .output_throughput, .total_token_throughput, .request_throughput,
          .median_ttft_ms, .p90_ttft_ms, .p99_ttft_ms,
-         .median_tpot_ms, .p90_tpot_ms, .p99_tpot_ms, .median_itl_ms, .median_e2e_ms, $load]
+         .median_tpot_ms, .p90_tpot_ms, .p99_tpot_ms, .median_itl_ms, .median_e2e_ms, $load,
+         ($r | tonumber)]
         | @tsv' "$f"
-done | sort -t$'\t' -k2,2 -k1,1r -k3,3n > "$TMP/runs.tsv"
+done | sort -t$'\t' -k2,2 -k1,1r -k3,3n -k18,18n > "$TMP/all.tsv"
 
-[ -s "$TMP/runs.tsv" ] || { echo "bench-report: no run results in $RES" >&2; exit 1; }
+[ -s "$TMP/all.tsv" ] || { echo "bench-report: no run results in $RES" >&2; exit 1; }
+
+# The median run of each mode/model/concurrency by output tok/s (the lower
+# middle one for an even count): the tables and charts show whole runs, so
+# their percentiles stay those of one real run.
+sort -t$'\t' -k2,2 -k1,1r -k3,3n -k6,6g "$TMP/all.tsv" | awk -F'\t' '
+    function flush() { if (n) print row[int((n + 1) / 2)]; n = 0 }
+    { k = $1 FS $2 FS $3; if (k != last) flush(); last = k; row[++n] = $0 }
+    END { flush() }' | sort -t$'\t' -k2,2 -k1,1r -k3,3n > "$TMP/runs.tsv"
+REPEATS=$(awk -F'\t' '{ n[$1 FS $2 FS $3]++ }
+    END { for (k in n) { if (!lo || n[k] < lo) lo = n[k]; if (n[k] > hi) hi = n[k] }
+          print (lo == hi) ? lo : lo "-" hi }' "$TMP/all.tsv")
 MODELS=$(cut -f2 "$TMP/runs.tsv" | sort -u -r)
 
 model_desc() {
@@ -116,17 +139,17 @@ set grid
 set key below
 set xlabel 'concurrency'
 
-set output 'docs/bench-throughput.$FMT'
+set output '$CHARTS/bench-throughput.$FMT'
 set title 'Output tokens/s vs concurrency (CPU, $(meta cpus) cores)'
 set ylabel 'output tokens/s'
 plot $(plot_list 2)
 
-set output 'docs/bench-ttft.$FMT'
+set output '$CHARTS/bench-ttft.$FMT'
 set title 'Time to first token, p50 and p99'
 set ylabel 'TTFT (ms)'
 plot $(pct_list 3 5)
 
-set output 'docs/bench-tpot.$FMT'
+set output '$CHARTS/bench-tpot.$FMT'
 set title 'Time per output token, p50 and p99'
 set ylabel 'TPOT (ms)'
 plot $(pct_list 6 8)
@@ -146,6 +169,7 @@ echo "| date | $(meta date) |"
 echo "| load average (1/5/15 min) | start $(meta load_at_start), end $(meta load_at_end) |"
 echo "| server | $(meta nginx), 1 worker, \`threads=$(meta threads) kv_cache=$(meta kv_cache)\` |"
 echo "| matrix wall time | $(meta wall_s) s |"
+echo "| repeats (interleaved offline/nginx pairs per row) | $REPEATS |"
 echo
 echo "Offline: \`llm-bench\` drives the engine in-process (random token-id prompts)."
 echo "Through nginx: \`llm-serve-bench\` streams \`/v1/completions\` over HTTP/1.1 with"
@@ -154,7 +178,9 @@ echo "\`ignore_eos\`, greedy sampling.  Both count time from submission; neither
 echo "warm-up.  TTFT through nginx also holds the loopback HTTP round trip, request"
 echo "parsing and the prompt's tokenization (offline submits token ids).  Each row's"
 echo "load is the 1-minute load average before the run: on a loaded machine the"
-echo "numbers are noise-bound; compare rows taken together."
+echo "numbers are noise-bound; compare rows taken together.  With repeats, each"
+echo "row is the repeat with the median output tok/s of that mode, model and"
+echo "concurrency (the lower middle one for an even count)."
 echo
 echo "Reproduce: \`make bench && make bench-report\`; every command with its full"
 echo "output is in \`${RES}/bench.log\`, per-run wall times and loads in \`runs.tsv\`."
@@ -183,22 +209,53 @@ echo
 echo "Bars: through nginx, output throughput >= 97 % of the offline engine's at"
 echo "concurrency 1 and 64; TTFT at p50 at most 1 ms above the offline engine's."
 echo
-echo "| model | conc | offline tok/s | nginx tok/s | ratio | >= 97 % | offline TTFT p50 ms | nginx TTFT p50 ms | difference ms | <= 1 ms |"
-echo "| --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | :---: |"
+echo "How it is computed: \`make bench\` runs each row as interleaved pairs (offline"
+echo "run r, then the same load through nginx, r = 1..N, one server up across the"
+echo "pairs), so both sides of a pair see the same background load.  Per pair:"
+echo "ratio = nginx output tok/s / offline output tok/s, difference = nginx TTFT"
+echo "p50 - offline TTFT p50.  *ratio* and *difference* are the medians over the N"
+echo "pairs (the mean of the two middle ones for an even N), the bars are judged"
+echo "on them, and *range* is the smallest and largest pair; the tok/s and TTFT"
+echo "columns are each side's own median over the N runs.  A single pair swings"
+echo "by about +-12 % on a shared 2-vCPU machine."
+if [ "$(meta repeat)" = "?" ]; then
+    echo
+    echo "These results predate repeats (no \`repeat\` in meta.json): one run per"
+    echo "row, all offline runs of a model before its nginx runs, not interleaved."
+fi
+echo
+echo "| model | conc | pairs | offline tok/s | nginx tok/s | ratio | ratio range | >= 97 % | offline TTFT p50 ms | nginx TTFT p50 ms | difference ms | difference range ms | <= 1 ms |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | :---: |"
 for m in $MODELS; do
-    for c in $(awk -F'\t' -v m="$m" '$2 == m {print $3}' "$TMP/runs.tsv" | sort -nu); do
+    for c in $(awk -F'\t' -v m="$m" '$2 == m {print $3}' "$TMP/all.tsv" | sort -nu); do
+        # pairs: offline run r against nginx run r
         awk -F'\t' -v m="$m" -v c="$c" '
-            $2 == m && $3 == c && $1 == "offline" { ot = $6; of = $9; ho = 1 }
-            $2 == m && $3 == c && $1 == "nginx"   { nt = $6; nf = $9; hn = 1 }
+            function med(a, n,    i, j, t) {   # sorts a[1..n] in place
+                for (i = 2; i <= n; i++)
+                    for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $2 == m && $3 == c && $1 == "offline" { ot[$18] = $6; of[$18] = $9 }
+            $2 == m && $3 == c && $1 == "nginx"   { nt[$18] = $6; nf[$18] = $9 }
             END {
-                if (!ho || !hn) exit
-                r = ot > 0 ? 100 * nt / ot : 0
-                d = nf - of
+                n = 0
+                for (r in ot) {
+                    if (!(r in nt)) continue
+                    n++
+                    R[n] = ot[r] > 0 ? 100 * nt[r] / ot[r] : 0
+                    D[n] = nf[r] - of[r]
+                    Ot[n] = ot[r]; Nt[n] = nt[r]; Of[n] = of[r]; Nf[n] = nf[r]
+                }
+                if (!n) exit
+                r = med(R, n); d = med(D, n)
+                rr = n > 1 ? sprintf("%.1f to %.1f %%", R[1], R[n]) : "-"
+                dr = n > 1 ? sprintf("%+.2f to %+.2f", D[1], D[n]) : "-"
                 bar = (c == 1 || c == 64)
-                printf "| %s | %d | %.1f | %.1f | %.1f %% | %s | %.2f | %.2f | %+.2f | %s |\n",
-                       m, c, ot, nt, r, bar ? (r >= 97 ? "yes" : "**no**") : "-",
-                       of, nf, d, d <= 1 ? "yes" : "**no**"
-            }' "$TMP/runs.tsv"
+                printf "| %s | %d | %d | %.1f | %.1f | %.1f %% | %s | %s | %.2f | %.2f | %+.2f | %s | %s |\n",
+                       m, c, n, med(Ot, n), med(Nt, n), r, rr,
+                       bar ? (r >= 97 ? "yes" : "**no**") : "-",
+                       med(Of, n), med(Nf, n), d, dr, d <= 1 ? "yes" : "**no**"
+            }' "$TMP/all.tsv"
     done
 done
 
@@ -238,4 +295,4 @@ if [ -s "$TMP/kept.md" ]; then
 fi
 } > "$DOC"
 
-echo "bench-report: wrote $DOC and docs/bench-{throughput,ttft,tpot}.$FMT from $RES" >&2
+echo "bench-report: wrote $DOC and $CHARTS/bench-{throughput,ttft,tpot}.$FMT from $RES" >&2

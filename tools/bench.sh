@@ -7,17 +7,28 @@
 # model of Qwen3-0.6B's shape (load_format=dummy) -- and each concurrency
 # (1, 4, 16, 64), it runs the offline engine (BUILD/bin/llm-bench) and the
 # same load through nginx with the module (BUILD/bin/llm-serve-bench against
-# a server started on a free port under a temporary prefix).  Then the
-# scale check: 2,000 concurrent streaming requests on the tiny model, with
-# the worker's RSS before, at the peak and after.
+# a server started on a free port under a temporary prefix), BENCH_REPEAT
+# times as interleaved pairs: offline r1, nginx r1, offline r2, nginx r2, ...
+# A single pair swings by +-12 % on a shared 2-vCPU VM; interleaving puts
+# both sides of a pair under the same background load, and bench-report.sh
+# takes the median over the pairs.  One server per model stays up across
+# the repeats (its worker is idle during the offline runs; runs.tsv records
+# the worker's CPU seconds per run to show it).  Then the scale check:
+# 2,000 concurrent streaming requests on the tiny model, with the worker's
+# RSS before, at the peak and after.
 #
-# Results: bench/results/<UTC date>-<commit>/ (one JSON per run, meta.json
-# with machine, commit, load averages).  `make bench-report` renders them.
+# Results: bench/results/<UTC date>-<commit>/ (one JSON per run, named
+# <offline|nginx>-<model>-c<concurrency>.r<repeat>.json; meta.json with
+# machine, commit, repeats, load averages; runs.tsv; bench.log).
+# `make bench-report` renders them.
 #
-# Sizes are chosen so that the matrix takes about 10 minutes on a quiet
-# 2-core machine; environment variables override them:
-#   BENCH_MODELS="tiny q06"  BENCH_CONCURRENCY="1 4 16 64"  BENCH_SCALE=2000
-#   (0 skips the scale check)  BENCH_THREADS=<CPU threads, default: cores>
+# Sizes: one pass of the matrix takes about 1.5 minutes on a quiet 2-core
+# machine, so the default BENCH_REPEAT=3 for both models (tiny and q06)
+# keeps the whole matrix near 4-5 minutes, well under 12.  Environment
+# variables override them:
+#   BENCH_MODELS="tiny q06"  BENCH_CONCURRENCY="1 4 16 64"  BENCH_REPEAT=3
+#   BENCH_SCALE=2000 (0 skips the scale check)
+#   BENCH_THREADS=<CPU threads, default: cores>
 #   BENCH_OUT=<results dir>  TEST_NGINX_BINARY=<nginx>  BENCH_KV=<kv_cache>
 set -euo pipefail
 
@@ -31,6 +42,10 @@ CLIENT=$BUILD/bin/llm-serve-bench
 MODELS=${BENCH_MODELS:-tiny q06}
 CONCURRENCY=${BENCH_CONCURRENCY:-1 4 16 64}
 SCALE=${BENCH_SCALE:-2000}
+REPEAT=${BENCH_REPEAT:-3}
+case $REPEAT in
+''|*[!0-9]*|0) echo "bench.sh: BENCH_REPEAT must be a positive integer" >&2; exit 2 ;;
+esac
 THREADS=${BENCH_THREADS:-$(nproc)}
 # One KV pool size for both sides, large enough that c=64 of the 0.6B
 # shape never preempts (28 layers x 8 KV heads x 128 x K+V in float32 is
@@ -78,10 +93,13 @@ jq -n --arg commit "$COMMIT" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
       --arg nginx "$("$NGINX" -v 2>&1 | sed 's/.*version: //')" \
       --argjson threads "$THREADS" --arg kv "$KV" --arg load "$(loadavg)" \
       --arg mem "$(free -g | awk '/^Mem:/ {print $2 " GiB"}')" \
+      --argjson repeat "$REPEAT" \
       '{commit: $commit, date: $date, cpu_model: $cpu, cpus: $cpus, memory: $mem,
         kernel: $kernel, nginx: $nginx, threads: $threads, kv_cache: $kv,
-        load_at_start: $load}' > "$OUT/meta.json"
-printf 'run\tload_before\tload_after\twall_s\n' > "$OUT/runs.tsv"
+        repeat: $repeat, load_at_start: $load}' > "$OUT/meta.json"
+# server_cpu_s: CPU seconds the nginx worker used during the run ("-" when
+# no server is up); near 0 for offline runs means the idle server stayed idle
+printf 'run\tload_before\tload_after\twall_s\tserver_cpu_s\n' > "$OUT/runs.tsv"
 
 # ---- nginx ----------------------------------------------------------------------
 NGX_PREFIX=""
@@ -174,17 +192,32 @@ worker_pid() {
     echo "${w:-$NGX_PID}"
 }
 
-# run NAME CMD...: one benchmark run, its load and wall time recorded
+CLK_TCK=$(getconf CLK_TCK)
+
+# worker_cpu_ticks: user + system ticks of the nginx worker, "-" without one
+# (the comm field "(nginx: worker process)" holds spaces: cut after the ')')
+worker_cpu_ticks() {
+    [ -n "$NGX_PID" ] || { echo -; return 0; }
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$(worker_pid)/stat" 2>/dev/null || echo -
+}
+
+# run NAME CMD...: one benchmark run, its load, wall time and the server
+# worker's CPU time recorded
 run() {
-    local name=$1 t0 lb la rc=0
+    local name=$1 t0 lb la c0 c1 cpu=- rc=0
     shift
     lb=$(loadavg)
+    c0=$(worker_cpu_ticks)
     t0=$(date +%s.%N)
     say "$name: $*"
     "$@" >> "$LOG" 2>&1 || rc=$?
     la=$(loadavg)
-    printf '%s\t%s\t%s\t%s\n' "$name" "$lb" "$la" \
-        "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')" >> "$OUT/runs.tsv"
+    c1=$(worker_cpu_ticks)
+    if [ "$c0" != - ] && [ "$c1" != - ]; then
+        cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / t}')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$lb" "$la" \
+        "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')" "$cpu" >> "$OUT/runs.tsv"
     [ $rc = 0 ] || say "$name: exit status $rc (see $LOG)"
     return 0
 }
@@ -200,22 +233,22 @@ for m in $MODELS; do
     dummy=()
     [ "$fmt" = dummy ] && dummy=(--load-format dummy)
 
-    for c in $CONCURRENCY; do
-        n=$(model_prompts "$m" "$c")
-        run "offline-$m-c$c" "$OFFLINE" "$dir" "${dummy[@]}" --threads "$THREADS" \
-            --kv-cache-bytes "$KV_BYTES" --input-len "$in" --output-len "$outlen" \
-            --num-prompts "$n" --concurrency "$c" --json "$OUT/offline-$m-c$c.json"
-    done
-
     start_nginx "$m" "$dir" "$fmt"
     say "nginx $NGX_PID (worker $(worker_pid)) on port $PORT serving $m"
     for c in $CONCURRENCY; do
         n=$(model_prompts "$m" "$c")
-        run "nginx-$m-c$c" "$CLIENT" --base-url "http://127.0.0.1:$PORT" --model "$m" \
-            --tokenizer "$dir" --endpoint completions --input-len "$in" \
-            --output-len "$outlen" --num-prompts "$n" --max-concurrency "$c" \
-            --label "nginx-$m-c$c" --metadata "mode=nginx" --metadata "model_key=$m" \
-            --metadata "load=$(loadavg)" --json "$OUT/nginx-$m-c$c.json"
+        # interleaved pairs: both sides of pair r see the same background load
+        for r in $(seq "$REPEAT"); do
+            run "offline-$m-c$c.r$r" "$OFFLINE" "$dir" "${dummy[@]}" --threads "$THREADS" \
+                --kv-cache-bytes "$KV_BYTES" --input-len "$in" --output-len "$outlen" \
+                --num-prompts "$n" --concurrency "$c" --json "$OUT/offline-$m-c$c.r$r.json"
+            run "nginx-$m-c$c.r$r" "$CLIENT" --base-url "http://127.0.0.1:$PORT" --model "$m" \
+                --tokenizer "$dir" --endpoint completions --input-len "$in" \
+                --output-len "$outlen" --num-prompts "$n" --max-concurrency "$c" \
+                --label "nginx-$m-c$c.r$r" --metadata "mode=nginx" --metadata "model_key=$m" \
+                --metadata "repeat=$r" --metadata "load=$(loadavg)" \
+                --json "$OUT/nginx-$m-c$c.r$r.json"
+        done
     done
     if [ "$m" = tiny ] && [ "$SCALE" -gt 0 ]; then
         w=$(worker_pid)
