@@ -352,20 +352,13 @@ AVX2_TARGET static void matmul_avx2(const kern_matrix *w, int r0, int r1,
 BF16_TARGET INLINE void bf16_step(__m512 acc[8][6], const uint16_t *W, size_t K,
                                   int r, int R, const uint16_t *XH,
                                   const uint16_t *XL, int LO, int t, int T,
-                                  size_t k, __mmask32 m, int PF)
+                                  size_t k, __mmask32 m)
 {
     __m512i wv[8];
 
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
         wv[i] = _mm512_maskz_loadu_epi16(m, W + (size_t) (r + i) * K + k);
-        if (PF) {
-            /* decode streams the weights once: ask for the same line of
-             * the next tile's rows now, so DRAM latency overlaps this
-             * tile's work (a prefetch past the matrix end is harmless) */
-            _mm_prefetch((const char *) (W + (size_t) (r + R + i) * K + k),
-                         _MM_HINT_T0);
-        }
     }
 #pragma GCC unroll 6
     for (int j = 0; j < T; j++) {
@@ -403,8 +396,7 @@ BF16_TARGET INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
 
 BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
                                   const uint16_t *XH, const uint16_t *XL,
-                                  int LO, int t, int T, float *y, size_t ldy,
-                                  int PF)
+                                  int LO, int t, int T, float *y, size_t ldy)
 {
     __m512 acc[8][6];
     size_t k = 0;
@@ -417,11 +409,11 @@ BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
         }
     }
     for (; k + 32 <= K; k += 32) {
-        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u, PF);
+        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u);
     }
     if (k < K) {
         bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k,
-                  (__mmask32) ((1ULL << (K - k)) - 1), PF);
+                  (__mmask32) ((1ULL << (K - k)) - 1));
     }
 #pragma GCC unroll 6
     for (int j = 0; j < T; j++) {
@@ -439,6 +431,68 @@ BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
     }
 }
 
+/* Decode (one token), 4 rows per pass: per row the same order as
+ * bf16_tile (hi then lo per 32-k step, masked tail, reduce4), written out
+ * so the loop is four loads, four prefetches and four or eight dot
+ * products with nothing else in it.  Each load's line of the next pass's
+ * row (4 rows on) is prefetched: on the development machine (2 threads
+ * streaming 1.2 GB, K = 1024, 2048, 3072) that keeps 85-95% of a plain
+ * read stream, where 8 or 16 rows per pass, or a prefetch at any other
+ * distance than exactly one pass ahead, kept 55-75%. */
+BF16_TARGET INLINE void bf16_rows4(const uint16_t *W, size_t K, int r,
+                                   const uint16_t *XH, const uint16_t *XL,
+                                   int LO, float *y)
+{
+    const uint16_t *w0 = W + (size_t) r * K, *w1 = w0 + K, *w2 = w1 + K,
+                   *w3 = w2 + K;
+    size_t ahead = 4 * K;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t k = 0;
+
+#define ROWS4_STEP(LOAD)                                                     \
+    do {                                                                     \
+        __m512bh h = (__m512bh) LOAD(XH + k);         \
+        __m512bh v0 = (__m512bh) LOAD(w0 + k);        \
+        __m512bh v1 = (__m512bh) LOAD(w1 + k);        \
+        __m512bh v2 = (__m512bh) LOAD(w2 + k);        \
+        __m512bh v3 = (__m512bh) LOAD(w3 + k);        \
+        /* keep the four rows in registers: without this GCC loads each \
+         * one again for the lo products */                             \
+        __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));           \
+        _mm_prefetch((const char *) (w0 + ahead + k), _MM_HINT_T0);          \
+        _mm_prefetch((const char *) (w1 + ahead + k), _MM_HINT_T0);          \
+        _mm_prefetch((const char *) (w2 + ahead + k), _MM_HINT_T0);          \
+        _mm_prefetch((const char *) (w3 + ahead + k), _MM_HINT_T0);          \
+        a0 = _mm512_dpbf16_ps(a0, v0, h);                                    \
+        a1 = _mm512_dpbf16_ps(a1, v1, h);                                    \
+        a2 = _mm512_dpbf16_ps(a2, v2, h);                                    \
+        a3 = _mm512_dpbf16_ps(a3, v3, h);                                    \
+        if (LO) {                                                            \
+            __m512bh l = (__m512bh) LOAD(XL + k);     \
+            a0 = _mm512_dpbf16_ps(a0, v0, l);                                \
+            a1 = _mm512_dpbf16_ps(a1, v1, l);                                \
+            a2 = _mm512_dpbf16_ps(a2, v2, l);                                \
+            a3 = _mm512_dpbf16_ps(a3, v3, l);                                \
+        }                                                                    \
+    } while (0)
+
+    /* full steps with plain loads (measured: masked loads with a full
+     * mask cost ~10% of the stream here), the tail with a masked one */
+#define FULL_LOAD(p) _mm512_loadu_si512((const void *) (p))
+#define TAIL_LOAD(p) _mm512_maskz_loadu_epi16(tail, (p))
+    for (; k + 32 <= K; k += 32) {
+        ROWS4_STEP(FULL_LOAD);
+    }
+    if (k < K) {
+        __mmask32 tail = (__mmask32) ((1ULL << (K - k)) - 1);
+        ROWS4_STEP(TAIL_LOAD);
+    }
+#undef FULL_LOAD
+#undef TAIL_LOAD
+#undef ROWS4_STEP
+    _mm_storeu_ps(y + r, reduce4(a0, a1, a2, a3));
+}
+
 BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
                                          const kern_acts *a, int LO, int t0,
                                          int t1, float *y, size_t ldy)
@@ -447,17 +501,14 @@ BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
     const uint16_t *W = w->data, *XH = a->hi, *XL = a->lo;
 
     if (t1 - t0 == 1) {
-        /* decode: 4 rows per pass, each prefetching the same line of the
-         * next pass's rows.  Measured on the development machine (2
-         * threads streaming 1.2 GB, K = 1024, 2048, 3072): 90-95% of a
-         * plain read stream; 8 or 16 rows per pass, or a prefetch at any
-         * other distance than exactly one pass ahead, 55-75% */
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
-            bf16_tile(W, K, r, 4, XH, XL, LO, t0, 1, y, ldy, 1);
+            bf16_rows4(W, K, r, XH + (size_t) t0 * K,
+                       LO ? XL + (size_t) t0 * K : NULL, LO,
+                       y + (size_t) t0 * ldy);
         }
         for (; r < r1; r++) {
-            bf16_tile(W, K, r, 1, XH, XL, LO, t0, 1, y, ldy, 0);
+            bf16_tile(W, K, r, 1, XH, XL, LO, t0, 1, y, ldy);
         }
         return;
     }
@@ -466,17 +517,17 @@ BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
             switch (nt) {
-            case 6: bf16_tile(W, K, r, 4, XH, XL, LO, t, 6, y, ldy, 0); break;
-            case 5: bf16_tile(W, K, r, 4, XH, XL, LO, t, 5, y, ldy, 0); break;
-            case 4: bf16_tile(W, K, r, 4, XH, XL, LO, t, 4, y, ldy, 0); break;
-            case 3: bf16_tile(W, K, r, 4, XH, XL, LO, t, 3, y, ldy, 0); break;
-            case 2: bf16_tile(W, K, r, 4, XH, XL, LO, t, 2, y, ldy, 0); break;
-            default: bf16_tile(W, K, r, 4, XH, XL, LO, t, 1, y, ldy, 0); break;
+            case 6: bf16_tile(W, K, r, 4, XH, XL, LO, t, 6, y, ldy); break;
+            case 5: bf16_tile(W, K, r, 4, XH, XL, LO, t, 5, y, ldy); break;
+            case 4: bf16_tile(W, K, r, 4, XH, XL, LO, t, 4, y, ldy); break;
+            case 3: bf16_tile(W, K, r, 4, XH, XL, LO, t, 3, y, ldy); break;
+            case 2: bf16_tile(W, K, r, 4, XH, XL, LO, t, 2, y, ldy); break;
+            default: bf16_tile(W, K, r, 4, XH, XL, LO, t, 1, y, ldy); break;
             }
         }
         for (; r < r1; r++) {
             for (int j = 0; j < nt; j++) {
-                bf16_tile(W, K, r, 1, XH, XL, LO, t + j, 1, y, ldy, 0);
+                bf16_tile(W, K, r, 1, XH, XL, LO, t + j, 1, y, ldy);
             }
         }
     }
