@@ -807,12 +807,17 @@ ngx_http_llm_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_llm_postconfiguration(ngx_conf_t *cf)
 {
-#if (NGX_THREADS)
     ngx_http_llm_main_conf_t  *mcf;
 
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    /* every worker's engine stats, so that one scrape reports them all */
+    if (mcf->models.nelts > 0 && ngx_http_llm_metrics_zone(cf, mcf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+#if (NGX_THREADS)
     /* /tokenize and /detokenize work on nginx's "default" thread pool
      * (created here unless the configuration declares it) */
-    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
     if (mcf->models.nelts > 0) {
         mcf->thread_pool = ngx_thread_pool_add(cf, NULL);
         if (mcf->thread_pool == NULL) {
@@ -862,6 +867,19 @@ ngx_http_llm_init_module(ngx_cycle_t *cycle)
     }
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
     models = mcf->models.elts;
+
+    /* the metrics zone was sized when the http block ended; a
+     * worker_processes after it can ask for more workers than that */
+    if (mcf->metrics_zone != NULL
+        && ccf->worker_processes > mcf->metrics_workers)
+    {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "llm: the /metrics zone has room for workers 0-%i "
+                      "(worker_processes %i comes after the http block): "
+                      "the others appear only in the scrapes they answer "
+                      "themselves; put worker_processes before http {}",
+                      mcf->metrics_workers - 1, ccf->worker_processes);
+    }
 
     /* a GPU belongs to one worker: worker i takes cuda:i with device=cuda,
      * or the i-th entry of devices= */
@@ -1007,6 +1025,9 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
             /* the worker stays up; /health and requests answer 503 */
         }
     }
+    /* this worker's slots now: a replacement (after a crash or the
+     * watchdog) takes over its index at once */
+    ngx_http_llm_metrics_publish(mcf);
     return NGX_OK;
 }
 
@@ -1020,6 +1041,8 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
     if (mcf == NULL || mcf->models.nelts == 0) {
         return;
     }
+    /* before the engines go: no scrape shows this worker after it */
+    ngx_http_llm_metrics_retire(mcf);
     ngx_http_llm_bridge_exit(cycle, mcf);
 }
 

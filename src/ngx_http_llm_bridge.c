@@ -13,7 +13,8 @@
  * batch from llm_engine_ready() holds borrowed pointers, so nothing may be
  * released while a batch is being walked.
  *
- * The watchdog, a timer once a second, reads each engine's heartbeat.  An
+ * The watchdog, a timer once a second, also refreshes this worker's
+ * /metrics snapshots in shared memory, and reads each engine's heartbeat.  An
  * engine that has work but finished no step for watchdog= (a kernel that
  * never returns, a deadlock), or that went to LLM_STATE_FAILED after it had
  * served (a lost CUDA context, repeated forward failures), cannot recover
@@ -108,7 +109,8 @@ ngx_http_llm_orphan(ngx_http_llm_main_conf_t *mcf, ngx_http_llm_slot_t *slot)
  * cudaGetDeviceCount does not show; /health answers 503 with the reason).
  */
 static void
-ngx_http_llm_report_load(ngx_http_llm_model_t *m, ngx_log_t *log)
+ngx_http_llm_report_load(ngx_http_llm_main_conf_t *mcf,
+    ngx_http_llm_model_t *m, ngx_log_t *log)
 {
     char            err[LLM_ERR_MAX];
     llm_model_info  info;
@@ -118,6 +120,9 @@ ngx_http_llm_report_load(ngx_http_llm_model_t *m, ngx_log_t *log)
     case LLM_STATE_LOADING:
         return;
     case LLM_STATE_READY:
+        /* scrapes answered by other workers see the loaded engine (its
+         * KV blocks) from the moment this line is in error_log */
+        ngx_http_llm_metrics_publish(mcf);
         llm_engine_model_info(m->engine, &info);
         ngx_log_error(NGX_LOG_NOTICE, log, 0,
                       "llm_model \"%V\": worker %ui serves on %s "
@@ -261,6 +266,8 @@ ngx_http_llm_watchdog(ngx_event_t *ev)
         }
     }
 
+    /* a scrape answered by another worker reads these snapshots */
+    ngx_http_llm_metrics_publish(mcf);
     ngx_add_timer(ev, NGX_HTTP_LLM_WATCHDOG_TICK);
 }
 
@@ -293,7 +300,7 @@ ngx_http_llm_wakeup(ngx_event_t *rev)
             continue;
         }
         if (!models[m].load_reported) {
-            ngx_http_llm_report_load(&models[m], rev->log);
+            ngx_http_llm_report_load(mcf, &models[m], rev->log);
         }
         if (models[m].broken) {
             continue;      /* its requests are failed and orphaned */

@@ -1,16 +1,19 @@
 /*
  * The small endpoints: GET .../models, GET /health, GET /metrics (Prometheus
- * text with vLLM's metric names under the "llm:" prefix), GET /version,
+ * text with vLLM's metric names under the "llm:" prefix, every worker's
+ * engines through a shared zone of per-worker snapshots), GET /version,
  * POST /tokenize and /detokenize (vLLM's request and response shapes).
  * Also the helpers the generation path shares: the request body as one
  * buffer and the "model" field check.
  */
 #include "ngx_http_llm_module.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NGX_HTTP_LLM_VERSION  "0.1.0"
 
@@ -207,17 +210,297 @@ ngx_http_llm_version(ngx_http_request_t *r)
 /* ---- metrics ------------------------------------------------------------ */
 
 /*
- * Every series is labelled with the model, this worker's device and the
- * worker's index: behind one port each scrape reaches one worker, and with
- * worker_processes N (one GPU each) the labels keep the N engines' series
- * apart instead of one series jumping between them.
+ * Every series is labelled with the model, the engine's device and the
+ * worker's index: with worker_processes N (one GPU each) a scrape reports
+ * the N engines, and the labels keep their series apart.
  */
 typedef struct {
-    ngx_http_llm_model_t  *model;
+    ngx_http_llm_model_t  *model;        /* NULL ends the list */
     llm_stats              stats;
     int                    have;
     char                   labels[256];  /* model_name="..",device="..",.. */
 } ngx_http_llm_metrics_src_t;
+
+
+/*
+ * Whichever worker accepts a scrape's connection answers it, so each worker
+ * publishes its engines' stats into a shared zone (one slot per model and
+ * worker index) and a scrape renders every live worker's slot: one scrape,
+ * all workers.  A worker refreshes its slots once a second (the bridge's
+ * watchdog tick), right before it answers a scrape, when it starts and
+ * when it exits (emptied).
+ *
+ * A slot is copied under a seqlock: its writer (only the worker with that
+ * index) makes seq odd, writes, makes it even again; a reader copies the
+ * slot and keeps the copy when seq was even and unchanged around it.  The
+ * writer never waits (it runs on the event loop), a reader never sees a
+ * torn snapshot, and a worker that dies mid-write blocks nobody: its slot
+ * stays odd and is skipped until the replacement worker rewrites it.
+ *
+ * The zone is never reused across reloads (noreuse): each configuration
+ * cycle gets a fresh one, written only by that cycle's workers, so the old
+ * workers of a reload, still finishing their requests, do not appear in
+ * the new workers' scrapes (and do not overwrite their slots).
+ */
+#define NGX_HTTP_LLM_METRICS_STALE  10000    /* ms: 10 refresh periods */
+#define NGX_HTTP_LLM_METRICS_TRIES  100      /* seqlock read attempts */
+
+typedef struct {
+    ngx_atomic_t           seq;          /* odd while being written */
+    ngx_pid_t              pid;          /* writer; 0: empty */
+    ngx_uint_t             worker;       /* nginx's worker index */
+    uint64_t               updated;      /* CLOCK_MONOTONIC ms */
+    ngx_uint_t             have;         /* the worker has an engine */
+    char                   device[32];   /* the engine's: cpu, cuda:1 */
+    llm_stats              stats;
+} ngx_http_llm_metrics_slot_t;
+
+typedef struct {
+    ngx_uint_t                   models;
+    ngx_uint_t                   workers;
+    ngx_http_llm_metrics_slot_t  slot[];  /* [model * workers + worker] */
+} ngx_http_llm_metrics_shm_t;
+
+
+static uint64_t
+ngx_http_llm_metrics_now(void)
+{
+    struct timespec  ts;
+
+    /* CLOCK_MONOTONIC is one clock for all processes of the host */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+
+static ngx_int_t
+ngx_http_llm_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
+{
+    ngx_slab_pool_t             *shpool;
+    ngx_http_llm_main_conf_t    *mcf = zone->data;
+    ngx_http_llm_metrics_shm_t  *sh;
+    size_t                       size;
+
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    if (data != NULL) {
+        zone->data = data;       /* not with noreuse; kept for safety */
+        return NGX_OK;
+    }
+    if (zone->shm.exists) {
+        zone->data = shpool->data;
+        return NGX_OK;
+    }
+    size = sizeof(ngx_http_llm_metrics_shm_t)
+           + mcf->models.nelts * (size_t) mcf->metrics_workers
+             * sizeof(ngx_http_llm_metrics_slot_t);
+    sh = ngx_slab_calloc(shpool, size);
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+    sh->models = mcf->models.nelts;
+    sh->workers = (ngx_uint_t) mcf->metrics_workers;
+    shpool->data = sh;
+    zone->data = sh;
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_llm_metrics_zone(ngx_conf_t *cf, ngx_http_llm_main_conf_t *mcf)
+{
+    static ngx_str_t   name = ngx_string("llm_metrics");
+    ngx_core_conf_t   *ccf;
+    ngx_shm_zone_t    *zone;
+    ngx_int_t          workers;
+    size_t             size;
+
+    /*
+     * One slot per worker and model.  worker_processes is known here when
+     * it comes before the http block (as usual); otherwise the zone has
+     * room for as many workers as "auto" would start, and init_module
+     * warns if the final count is larger.
+     */
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cf->cycle->conf_ctx,
+                                           ngx_core_module);
+    workers = ccf->worker_processes;
+    if (workers == NGX_CONF_UNSET || workers < 1) {
+        workers = ngx_max(ngx_ncpu, 1);
+    }
+    size = sizeof(ngx_http_llm_metrics_shm_t)
+           + mcf->models.nelts * (size_t) workers
+             * sizeof(ngx_http_llm_metrics_slot_t);
+    /* the slab pool's own pages and headers: as nginx's zones, 8 pages */
+    size = ngx_align(size, ngx_pagesize) + 8 * ngx_pagesize;
+
+    zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_llm_module);
+    if (zone == NULL) {
+        return NGX_ERROR;
+    }
+    if (zone->data != NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "shared memory zone \"%V\" is already in use",
+                           &name);
+        return NGX_ERROR;
+    }
+    zone->init = ngx_http_llm_metrics_init_zone;
+    zone->data = mcf;            /* init_zone reads the counts from it */
+    zone->noreuse = 1;           /* a fresh zone per cycle (see above) */
+    mcf->metrics_zone = zone;
+    mcf->metrics_workers = workers;
+    return NGX_OK;
+}
+
+
+/* The slot of (model, worker), or NULL: no zone, or beyond its room. */
+static ngx_http_llm_metrics_slot_t *
+ngx_http_llm_metrics_slot(ngx_http_llm_main_conf_t *mcf, ngx_uint_t model,
+    ngx_uint_t worker)
+{
+    ngx_http_llm_metrics_shm_t  *sh;
+
+    if (mcf->metrics_zone == NULL) {
+        return NULL;
+    }
+    sh = mcf->metrics_zone->data;
+    if (model >= sh->models || worker >= sh->workers) {
+        return NULL;
+    }
+    return &sh->slot[model * sh->workers + worker];
+}
+
+
+static const char *
+ngx_http_llm_metrics_device(ngx_http_llm_model_t *m)
+{
+    return m->worker_device[0] ? m->worker_device
+                               : (const char *) m->device.data;
+}
+
+
+/* This worker's numbers for a model: its engine's, or zeros without one. */
+static ngx_uint_t
+ngx_http_llm_metrics_local(ngx_http_llm_model_t *m, llm_stats *st)
+{
+    if (m->engine == NULL) {
+        ngx_memzero(st, sizeof(*st));
+        return 0;
+    }
+    llm_engine_stats(m->engine, st);
+    return 1;
+}
+
+
+/* The writer side of the seqlock; pid 0 empties the slot. */
+static void
+ngx_http_llm_metrics_write(ngx_http_llm_metrics_slot_t *slot,
+    ngx_http_llm_model_t *m, const llm_stats *st, ngx_uint_t have,
+    ngx_pid_t pid)
+{
+    /* a writer killed mid-write left seq odd: start from the even value */
+    ngx_atomic_uint_t  seq = slot->seq & ~(ngx_atomic_uint_t) 1;
+
+    slot->seq = seq + 1;
+    ngx_memory_barrier();
+    slot->pid = pid;
+    slot->worker = ngx_worker;
+    slot->updated = ngx_http_llm_metrics_now();
+    slot->have = have;
+    ngx_cpystrn((u_char *) slot->device,
+                (u_char *) ngx_http_llm_metrics_device(m),
+                sizeof(slot->device));
+    slot->stats = *st;
+    ngx_memory_barrier();
+    slot->seq = seq + 2;
+}
+
+
+void
+ngx_http_llm_metrics_publish(ngx_http_llm_main_conf_t *mcf)
+{
+    ngx_http_llm_model_t         *models = mcf->models.elts;
+    ngx_http_llm_metrics_slot_t  *slot;
+    ngx_uint_t                    m, have;
+    llm_stats                     st;
+
+    for (m = 0; m < mcf->models.nelts; m++) {
+        slot = ngx_http_llm_metrics_slot(mcf, m, ngx_worker);
+        if (slot == NULL) {
+            continue;
+        }
+        have = ngx_http_llm_metrics_local(&models[m], &st);
+        ngx_http_llm_metrics_write(slot, &models[m], &st, have, ngx_pid);
+    }
+}
+
+
+void
+ngx_http_llm_metrics_retire(ngx_http_llm_main_conf_t *mcf)
+{
+    ngx_http_llm_model_t         *models = mcf->models.elts;
+    ngx_http_llm_metrics_slot_t  *slot;
+    ngx_uint_t                    m;
+    llm_stats                     st;
+
+    ngx_memzero(&st, sizeof(st));
+    for (m = 0; m < mcf->models.nelts; m++) {
+        slot = ngx_http_llm_metrics_slot(mcf, m, ngx_worker);
+        if (slot != NULL && slot->pid == ngx_pid) {
+            ngx_http_llm_metrics_write(slot, &models[m], &st, 0, 0);
+        }
+    }
+}
+
+
+/* The reader side of the seqlock: NGX_OK with a consistent copy. */
+static ngx_int_t
+ngx_http_llm_metrics_read(ngx_http_llm_metrics_slot_t *slot,
+    ngx_http_llm_metrics_slot_t *copy)
+{
+    ngx_atomic_uint_t  seq;
+    ngx_uint_t         i;
+
+    for (i = 0; i < NGX_HTTP_LLM_METRICS_TRIES; i++) {
+        seq = slot->seq;
+        if (!(seq & 1)) {
+            ngx_memory_barrier();
+            ngx_memcpy(copy, slot, sizeof(*copy));
+            ngx_memory_barrier();
+            if (slot->seq == seq) {
+                return NGX_OK;
+            }
+        }
+        /* the writer is in its copy (microseconds) or was descheduled */
+        ngx_sched_yield();
+    }
+    return NGX_AGAIN;
+}
+
+
+/*
+ * Whether a copied slot belongs to a live worker.  Skipped rather than
+ * shown (or marked): an empty slot (never written, or its worker exited);
+ * one whose worker is gone (a crash: until the master's replacement
+ * rewrites it); and one not refreshed for 10 refresh periods (a worker
+ * whose event loop is stuck).  Their numbers are frozen at some past point;
+ * showing them as current would hide that the engine is gone, while an
+ * absent series is what Prometheus understands: it goes stale, and the
+ * replacement's counters starting again at 0 are a counter reset.
+ */
+static ngx_uint_t
+ngx_http_llm_metrics_live(const ngx_http_llm_metrics_slot_t *s, uint64_t now)
+{
+    if (s->pid == 0) {
+        return 0;
+    }
+    if (now > s->updated && now - s->updated > NGX_HTTP_LLM_METRICS_STALE) {
+        return 0;
+    }
+    /* EPERM would still mean the process exists */
+    if (kill(s->pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+        return 0;
+    }
+    return 1;
+}
 
 static int
 ngx_http_llm_printf(oai_buf *b, const char *fmt, ...)
@@ -303,7 +586,8 @@ ngx_http_llm_histogram(oai_buf *b, ngx_http_llm_metrics_src_t *src,
 
 /* Prometheus label values escape '\\', '"' and newlines. */
 static void
-ngx_http_llm_metrics_labels(ngx_http_llm_model_t *m, char *out, size_t size)
+ngx_http_llm_metrics_labels(ngx_http_llm_model_t *m, const char *device,
+    ngx_uint_t worker, char *out, size_t size)
 {
     char        name[128], *p = name;
     ngx_uint_t  i;
@@ -319,9 +603,84 @@ ngx_http_llm_metrics_labels(ngx_http_llm_model_t *m, char *out, size_t size)
     }
     *p = '\0';
     snprintf(out, size, "model_name=\"%s\",device=\"%s\",worker=\"%lu\"",
-             name, m->worker_device[0] ? m->worker_device
-                                       : (const char *) m->device.data,
-             (unsigned long) ngx_worker);
+             name, device, (unsigned long) worker);
+}
+
+
+static void
+ngx_http_llm_metrics_src_set(ngx_http_llm_metrics_src_t *s,
+    ngx_http_llm_model_t *m, const llm_stats *st, ngx_uint_t have,
+    const char *device, ngx_uint_t worker)
+{
+    s->model = m;
+    s->stats = *st;
+    s->have = (int) have;
+    ngx_http_llm_metrics_labels(m, device, worker, s->labels,
+                                sizeof(s->labels));
+}
+
+
+/*
+ * The series to render, by model and then worker index: this worker's from
+ * its engine now (its slot is refreshed with the same numbers), the other
+ * live workers' from their slots.  NULL when out of memory.
+ */
+static ngx_http_llm_metrics_src_t *
+ngx_http_llm_metrics_sources(ngx_http_request_t *r,
+    ngx_http_llm_main_conf_t *mcf)
+{
+    ngx_http_llm_model_t         *models = mcf->models.elts;
+    ngx_http_llm_metrics_src_t   *src, *s;
+    ngx_http_llm_metrics_slot_t  *slot, copy;
+    ngx_uint_t                    m, w, workers, have;
+    llm_stats                     own;
+    uint64_t                      now;
+
+    workers = mcf->metrics_zone != NULL
+              ? ((ngx_http_llm_metrics_shm_t *) mcf->metrics_zone->data)
+                ->workers
+              : 0;
+    /* + 1 per model: this worker when the zone has no room for it */
+    src = ngx_pcalloc(r->pool, (mcf->models.nelts * (workers + 1) + 1)
+                               * sizeof(*src));
+    if (src == NULL) {
+        return NULL;
+    }
+    now = ngx_http_llm_metrics_now();
+    s = src;
+    for (m = 0; m < mcf->models.nelts; m++) {
+        have = ngx_http_llm_metrics_local(&models[m], &own);
+        slot = ngx_http_llm_metrics_slot(mcf, m, ngx_worker);
+        if (slot != NULL) {
+            ngx_http_llm_metrics_write(slot, &models[m], &own, have,
+                                       ngx_pid);
+        }
+        for (w = 0; w < workers; w++) {
+            if (w == ngx_worker) {
+                ngx_http_llm_metrics_src_set(s++, &models[m], &own, have,
+                    ngx_http_llm_metrics_device(&models[m]), ngx_worker);
+                continue;
+            }
+            slot = ngx_http_llm_metrics_slot(mcf, m, w);
+            if (ngx_http_llm_metrics_read(slot, &copy) != NGX_OK) {
+                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                              "llm: /metrics skips worker %ui (its "
+                              "snapshot is being written)", w);
+                continue;
+            }
+            if (ngx_http_llm_metrics_live(&copy, now)) {
+                copy.device[sizeof(copy.device) - 1] = '\0';
+                ngx_http_llm_metrics_src_set(s++, &models[m], &copy.stats,
+                                             copy.have, copy.device,
+                                             copy.worker);
+            }
+        }
+        if (ngx_worker >= workers) {
+            ngx_http_llm_metrics_src_set(s++, &models[m], &own, have,
+                ngx_http_llm_metrics_device(&models[m]), ngx_worker);
+        }
+    }
+    return src;
 }
 
 static double m_running(const llm_stats *s) { return s->running; }
@@ -359,29 +718,17 @@ ngx_int_t
 ngx_http_llm_metrics(ngx_http_request_t *r)
 {
     ngx_http_llm_main_conf_t    *mcf;
-    ngx_http_llm_model_t        *models;
     ngx_http_llm_metrics_src_t  *src, *s;
     oai_buf                      b = { 0 };
-    ngx_uint_t                   m;
     ngx_int_t                    rc;
     int                          ok, f;
     static const char           *reasons[] = { NULL, "stop", "length",
                                                "abort", "error" };
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
-    models = mcf->models.elts;
-    src = ngx_pcalloc(r->pool, (mcf->models.nelts + 1) * sizeof(*src));
+    src = ngx_http_llm_metrics_sources(r, mcf);
     if (src == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    for (m = 0; m < mcf->models.nelts; m++) {
-        src[m].model = &models[m];
-        ngx_http_llm_metrics_labels(&models[m], src[m].labels,
-                                    sizeof(src[m].labels));
-        if (models[m].engine != NULL) {
-            llm_engine_stats(models[m].engine, &src[m].stats);
-            src[m].have = 1;
-        }
     }
 
     ok = ngx_http_llm_gauge(&b, src, "llm:num_requests_running", "gauge",

@@ -6,7 +6,8 @@
  *                               orphaned engine requests
  *   src/ngx_http_llm_generate.c chat/completions: body, submit, streaming,
  *                               backpressure, keepalive, timeouts, cleanup
- *   src/ngx_http_llm_endpoints.c models, health, metrics, tokenize, detokenize
+ *   src/ngx_http_llm_endpoints.c models, health, metrics (and the shared zone
+ *                               of every worker's stats), tokenize, detokenize
  *   src/ngx_http_llm_reply.c    JSON replies and OpenAI errors, including the
  *                               filter that turns nginx's own HTML error
  *                               pages (413, ...) into JSON in llm locations
@@ -93,7 +94,12 @@ typedef struct {
     ngx_connection_t       *efd_conn;
     ngx_queue_t             orphans;         /* ngx_http_llm_slot_t */
     ngx_event_t             reaper;          /* releases finished orphans */
-    ngx_event_t             watchdog;        /* heartbeats, once a second */
+    ngx_event_t             watchdog;        /* heartbeats, once a second;
+                                                also refreshes this worker's
+                                                /metrics snapshots */
+    ngx_shm_zone_t         *metrics_zone;    /* every worker's engine stats
+                                                (NULL without llm_model) */
+    ngx_int_t               metrics_workers; /* worker slots per model */
 #if (NGX_THREADS)
     ngx_thread_pool_t      *thread_pool;     /* tokenize/detokenize work */
 #endif
@@ -207,6 +213,17 @@ const char *ngx_http_llm_token_text(void *engine, int32_t id, size_t *len);
 ngx_int_t ngx_http_llm_models(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_llm_health(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_metrics(ngx_http_request_t *r);
+/*
+ * /metrics over all workers: a shared zone holds, per (model, worker), a
+ * snapshot of that worker's engine stats.  _zone adds it at configuration
+ * time (one per cycle), _publish refreshes this worker's snapshots (from
+ * the watchdog tick and before each scrape), _retire empties them when
+ * the worker exits.
+ */
+ngx_int_t ngx_http_llm_metrics_zone(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *mcf);
+void ngx_http_llm_metrics_publish(ngx_http_llm_main_conf_t *mcf);
+void ngx_http_llm_metrics_retire(ngx_http_llm_main_conf_t *mcf);
 ngx_int_t ngx_http_llm_version(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_tokenize(ngx_http_request_t *r,
     ngx_http_llm_route_e route);
