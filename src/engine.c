@@ -161,7 +161,6 @@ void llm_engine_options_init(llm_engine_options *o)
     o->device = "cpu";
     o->enable_prefix_caching = -1;
     o->load_format = LLM_LOAD_AUTO;
-    o->cpu_repack = 1;
 }
 
 void llm_request_params_init(llm_request_params *p)
@@ -759,8 +758,7 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
 
     if (e->cuda_device < 0) {
         /* the model is this engine's alone: repack it for the CPU kernels */
-        if (e->opt.cpu_repack
-            && cpu_backend_pack_weights(e->m, err, errlen) != 0) {
+        if (cpu_backend_pack_weights(e->m, err, errlen) != 0) {
             return -1;
         }
         e->be = cpu_backend_create_ex(e->m, e->opt.threads,

@@ -80,12 +80,6 @@ typedef struct {
     int               enable_prefix_caching; /* -1: default (on), 0 off, 1 on */
     llm_load_format   load_format;
     llm_cpu_precision cpu_precision;  /* CPU backend: exact (default) or fast */
-    int               cpu_repack;     /* CPU backend: 1 (default) repacks
-                                         the weights for the decode kernel
-                                         (cpu_backend_pack_weights: private
-                                         memory per process); 0 keeps the
-                                         file's pages, which processes
-                                         mapping the same files share */
     uint64_t          seed;           /* dummy weights and unseeded requests */
     int               max_queue;      /* waiting requests before submit
                                          refuses with LLM_ERR_QUEUE_FULL;

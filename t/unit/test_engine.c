@@ -266,8 +266,8 @@ static void capture_first(void *ctx, llm_request *r, int n_generated,
     }
 }
 
-static void run_chunked_repack(int budget, int repack, const int32_t *prompt,
-                               int n, logits_capture *cap, result *res)
+static void run_chunked(int budget, const int32_t *prompt, int n,
+                        logits_capture *cap, result *res)
 {
     llm_engine_options o;
     llm_engine *e;
@@ -275,7 +275,6 @@ static void run_chunked_repack(int budget, int repack, const int32_t *prompt,
 
     opts_default(&o);
     o.max_num_batched_tokens = budget;
-    o.cpu_repack = repack;
     o.enable_prefix_caching = 0;
     e = open_engine(&o);
     REQUIRE(e != NULL, "engine");
@@ -284,34 +283,6 @@ static void run_chunked_repack(int budget, int repack, const int32_t *prompt,
     REQUIRE(submit(e, &p, res) == 0, "submit");
     CHECK(run_until_done(e, res, 1) == 0, "hang");
     llm_engine_destroy(e);
-}
-
-static void run_chunked(int budget, const int32_t *prompt, int n,
-                        logits_capture *cap, result *res)
-{
-    run_chunked_repack(budget, 1, prompt, n, cap, res);
-}
-
-/* cpu_repack = 0 (the file's layout) gives the same bits as the default
- * repacked weights: first logits and the generated tokens. */
-static void test_repack_off_same(void)
-{
-    int32_t prompt[50];
-    logits_capture a = { NULL, 0 }, b = { NULL, 0 };
-    result ra, rb;
-    int i;
-
-    for (i = 0; i < 50; i++) prompt[i] = rand_token();
-    run_chunked_repack(2048, 1, prompt, 50, &a, &ra);
-    run_chunked_repack(2048, 0, prompt, 50, &b, &rb);
-    REQUIRE(a.first && b.first && a.vocab == b.vocab, "logits captured");
-    CHECK(memcmp(a.first, b.first, (size_t) a.vocab * sizeof(float)) == 0,
-          "first logits differ between repacked and file layout");
-    CHECK(ra.n == 16 && same_tokens(&ra, &rb), "same tokens");
-    free(a.first);
-    free(b.first);
-    release_all(&ra, 1);
-    release_all(&rb, 1);
 }
 
 static void test_chunked_prefill(void)
@@ -1326,7 +1297,6 @@ int main(void)
 {
     RUN(test_batch_invariance);
     RUN(test_chunked_prefill);
-    RUN(test_repack_off_same);
     RUN(test_preemption);
     RUN(test_prefix_caching);
     RUN(test_cancel);
