@@ -208,12 +208,6 @@ typedef struct {
 static int check_tensor(const tensor_ref *t, const char *name, int layer,
                         size_t rows, size_t cols, char *err, size_t errlen)
 {
-    if (t->data && t->layout != TENSOR_ROW_MAJOR) {
-        /* cpu_backend_pack_weights ran on this model: not for the GPU */
-        snprintf(err, errlen, "cuda: tensor %s (layer %d) was repacked for "
-                 "the CPU backend", name, layer);
-        return -1;
-    }
     if (!t->data || tensor_numel(t) != rows * cols) {
         if (layer >= 0)
             snprintf(err, errlen,

@@ -103,15 +103,6 @@ llm_backend *cpu_backend_create_ex(const model *m, int threads,
                                    cpu_precision precision,
                                    char *err, size_t errlen);
 
-/* Repacks m's layer matrices and LM head in place to the layout the CPU
- * kernels stream fastest (KERN_ROWS4, cpu_kernels.h), where the CPU has
- * the bf16 dot-product instructions and the shapes allow; the others stay
- * row-major.  For the CPU backend only: the CUDA backend refuses a
- * repacked model.  File weights are MAP_PRIVATE, so the repacked pages
- * become private copies (the file is untouched; the weights are still in
- * memory once).  Idempotent.  Returns 0, or -1 with err set. */
-int cpu_backend_pack_weights(model *m, char *err, size_t errlen);
-
 #ifdef LLM_HAVE_CUDA
 /* CUDA backend; copies (or generates, dummy) weights to device `device`. */
 llm_backend *cuda_backend_create(const model *m, int device,

@@ -40,11 +40,9 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #define CPU_CHUNK_TOKENS 512
@@ -141,69 +139,7 @@ static kern_matrix mat_of(const tensor_ref *t)
     m.data = t->data;
     m.rows = (int) t->shape[0];
     m.cols = (int) t->shape[1];
-    m.layout = t->layout == TENSOR_ROWS4 ? KERN_ROWS4 : KERN_ROW_MAJOR;
     return m;
-}
-
-/* ---- weight repacking ------------------------------------------------------ */
-
-static int pack_tensor(tensor_ref *t, const char *name, int layer, char *err,
-                       size_t errlen)
-{
-    size_t page = (size_t) sysconf(_SC_PAGESIZE), bytes;
-    uintptr_t a, e;
-
-    if (t->data == NULL || t->layout == TENSOR_ROWS4 || t->ndim != 2
-        || !kern_can_pack_rows4(t->dtype, t->shape[0], t->shape[1])) {
-        return 0;
-    }
-    bytes = (size_t) t->shape[0] * (size_t) t->shape[1] * sizeof(uint16_t);
-    /* safetensors maps files read-only and MAP_PRIVATE: writable, the
-     * pages written become this process's copies */
-    a = (uintptr_t) t->data & ~(uintptr_t) (page - 1);
-    e = ((uintptr_t) t->data + bytes + page - 1) & ~(uintptr_t) (page - 1);
-    if (mprotect((void *) a, e - a, PROT_READ | PROT_WRITE) != 0) {
-        snprintf(err, errlen, "cpu backend: cannot repack %s (layer %d): "
-                 "mprotect: %s", name, layer, strerror(errno));
-        return -1;
-    }
-    if (kern_pack_rows4((uint16_t *) (uintptr_t) t->data, t->shape[0],
-                        t->shape[1]) != 0) {
-        snprintf(err, errlen, "cpu backend: cannot repack %s (layer %d): "
-                 "out of memory", name, layer);
-        return -1;
-    }
-    t->layout = TENSOR_ROWS4;
-    return 0;
-}
-
-int cpu_backend_pack_weights(model *m, char *err, size_t errlen)
-{
-    int tied = m->lm_head.data == m->embed.data;
-
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        layer_weights *w = &m->layers[l];
-        struct { tensor_ref *t; const char *name; } ts[] = {
-            { &w->q_proj, "q_proj" }, { &w->k_proj, "k_proj" },
-            { &w->v_proj, "v_proj" }, { &w->o_proj, "o_proj" },
-            { &w->gate_proj, "gate_proj" }, { &w->up_proj, "up_proj" },
-            { &w->down_proj, "down_proj" }
-        };
-        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
-            if (pack_tensor(ts[i].t, ts[i].name, l, err, errlen) != 0) {
-                return -1;
-            }
-        }
-    }
-    if (pack_tensor(&m->lm_head, "lm_head", -1, err, errlen) != 0) {
-        return -1;
-    }
-    if (tied) {
-        /* one matrix: the embedding lookup reads it repacked too
-         * (kern_row_to_f32); an untied embedding stays row-major */
-        m->embed.layout = m->lm_head.layout;
-    }
-    return 0;
 }
 
 /* ---- rope tables ---------------------------------------------------------- */

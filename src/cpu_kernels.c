@@ -148,49 +148,9 @@ void kern_to_f32(llm_dtype t, const void *src, size_t n, float *out)
 void kern_row_to_f32(const kern_matrix *w, int row, float *out)
 {
     size_t es = llm_dtype_size(w->dtype);
-
-    if (w->layout == KERN_ROWS4) {
-        for (int k = 0; k < w->cols; k++) {
-            out[k] = load_w(w->dtype, w->data, kern_index(w, (size_t) row,
-                                                          (size_t) k));
-        }
-        return;
-    }
     kern_to_f32(w->dtype, (const uint8_t *) w->data
                               + (size_t) row * (size_t) w->cols * es,
                 (size_t) w->cols, out);
-}
-
-int kern_can_pack_rows4(llm_dtype t, int64_t rows, int64_t cols)
-{
-    return t == DTYPE_BF16 && rows > 0 && cols > 0 && rows % 4 == 0
-           && cols % 32 == 0 && kern_get_isa() >= KERN_ISA_AVX512BF16;
-}
-
-int kern_pack_rows4(uint16_t *data, int64_t rows, int64_t cols)
-{
-    /* a group of four rows occupies the same 4 * cols values in both
-     * layouts: each group is permuted within itself */
-    size_t K = (size_t) cols, group = 4 * K;
-    uint16_t stack[4 * 16384], *tmp = stack;
-
-    if (K > 16384 && (tmp = malloc(group * sizeof(uint16_t))) == NULL) {
-        return -1;
-    }
-    for (int64_t r = 0; r < rows; r += 4) {
-        uint16_t *g = data + (size_t) r * K;
-        memcpy(tmp, g, group * sizeof(uint16_t));
-        for (size_t k = 0; k < K; k += 32) {
-            for (size_t i = 0; i < 4; i++) {
-                memcpy(g + k * 4 + i * 32, tmp + i * K + k,
-                       32 * sizeof(uint16_t));
-            }
-        }
-    }
-    if (tmp != stack) {
-        free(tmp);
-    }
-    return 0;
 }
 
 /* ---- split -------------------------------------------------------------- */
@@ -254,9 +214,9 @@ static void matmul_scalar(const kern_matrix *w, int r0, int r1,
         const float *x = a->x + (size_t) t * K;
         for (int r = r0; r < r1; r++) {
             float acc = 0.0f;
+            size_t base = (size_t) r * K;
             for (size_t k = 0; k < K; k++) {
-                acc += load_w(w->dtype, w->data, kern_index(w, (size_t) r, k))
-                       * x[k];
+                acc += load_w(w->dtype, w->data, base + k) * x[k];
             }
             y[(size_t) t * ldy + (size_t) r] = acc;
         }
@@ -271,17 +231,6 @@ static void matmul_scalar(const kern_matrix *w, int r0, int r1,
 #define BF16_TARGET \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define INLINE static inline __attribute__((always_inline))
-
-/* kern_index with the layout as a constant the inlined kernels fold:
- * P is 1 for KERN_ROWS4.  k is a multiple of 8 in the AVX2 kernel and of
- * 32 in the bf16 ones, so the 8 or 32 values from there on are
- * contiguous in both layouts. */
-INLINE size_t w_at(int P, size_t K, size_t r, size_t k)
-{
-    return P ? (r & ~(size_t) 3) * K + (k & ~(size_t) 31) * 4 + (r & 3) * 32
-               + (k & 31)
-             : r * K + k;
-}
 
 /* Lanes of a 16-wide vector that hold the first n (clamped to [0, 16]). */
 INLINE __mmask16 mask16(int n)
@@ -319,9 +268,9 @@ AVX2_TARGET INLINE float avx2_hsum(__m256 v)
  * vector, then its scalar tail: the same order for any R and T.  The
  * loops have constant trip counts once inlined; the pragmas make GCC
  * unroll them at -O2 so the accumulators live in registers. */
-AVX2_TARGET INLINE void avx2_tile(llm_dtype dt, const void *W, size_t K,
-                                  int P, int r, int R, const float *X, int t,
-                                  int T, float *y, size_t ldy)
+AVX2_TARGET INLINE void avx2_tile(llm_dtype dt, const void *W, size_t K, int r,
+                                  int R, const float *X, int t, int T,
+                                  float *y, size_t ldy)
 {
     __m256 acc[4][4];
     float tail[4][4];
@@ -339,7 +288,7 @@ AVX2_TARGET INLINE void avx2_tile(llm_dtype dt, const void *W, size_t K,
         __m256 wv[4];
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++) {
-            wv[i] = avx2_load8(dt, W, w_at(P, K, (size_t) (r + i), k));
+            wv[i] = avx2_load8(dt, W, (size_t) (r + i) * K + k);
         }
 #pragma GCC unroll 4
         for (int j = 0; j < T; j++) {
@@ -352,7 +301,7 @@ AVX2_TARGET INLINE void avx2_tile(llm_dtype dt, const void *W, size_t K,
     }
     for (; k < K; k++) {
         for (int i = 0; i < R; i++) {
-            float wk = load_w(dt, W, w_at(P, K, (size_t) (r + i), k));
+            float wk = load_w(dt, W, (size_t) (r + i) * K + k);
             for (int j = 0; j < T; j++) {
                 tail[i][j] += wk * X[(size_t) (t + j) * K + k];
             }
@@ -368,9 +317,9 @@ AVX2_TARGET INLINE void avx2_tile(llm_dtype dt, const void *W, size_t K,
     }
 }
 
-AVX2_TARGET INLINE void matmul_avx2_body(const kern_matrix *w, int P, int r0,
-                                         int r1, const kern_acts *a, int t0,
-                                         int t1, float *y, size_t ldy)
+AVX2_TARGET static void matmul_avx2(const kern_matrix *w, int r0, int r1,
+                                    const kern_acts *a, int t0, int t1,
+                                    float *y, size_t ldy)
 {
     size_t K = (size_t) w->cols;
     llm_dtype dt = w->dtype;
@@ -380,28 +329,17 @@ AVX2_TARGET INLINE void matmul_avx2_body(const kern_matrix *w, int P, int r0,
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
             switch (nt) {
-            case 4: avx2_tile(dt, w->data, K, P, r, 4, a->x, t, 4, y, ldy); break;
-            case 3: avx2_tile(dt, w->data, K, P, r, 4, a->x, t, 3, y, ldy); break;
-            case 2: avx2_tile(dt, w->data, K, P, r, 4, a->x, t, 2, y, ldy); break;
-            default: avx2_tile(dt, w->data, K, P, r, 4, a->x, t, 1, y, ldy); break;
+            case 4: avx2_tile(dt, w->data, K, r, 4, a->x, t, 4, y, ldy); break;
+            case 3: avx2_tile(dt, w->data, K, r, 4, a->x, t, 3, y, ldy); break;
+            case 2: avx2_tile(dt, w->data, K, r, 4, a->x, t, 2, y, ldy); break;
+            default: avx2_tile(dt, w->data, K, r, 4, a->x, t, 1, y, ldy); break;
             }
         }
         for (; r < r1; r++) {
             for (int j = 0; j < nt; j++) {
-                avx2_tile(dt, w->data, K, P, r, 1, a->x, t + j, 1, y, ldy);
+                avx2_tile(dt, w->data, K, r, 1, a->x, t + j, 1, y, ldy);
             }
         }
-    }
-}
-
-AVX2_TARGET static void matmul_avx2(const kern_matrix *w, int r0, int r1,
-                                    const kern_acts *a, int t0, int t1,
-                                    float *y, size_t ldy)
-{
-    if (w->layout == KERN_ROWS4) {
-        matmul_avx2_body(w, 1, r0, r1, a, t0, t1, y, ldy);
-    } else {
-        matmul_avx2_body(w, 0, r0, r1, a, t0, t1, y, ldy);
     }
 }
 
@@ -412,7 +350,7 @@ AVX2_TARGET static void matmul_avx2(const kern_matrix *w, int r0, int r1,
  * the tail step is a masked load of the same shape, so the order never
  * depends on R or T. */
 BF16_TARGET INLINE void bf16_step(__m512 acc[8][6], const uint16_t *W, size_t K,
-                                  int P, int r, int R, const uint16_t *XH,
+                                  int r, int R, const uint16_t *XH,
                                   const uint16_t *XL, int LO, int t, int T,
                                   size_t k, __mmask32 m)
 {
@@ -420,7 +358,7 @@ BF16_TARGET INLINE void bf16_step(__m512 acc[8][6], const uint16_t *W, size_t K,
 
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
-        wv[i] = _mm512_maskz_loadu_epi16(m, W + w_at(P, K, (size_t) (r + i), k));
+        wv[i] = _mm512_maskz_loadu_epi16(m, W + (size_t) (r + i) * K + k);
     }
 #pragma GCC unroll 6
     for (int j = 0; j < T; j++) {
@@ -456,8 +394,7 @@ BF16_TARGET INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int P, int r,
-                                  int R,
+BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int r, int R,
                                   const uint16_t *XH, const uint16_t *XL,
                                   int LO, int t, int T, float *y, size_t ldy)
 {
@@ -472,10 +409,10 @@ BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int P, int r,
         }
     }
     for (; k + 32 <= K; k += 32) {
-        bf16_step(acc, W, K, P, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u);
+        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k, (__mmask32) ~0u);
     }
     if (k < K) {
-        bf16_step(acc, W, K, P, r, R, XH, XL, LO, t, T, k,
+        bf16_step(acc, W, K, r, R, XH, XL, LO, t, T, k,
                   (__mmask32) ((1ULL << (K - k)) - 1));
     }
 #pragma GCC unroll 6
@@ -497,42 +434,35 @@ BF16_TARGET INLINE void bf16_tile(const uint16_t *W, size_t K, int P, int r,
 /* Decode (one token), 4 rows per pass: per row the same order as
  * bf16_tile (hi then lo per 32-k step, masked tail, reduce4), written out
  * so the loop is four loads, four prefetches and four or eight dot
- * products with nothing else in it.  KERN_ROWS4 (P): the four rows' 64
- * bytes of a step are adjacent and the passes follow one another, one
- * sequential stream the hardware prefetcher follows alone.  Row-major:
- * each load's line of the next pass's row (4 rows on) is prefetched; on
- * the development machine (2 threads streaming 1.2 GB, K = 1024, 2048,
- * 3072) that keeps 80-90% of a plain read stream, where 8 or 16 rows per
- * pass, or a prefetch at any other distance than exactly one pass ahead,
- * kept 55-75%; KERN_ROWS4 keeps 93-99%. */
-BF16_TARGET INLINE void bf16_rows4(const uint16_t *W, size_t K, int P, int r,
+ * products with nothing else in it.  Each load's line of the next pass's
+ * row (4 rows on) is prefetched: on the development machine (2 threads
+ * streaming 1.2 GB, K = 1024, 2048, 3072) that keeps 85-95% of a plain
+ * read stream, where 8 or 16 rows per pass, or a prefetch at any other
+ * distance than exactly one pass ahead, kept 55-75%. */
+BF16_TARGET INLINE void bf16_rows4(const uint16_t *W, size_t K, int r,
                                    const uint16_t *XH, const uint16_t *XL,
                                    int LO, float *y)
 {
-    const uint16_t *w0 = W + w_at(P, K, (size_t) r, 0),
-                   *w1 = W + w_at(P, K, (size_t) r + 1, 0),
-                   *w2 = W + w_at(P, K, (size_t) r + 2, 0),
-                   *w3 = W + w_at(P, K, (size_t) r + 3, 0);
-    size_t ahead = 4 * K, ks = P ? 4 : 1;     /* ks: step of k in memory */
+    const uint16_t *w0 = W + (size_t) r * K, *w1 = w0 + K, *w2 = w1 + K,
+                   *w3 = w2 + K;
+    size_t ahead = 4 * K;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     size_t k = 0;
 
 #define ROWS4_STEP(LOAD)                                                     \
     do {                                                                     \
         __m512bh h = (__m512bh) LOAD(XH + k);         \
-        __m512bh v0 = (__m512bh) LOAD(w0 + k * ks);   \
-        __m512bh v1 = (__m512bh) LOAD(w1 + k * ks);   \
-        __m512bh v2 = (__m512bh) LOAD(w2 + k * ks);   \
-        __m512bh v3 = (__m512bh) LOAD(w3 + k * ks);   \
+        __m512bh v0 = (__m512bh) LOAD(w0 + k);        \
+        __m512bh v1 = (__m512bh) LOAD(w1 + k);        \
+        __m512bh v2 = (__m512bh) LOAD(w2 + k);        \
+        __m512bh v3 = (__m512bh) LOAD(w3 + k);        \
         /* keep the four rows in registers: without this GCC loads each \
          * one again for the lo products */                             \
         __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));           \
-        if (!P) {                                                            \
-            _mm_prefetch((const char *) (w0 + ahead + k), _MM_HINT_T0);      \
-            _mm_prefetch((const char *) (w1 + ahead + k), _MM_HINT_T0);      \
-            _mm_prefetch((const char *) (w2 + ahead + k), _MM_HINT_T0);      \
-            _mm_prefetch((const char *) (w3 + ahead + k), _MM_HINT_T0);      \
-        }                                                                    \
+        _mm_prefetch((const char *) (w0 + ahead + k), _MM_HINT_T0);          \
+        _mm_prefetch((const char *) (w1 + ahead + k), _MM_HINT_T0);          \
+        _mm_prefetch((const char *) (w2 + ahead + k), _MM_HINT_T0);          \
+        _mm_prefetch((const char *) (w3 + ahead + k), _MM_HINT_T0);          \
         a0 = _mm512_dpbf16_ps(a0, v0, h);                                    \
         a1 = _mm512_dpbf16_ps(a1, v1, h);                                    \
         a2 = _mm512_dpbf16_ps(a2, v2, h);                                    \
@@ -563,9 +493,9 @@ BF16_TARGET INLINE void bf16_rows4(const uint16_t *W, size_t K, int P, int r,
     _mm_storeu_ps(y + r, reduce4(a0, a1, a2, a3));
 }
 
-BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int P, int r0,
-                                         int r1, const kern_acts *a, int LO,
-                                         int t0, int t1, float *y, size_t ldy)
+BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int r0, int r1,
+                                         const kern_acts *a, int LO, int t0,
+                                         int t1, float *y, size_t ldy)
 {
     size_t K = (size_t) w->cols;
     const uint16_t *W = w->data, *XH = a->hi, *XL = a->lo;
@@ -573,12 +503,12 @@ BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int P, int r0,
     if (t1 - t0 == 1) {
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
-            bf16_rows4(W, K, P, r, XH + (size_t) t0 * K,
+            bf16_rows4(W, K, r, XH + (size_t) t0 * K,
                        LO ? XL + (size_t) t0 * K : NULL, LO,
                        y + (size_t) t0 * ldy);
         }
         for (; r < r1; r++) {
-            bf16_tile(W, K, P, r, 1, XH, XL, LO, t0, 1, y, ldy);
+            bf16_tile(W, K, r, 1, XH, XL, LO, t0, 1, y, ldy);
         }
         return;
     }
@@ -587,17 +517,17 @@ BF16_TARGET INLINE void matmul_bf16_body(const kern_matrix *w, int P, int r0,
         int r = r0;
         for (; r + 4 <= r1; r += 4) {
             switch (nt) {
-            case 6: bf16_tile(W, K, P, r, 4, XH, XL, LO, t, 6, y, ldy); break;
-            case 5: bf16_tile(W, K, P, r, 4, XH, XL, LO, t, 5, y, ldy); break;
-            case 4: bf16_tile(W, K, P, r, 4, XH, XL, LO, t, 4, y, ldy); break;
-            case 3: bf16_tile(W, K, P, r, 4, XH, XL, LO, t, 3, y, ldy); break;
-            case 2: bf16_tile(W, K, P, r, 4, XH, XL, LO, t, 2, y, ldy); break;
-            default: bf16_tile(W, K, P, r, 4, XH, XL, LO, t, 1, y, ldy); break;
+            case 6: bf16_tile(W, K, r, 4, XH, XL, LO, t, 6, y, ldy); break;
+            case 5: bf16_tile(W, K, r, 4, XH, XL, LO, t, 5, y, ldy); break;
+            case 4: bf16_tile(W, K, r, 4, XH, XL, LO, t, 4, y, ldy); break;
+            case 3: bf16_tile(W, K, r, 4, XH, XL, LO, t, 3, y, ldy); break;
+            case 2: bf16_tile(W, K, r, 4, XH, XL, LO, t, 2, y, ldy); break;
+            default: bf16_tile(W, K, r, 4, XH, XL, LO, t, 1, y, ldy); break;
             }
         }
         for (; r < r1; r++) {
             for (int j = 0; j < nt; j++) {
-                bf16_tile(W, K, P, r, 1, XH, XL, LO, t + j, 1, y, ldy);
+                bf16_tile(W, K, r, 1, XH, XL, LO, t + j, 1, y, ldy);
             }
         }
     }
@@ -608,22 +538,14 @@ BF16_TARGET static void matmul_bf16_exact(const kern_matrix *w, int r0,
                                           int r1, const kern_acts *a, int t0,
                                           int t1, float *y, size_t ldy)
 {
-    if (w->layout == KERN_ROWS4) {
-        matmul_bf16_body(w, 1, r0, r1, a, 1, t0, t1, y, ldy);
-    } else {
-        matmul_bf16_body(w, 0, r0, r1, a, 1, t0, t1, y, ldy);
-    }
+    matmul_bf16_body(w, r0, r1, a, 1, t0, t1, y, ldy);
 }
 
 BF16_TARGET static void matmul_bf16_fast(const kern_matrix *w, int r0, int r1,
                                          const kern_acts *a, int t0, int t1,
                                          float *y, size_t ldy)
 {
-    if (w->layout == KERN_ROWS4) {
-        matmul_bf16_body(w, 1, r0, r1, a, 0, t0, t1, y, ldy);
-    } else {
-        matmul_bf16_body(w, 0, r0, r1, a, 0, t0, t1, y, ldy);
-    }
+    matmul_bf16_body(w, r0, r1, a, 0, t0, t1, y, ldy);
 }
 
 #endif /* KERN_X86 */

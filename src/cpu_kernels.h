@@ -36,51 +36,13 @@ kern_isa kern_get_isa(void);
 kern_isa kern_set_isa(kern_isa want);
 const char *kern_isa_name(kern_isa isa);
 
-/*
- * A weight matrix [rows][cols] in its file dtype, row-major or KERN_ROWS4:
- * rows in groups of four, and within a group, for each 32-column step,
- * the four rows' 32 values one after another:
- *
- *   element (r, k) at  (r & ~3) * cols + (k & ~31) * 4 + (r & 3) * 32 + (k & 31)
- *
- * so the decode kernel, four rows at a time, reads one sequential stream
- * instead of four (measured on the development machine, 2 threads: 93-99%
- * of a plain read stream against 80-85% for row-major with software
- * prefetch).  Only for rows % 4 == 0 and cols % 32 == 0
- * (kern_can_pack_rows4).
- */
-typedef enum {
-    KERN_ROW_MAJOR = 0,
-    KERN_ROWS4 = 1
-} kern_layout;
-
+/* A weight matrix [rows][cols], row-major, in its file dtype. */
 typedef struct {
     llm_dtype   dtype;
     const void *data;
     int         rows;
     int         cols;
-    kern_layout layout;
 } kern_matrix;
-
-/* Index of element (r, k) in w's data. */
-static inline size_t kern_index(const kern_matrix *w, size_t r, size_t k)
-{
-    size_t K = (size_t) w->cols;
-
-    if (w->layout == KERN_ROWS4) {
-        return (r & ~(size_t) 3) * K + (k & ~(size_t) 31) * 4
-               + (r & 3) * 32 + (k & 31);
-    }
-    return r * K + k;
-}
-
-/* Whether a rows x cols matrix of dtype t can be repacked to KERN_ROWS4,
- * and whether it pays: the bf16 dot-product kernels read it natively. */
-int kern_can_pack_rows4(llm_dtype t, int64_t rows, int64_t cols);
-/* Repacks a row-major bf16 matrix to KERN_ROWS4 in place (4 * cols
- * values of scratch, on the stack for cols <= 16384, else malloc'ed).
- * Returns 0, or -1 if scratch cannot be had. */
-int kern_pack_rows4(uint16_t *data, int64_t rows, int64_t cols);
 
 /* Activations: n rows of cols f32 values; hi/lo hold the bf16 split
  * (kern_split_bf16) when the bf16 dot-product path may be used, else

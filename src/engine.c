@@ -757,10 +757,6 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
     }
 
     if (e->cuda_device < 0) {
-        /* the model is this engine's alone: repack it for the CPU kernels */
-        if (cpu_backend_pack_weights(e->m, err, errlen) != 0) {
-            return -1;
-        }
         e->be = cpu_backend_create_ex(e->m, e->opt.threads,
                                       e->opt.cpu_precision == LLM_CPU_FAST
                                       ? CPU_PRECISION_FAST : CPU_PRECISION_EXACT,

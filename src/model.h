@@ -60,22 +60,12 @@ typedef struct {
     float repetition_penalty;
 } generation_defaults;
 
-/* How a matrix's elements are laid out in memory. */
-typedef enum {
-    TENSOR_ROW_MAJOR = 0,         /* as in the file */
-    TENSOR_ROWS4 = 1              /* repacked by cpu_backend_pack_weights:
-                                   * rows in groups of 4, each group's 32-
-                                   * column steps interleaved (see
-                                   * cpu_kernels.h, KERN_ROWS4) */
-} tensor_layout;
-
 /* One tensor: dtype, shape, and its bytes (mmap'ed or allocated). */
 typedef struct {
-    llm_dtype     dtype;
-    int           ndim;
-    int64_t       shape[4];
-    const void   *data;           /* NULL when absent (optional tensors) */
-    tensor_layout layout;
+    llm_dtype   dtype;
+    int         ndim;
+    int64_t     shape[4];
+    const void *data;             /* NULL when absent (optional tensors) */
 } tensor_ref;
 
 typedef struct {

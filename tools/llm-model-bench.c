@@ -4,7 +4,6 @@
  *
  *   llm-model-bench MODEL_DIR [--dummy] [--threads N] [--prompt 16]
  *                   [--gen 128] [--prefill 512] [--runs 3] [--seed S] [--fast]
- *                   [--row-major]
  *
  * Once: the huge-page coverage of the weights and of the bandwidth buffer,
  * and the 1-thread and N-thread read bandwidth.  Per run: the N-thread
@@ -17,8 +16,6 @@
  * runs, and the RSS after loading.
  * --fast: the backend's fast precision (bf16 activations, as llama.cpp);
  * the default is the exact precision the server uses.
- * --row-major: keep the weights in the file's layout instead of repacking
- * them as the server does (cpu_backend_pack_weights), to compare.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -378,14 +375,14 @@ static void usage(void)
 {
     fprintf(stderr, "usage: llm-model-bench MODEL_DIR [--dummy] [--threads N] "
             "[--prompt 16] [--gen 128] [--prefill 512] [--runs 3] [--seed S] "
-            "[--fast] [--row-major]\n");
+            "[--fast]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
-    int dummy = 0, fast = 0, row_major = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
+    int dummy = 0, fast = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
     uint64_t seed = 1;
     char err[512];
     model *m;
@@ -407,8 +404,6 @@ int main(int argc, char **argv)
             dummy = 1;
         } else if (strcmp(a, "--fast") == 0) {
             fast = 1;
-        } else if (strcmp(a, "--row-major") == 0) {
-            row_major = 1;
         } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
             threads = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--prompt") == 0) {
@@ -434,10 +429,6 @@ int main(int argc, char **argv)
     t0 = now();
     m = model_load(dir, dummy, seed, err, sizeof(err));
     if (m == NULL) {
-        fprintf(stderr, "llm-model-bench: %s\n", err);
-        return 1;
-    }
-    if (!row_major && cpu_backend_pack_weights(m, err, sizeof(err)) != 0) {
         fprintf(stderr, "llm-model-bench: %s\n", err);
         return 1;
     }
@@ -491,12 +482,10 @@ int main(int argc, char **argv)
         }
     }
     printf("model %s%s: %d layers, hidden %d, vocab %d; weights read per "
-           "token %.3f GB; kernels %s, %s precision, %s weights; threads "
-           "%d\n", dir, dummy ? " (dummy weights)" : "", m->cfg.n_layers,
+           "token %.3f GB; kernels %s, %s precision; threads %d\n", dir,
+           dummy ? " (dummy weights)" : "", m->cfg.n_layers,
            m->cfg.hidden_size, r.vocab, bpt / 1e9,
-           kern_isa_name(kern_get_isa()), fast ? "fast" : "exact",
-           m->layers[0].q_proj.layout == TENSOR_ROWS4 ? "repacked (rows4)"
-                                                      : "row-major", threads);
+           kern_isa_name(kern_get_isa()), fast ? "fast" : "exact", threads);
     /* warm-up: touch every weight page, and the KV pool and scratch a
      * prefill uses, once: the runs measure the steady state, not page
      * faults of first use */

@@ -28,21 +28,13 @@ typedef struct {
     int          vocab;
 } fixture;
 
-/* pack: repack the weights as the engine does (cpu_backend_pack_weights;
- * a no-op where the CPU lacks the bf16 dot products), else row-major. */
-static int fixture_open_packed(fixture *f, const char *dir, int dummy,
-                               int threads, int pack)
+static int fixture_open(fixture *f, const char *dir, int dummy, int threads)
 {
     char err[512];
 
     f->m = model_load(dir, dummy, 1234, err, sizeof(err));
     if (f->m == NULL) {
         fprintf(stderr, "  model_load(%s): %s\n", dir, err);
-        return -1;
-    }
-    if (pack && cpu_backend_pack_weights(f->m, err, sizeof(err)) != 0) {
-        fprintf(stderr, "  cpu_backend_pack_weights(%s): %s\n", dir, err);
-        model_free(f->m);
         return -1;
     }
     f->be = cpu_backend_create(f->m, threads, err, sizeof(err));
@@ -59,11 +51,6 @@ static int fixture_open_packed(fixture *f, const char *dir, int dummy,
     }
     f->vocab = f->m->cfg.vocab_size;
     return 0;
-}
-
-static int fixture_open(fixture *f, const char *dir, int dummy, int threads)
-{
-    return fixture_open_packed(f, dir, dummy, threads, 1);
 }
 
 static void fixture_close(fixture *f)
@@ -428,65 +415,6 @@ static void test_threads_and_isas_agree(void)
     kern_set_isa(best);
     free(ref);
     free(got);
-}
-
-/* Repacked weights (KERN_ROWS4) give the same bits as row-major ones:
- * every output element is summed in the same order in both layouts.  For
- * the tied and the untied fixture, a prefill with every row's logits and
- * decode steps; and the packed model read by every lower ISA's kernels
- * equals the row-major model read by the same ISA. */
-static void test_repacked_equals_row_major(void)
-{
-    const char *dirs[] = { "t/fixtures/tiny-qwen3", "t/fixtures/tiny-qwen3-untied" };
-    kern_isa best = kern_detect_isa();
-    int32_t ids[40];
-    int V = 151936, n = 40, p = 34, differ = 0;
-    float *a = malloc((size_t) n * V * sizeof(float));
-    float *b = malloc((size_t) n * V * sizeof(float));
-
-    REQUIRE(a != NULL && b != NULL, "memory");
-    if (best < KERN_ISA_AVX512BF16) {
-        printf("# no avx512bf16 here: weights are never repacked, skipped\n");
-        free(a);
-        free(b);
-        return;
-    }
-    make_prompt(ids, n, 6);
-    for (size_t d = 0; d < sizeof(dirs) / sizeof(dirs[0]); d++) {
-        for (int isa = KERN_ISA_SCALAR; isa <= (int) best; isa++) {
-            float *out[2] = { a, b };
-            for (int pack = 0; pack <= 1; pack++) {
-                fixture f;
-                seq_state s;
-                kern_set_isa(best);       /* packing needs the best ISA */
-                REQUIRE(fixture_open_packed(&f, dirs[d], 0, 2, pack) == 0,
-                        "open %s", dirs[d]);
-                /* o_proj packs in both (the untied model's hidden size,
-                 * 48, is no multiple of 32: its q/k/v/gate/up and LM head
-                 * stay row-major, a mixed model) */
-                CHECK((f.m->layers[0].o_proj.layout == TENSOR_ROWS4) == pack,
-                      "%s: layout %d", dirs[d], f.m->layers[0].o_proj.layout);
-                kern_set_isa((kern_isa) isa);
-                seq_init(&s, 3, 5);
-                REQUIRE(run_one(&f, &s, ids, p, 1, out[pack]) == 0, "prefill");
-                for (int i = p; i < n; i++) {
-                    REQUIRE(run_one(&f, &s, ids + i, 1, 0,
-                                    out[pack] + (size_t) i * V) == 0, "decode");
-                }
-                fixture_close(&f);
-            }
-            if (memcmp(a, b, (size_t) n * V * sizeof(float)) != 0) {
-                differ++;
-                CHECK(0, "%s, %s: repacked logits differ from row-major",
-                      dirs[d], kern_isa_name((kern_isa) isa));
-            }
-        }
-    }
-    kern_set_isa(best);
-    printf("# repacked vs row-major, 2 models x %d ISAs: %d differ\n",
-           (int) best + 1, differ);
-    free(a);
-    free(b);
 }
 
 /* Dummy models of other shapes: head_dim 128 (vector-aligned) and 80
@@ -1148,7 +1076,6 @@ int main(void)
     RUN(test_decode_and_chunks_equal_prefill);
     RUN(test_batch_equals_alone);
     RUN(test_threads_and_isas_agree);
-    RUN(test_repacked_equals_row_major);
     RUN(test_other_shapes);
     RUN(test_config_qwen3_4b);
     RUN(test_config_variants);
