@@ -651,6 +651,49 @@ static void *prep_main(void *arg)
     return NULL;
 }
 
+/* A short prompt without a grammar is prepared on the submitting thread
+ * when nothing waits for the prep thread: tokenizing it takes tens of
+ * microseconds, and the hop to the prep thread (a wake-up, and on a
+ * machine whose CPUs the engine and the event loop keep busy, a wait for
+ * a CPU) was most of what nginx added to the time to first token.  Long
+ * prompts and chat templates of long conversations still go to the prep
+ * thread, so a submit never stalls the event loop for long; a grammar's
+ * vocabulary is built only there.  Called with e->mu held. */
+#define PREP_INLINE_BYTES 4096
+
+static int prep_inline_ok(llm_engine *e, const llm_request *r)
+{
+    if (e->prep_q.head != NULL || r->grammar != NULL) {
+        return 0;               /* keep the order; gvocab is prep's own */
+    }
+    switch (r->kind) {
+    case LLM_PROMPT_TOKENS:
+        return 1;
+    case LLM_PROMPT_TEXT:
+        return r->text_len <= PREP_INLINE_BYTES;
+    default:
+        return r->messages_json != NULL
+               && strlen(r->messages_json) <= PREP_INLINE_BYTES
+               && (r->tools_json == NULL
+                   || strlen(r->tools_json) <= PREP_INLINE_BYTES);
+    }
+}
+
+/* What prep_main does for one request, on the submitting thread (the
+ * engine is READY: llm_submit checked). */
+static void prep_inline(llm_engine *e, llm_request *r)
+{
+    if (prep_request(e, r) == 0) {
+        publish_started(e, r);
+        pthread_mutex_lock(&e->mu);
+        q_push(&e->incoming, r);
+        eng_busy_locked(e);
+        pthread_cond_signal(&e->engine_cond);
+        pthread_mutex_unlock(&e->mu);
+    }
+    notify(e);
+}
+
 /* ---- loading --------------------------------------------------------------- */
 
 static int parse_device(llm_engine *e, const char *dev, char *err,
@@ -1840,6 +1883,12 @@ llm_request *llm_submit(llm_engine *e, const llm_request_params *p,
     r->queued = 1;
     r->engine = e;
     e->n_queued++;
+    if (prep_inline_ok(e, r)) {
+        pthread_mutex_unlock(&e->mu);
+        prep_inline(e, r);
+        *status = LLM_OK;
+        return r;
+    }
     q_push(&e->prep_q, r);
     if (!atomic_load(&e->hb_prep_busy)) {
         atomic_store(&e->hb_prep_ns, now_ns());
