@@ -1,8 +1,9 @@
 /*
  * Fork/join thread pool, see thread_pool.h.
  *
- * A job is published as one 64-bit word: generation (24 bits), task count
- * (20 bits) and the next unclaimed task (20 bits).  A thread claims a task
+ * A job is published as one 64-bit word: a ranged flag (1 bit),
+ * generation (23 bits), task count (20 bits) and the next unclaimed task
+ * (20 bits).  A thread claims a task
  * with a compare-and-swap on that word, so a claim is only ever granted
  * for the job that is current, and the job's function and context are
  * read after the claim (the caller cannot replace them while a claimed
@@ -19,7 +20,7 @@
  * machine: 4 MB matrices, 2 threads, 40 GB/s interleaved, 50 GB/s in
  * ranges); stealing keeps a thread the scheduler parks from holding back
  * more than the task it is in.  Each range is one 64-bit word, generation
- * (24 bits) | front (20) | back (20), so a claim is granted only for the
+ * (23 bits) | front (20) | back (20), so a claim is granted only for the
  * current job, as above.
  */
 #include "thread_pool.h"
