@@ -46,6 +46,8 @@
 #include <unistd.h>
 
 #define CPU_CHUNK_TOKENS 512
+/* decode: weights per pool task (mm_block_rows) */
+#define DECODE_BLOCK_BYTES ((size_t) 32 * 1024)
 /* Attention tiles: up to ATTN_TILE tokens share each K/V load; fewer for
  * long contexts so that the scores of a tile stay under
  * ATTN_SCORE_FLOATS per thread (16 MB). */
@@ -338,12 +340,21 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
     int blk;
 
     if (n_tok <= 1) {
-        /* one pass of the decode kernel (32 KB of bf16 weights at
-         * K = 1024): each thread streams its contiguous range of blocks
-         * and steals single blocks from the back of an unfinished range
-         * (thread_pool_run_ranged), so both threads stream to the end of
-         * every matrix and wait at most one block for each other */
-        return 16;
+        /* ~32 KB of weights a block (16 rows at K = 1024): each thread
+         * streams its contiguous range of blocks and steals single blocks
+         * from the back of an unfinished range (thread_pool_run_ranged),
+         * so both threads stream to the end of every matrix and wait at
+         * most one block for each other.  Narrow matrices get more rows
+         * a block: at K = 32 (the tiny test model) 16-row blocks of 1 KB
+         * spent twice the matrix time in claiming them (perf: the pool's
+         * run_tasks 49 % of the worker's samples, the kernel 26 %) */
+        blk = (int) (DECODE_BLOCK_BYTES
+                     / ((size_t) w->cols * llm_dtype_size(w->dtype)));
+        blk = blk < 16 ? 16 : blk & ~3;
+        while (blk > 16 && total_rows / blk < 8 * b->n_threads) {
+            blk = (blk / 2) & ~3;
+        }
+        return blk;
     }
     /* half of a 1 MB L2: the rest holds the token tile being streamed;
      * larger blocks mean fewer passes of the activations from L3 (measured
