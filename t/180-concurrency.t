@@ -100,6 +100,17 @@ my $lbl = 'model_name="tiny",device="cpu",worker="0"';
 my $m = main::llm_poll('/v1/metrics', qr/^llm:num_requests_paused\{\Q$lbl\E\} 1$/m, 60);
 Test::More::like($m, qr/^llm:num_requests_paused\{\Q$lbl\E\} 1$/m, "$name - the slow reader's request is paused");
 my ($gen1) = $m =~ /^llm:generation_tokens_total\{\Q$lbl\E\} (\d+)$/m;
+# Paused is steady only once the socket buffers are full: until then nginx
+# drains a little more, the unread count drops under the threshold and the
+# request takes a few more steps.  Wait for two scrapes 0.3 s apart that
+# agree (still paused, same count).
+for (1 .. 30) {
+    Time::HiRes::sleep(0.3);
+    $m = main::llm_http_get(Test::Nginx::Util::server_port_for_client(), '/v1/metrics');
+    my ($g) = $m =~ /^llm:generation_tokens_total\{\Q$lbl\E\} (\d+)$/m;
+    last if $m =~ /^llm:num_requests_paused\{\Q$lbl\E\} 1$/m && $g == $gen1;
+    $gen1 = $g;
+}
 Test::More::cmp_ok($gen1, '<', 3000, "$name - paused before it finished ($gen1 tokens)");
 my $pid = do { local (@ARGV, $/) = ($Test::Nginx::Util::PidFile); <> };
 chomp $pid;
