@@ -449,31 +449,31 @@ BF16_TARGET INLINE void bf16_rows4(const uint16_t *W, size_t K, int r,
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     size_t k = 0;
 
-#define ROWS4_STEP(LOAD)                                                     \
-    do {                                                                     \
-        __m512bh h = (__m512bh) LOAD(XH + k);         \
-        __m512bh v0 = (__m512bh) LOAD(w0 + k);        \
-        __m512bh v1 = (__m512bh) LOAD(w1 + k);        \
-        __m512bh v2 = (__m512bh) LOAD(w2 + k);        \
-        __m512bh v3 = (__m512bh) LOAD(w3 + k);        \
-        /* keep the four rows in registers: without this GCC loads each \
-         * one again for the lo products */                             \
-        __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));           \
-        _mm_prefetch((const char *) (w0 + ahead + k), _MM_HINT_T0);          \
-        _mm_prefetch((const char *) (w1 + ahead + k), _MM_HINT_T0);          \
-        _mm_prefetch((const char *) (w2 + ahead + k), _MM_HINT_T0);          \
-        _mm_prefetch((const char *) (w3 + ahead + k), _MM_HINT_T0);          \
-        a0 = _mm512_dpbf16_ps(a0, v0, h);                                    \
-        a1 = _mm512_dpbf16_ps(a1, v1, h);                                    \
-        a2 = _mm512_dpbf16_ps(a2, v2, h);                                    \
-        a3 = _mm512_dpbf16_ps(a3, v3, h);                                    \
-        if (LO) {                                                            \
-            __m512bh l = (__m512bh) LOAD(XL + k);     \
-            a0 = _mm512_dpbf16_ps(a0, v0, l);                                \
-            a1 = _mm512_dpbf16_ps(a1, v1, l);                                \
-            a2 = _mm512_dpbf16_ps(a2, v2, l);                                \
-            a3 = _mm512_dpbf16_ps(a3, v3, l);                                \
-        }                                                                    \
+#define ROWS4_STEP(LOAD)                                                    \
+    do {                                                                    \
+        __m512bh h = (__m512bh) LOAD(XH + k);                               \
+        __m512bh v0 = (__m512bh) LOAD(w0 + k);                              \
+        __m512bh v1 = (__m512bh) LOAD(w1 + k);                              \
+        __m512bh v2 = (__m512bh) LOAD(w2 + k);                              \
+        __m512bh v3 = (__m512bh) LOAD(w3 + k);                              \
+        /* keep the four rows in registers: without this GCC loads each     \
+         * one again for the lo products */                                 \
+        __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));               \
+        _mm_prefetch((const char *) (w0 + ahead + k), _MM_HINT_T0);         \
+        _mm_prefetch((const char *) (w1 + ahead + k), _MM_HINT_T0);         \
+        _mm_prefetch((const char *) (w2 + ahead + k), _MM_HINT_T0);         \
+        _mm_prefetch((const char *) (w3 + ahead + k), _MM_HINT_T0);         \
+        a0 = _mm512_dpbf16_ps(a0, v0, h);                                   \
+        a1 = _mm512_dpbf16_ps(a1, v1, h);                                   \
+        a2 = _mm512_dpbf16_ps(a2, v2, h);                                   \
+        a3 = _mm512_dpbf16_ps(a3, v3, h);                                   \
+        if (LO) {                                                           \
+            __m512bh l = (__m512bh) LOAD(XL + k);                           \
+            a0 = _mm512_dpbf16_ps(a0, v0, l);                               \
+            a1 = _mm512_dpbf16_ps(a1, v1, l);                               \
+            a2 = _mm512_dpbf16_ps(a2, v2, l);                               \
+            a3 = _mm512_dpbf16_ps(a3, v3, l);                               \
+        }                                                                   \
     } while (0)
 
     /* full steps with plain loads (measured: masked loads with a full

@@ -672,10 +672,13 @@ static int prep_inline_ok(llm_engine *e, const llm_request *r)
     case LLM_PROMPT_TEXT:
         return r->text_len <= PREP_INLINE_BYTES;
     default:
+        /* strnlen: a long conversation is not scanned under e->mu */
         return r->messages_json != NULL
-               && strlen(r->messages_json) <= PREP_INLINE_BYTES
+               && strnlen(r->messages_json, PREP_INLINE_BYTES + 1)
+                  <= PREP_INLINE_BYTES
                && (r->tools_json == NULL
-                   || strlen(r->tools_json) <= PREP_INLINE_BYTES);
+                   || strnlen(r->tools_json, PREP_INLINE_BYTES + 1)
+                      <= PREP_INLINE_BYTES);
     }
 }
 
