@@ -99,14 +99,12 @@ typedef struct {
 /* Stores one token's K and V (all KV heads: [n_kv][hd]) at (block, slot). */
 void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
                    const float *v);
+/* The same for KV head g alone: k and v point at that head's hd values. */
+void kern_kv_write_head(const kern_kv *kv, int g, int block, int slot,
+                        const float *k, const float *v);
 
-/* Prefetches bytes [from, to) of the concatenation of spans of span_bytes
- * each, span i starting at base[i]: a decode matmul spreads the next
- * attention's K/V context over its row blocks this way, so the context
- * arrives while the weights stream instead of in a burst of misses with
- * too little work per line to overlap them. */
-void kern_prefetch_spans(const void *const *base, size_t span_bytes,
-                         size_t from, size_t to);
+/* Asks for the cache lines of [p, p + bytes) (no-op without x86). */
+void kern_prefetch(const void *p, size_t bytes);
 
 /* Floats of scratch kern_attention needs for n_q query vectors over a
  * context of ctx positions. */
