@@ -878,6 +878,16 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
             km[u] = mask16(bs - c);
             so[u] = (size_t) b * bs + (size_t) c;
         }
+        /* the next two chunks' K lines, asked for during the first query
+         * group's pass: the context is scattered over paged blocks that the
+         * hardware prefetchers do not follow from one to the next
+         * (measured, Qwen3-0.6B decode: attention 0.8 -> 0.5 ms a token
+         * per thread with the V prefetch below) */
+        const float *pk[2] = { NULL, NULL };
+        for (int u = 0; u < 2 && ci + 2 + u < n_chunks; u++) {
+            int cc = ci + 2 + u;
+            pk[u] = k_block(kv, table[cc / cpb], g) + (cc % cpb) * 16;
+        }
         for (int qi = 0; qi < n_q; qi += 4) {
             int nq = n_q - qi < 4 ? n_q - qi : 4;
             const float *qp[4];
@@ -893,6 +903,12 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
             for (int d = 0; d < hd; d++) {
                 __m512 k0 = _mm512_maskz_loadu_ps(km[0], kp[0] + (size_t) d * bs);
                 __m512 k1 = _mm512_maskz_loadu_ps(km[1], kp[1] + (size_t) d * bs);
+                for (int u = 0; u < 2 && qi == 0; u++) {
+                    if (pk[u]) {
+                        _mm_prefetch((const char *) (pk[u] + (size_t) d * bs),
+                                     _MM_HINT_T0);
+                    }
+                }
 #pragma GCC unroll 4
                 for (int x = 0; x < 4; x++) {
                     __m512 qv = _mm512_set1_ps(qp[x][d]);
@@ -965,8 +981,18 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
             for (int b = 0; b < n_blocks; b++) {
                 int jn = ctx_max - b * bs < bs ? ctx_max - b * bs : bs;
                 const float *vb = v_row(kv, table[b], g, 0) + d0;
+                const float *pv = d0 == 0 && qi == 0 && b + 1 < n_blocks
+                                  ? v_row(kv, table[b + 1], g, 0) : NULL;
                 size_t j0 = (size_t) b * bs;
                 for (int sl = 0; sl < jn; sl++) {
+                    if (pv) {
+                        /* the next block's row sl, all of it */
+                        const char *row = (const char *) (pv + (size_t) sl * hd);
+                        for (size_t l = 0; l < (size_t) hd * sizeof(float);
+                             l += 64) {
+                            _mm_prefetch(row + l, _MM_HINT_T0);
+                        }
+                    }
                     __m512 v0 = _mm512_maskz_loadu_ps(md0, vb + (size_t) sl * hd);
                     __m512 v1 = _mm512_maskz_loadu_ps(md1, vb + (size_t) sl * hd + 16);
 #pragma GCC unroll 8
