@@ -174,8 +174,14 @@ echo
 echo "Offline: \`llm-bench\` drives the engine in-process (random token-id prompts)."
 echo "Through nginx: \`llm-serve-bench\` streams \`/v1/completions\` over HTTP/1.1 with"
 echo "prompts of the same exact token count (random text, re-encoded until exact),"
-echo "\`ignore_eos\`, greedy sampling.  Both count time from submission; neither has a"
-echo "warm-up.  TTFT through nginx also holds the loopback HTTP round trip, request"
+WARM=$(meta warmup)
+echo "\`ignore_eos\`, greedy sampling.  Both count time from submission; $(
+    case $WARM in
+    c) echo "each run starts with as many unmeasured requests as its concurrency, on both sides" ;;
+    '?') echo "neither has a warm-up" ;;
+    *) echo "each run starts with $WARM unmeasured requests, on both sides" ;;
+    esac)."
+echo "TTFT through nginx also holds the loopback HTTP round trip, request"
 echo "parsing and the prompt's tokenization (offline submits token ids).  Each row's"
 echo "load is the 1-minute load average before the run: on a loaded machine the"
 echo "numbers are noise-bound; compare rows taken together.  With repeats, each"

@@ -28,6 +28,8 @@
 # variables override them:
 #   BENCH_MODELS="tiny q06"  BENCH_CONCURRENCY="1 4 16 64"  BENCH_REPEAT=3
 #   BENCH_SCALE=2000 (0 skips the scale check)
+#   BENCH_WARMUP=c (unmeasured requests before every run, both sides; c:
+#                   the row's concurrency)
 #   BENCH_THREADS=<CPU threads, default: cores>
 #   BENCH_OUT=<results dir>  TEST_NGINX_BINARY=<nginx>  BENCH_KV=<kv_cache>
 set -euo pipefail
@@ -43,6 +45,14 @@ MODELS=${BENCH_MODELS:-tiny q06}
 CONCURRENCY=${BENCH_CONCURRENCY:-1 4 16 64}
 SCALE=${BENCH_SCALE:-2000}
 REPEAT=${BENCH_REPEAT:-3}
+# unmeasured requests before each run, on both sides: "c" = the row's
+# concurrency (a fresh offline process and a warm server would otherwise
+# compare a cold start with a warm one)
+WARMUP=${BENCH_WARMUP:-c}
+case $WARMUP in
+c) ;;
+''|*[!0-9]*) echo "bench.sh: BENCH_WARMUP must be c or a number" >&2; exit 2 ;;
+esac
 case $REPEAT in
 ''|*[!0-9]*|0) echo "bench.sh: BENCH_REPEAT must be a positive integer" >&2; exit 2 ;;
 esac
@@ -93,10 +103,10 @@ jq -n --arg commit "$COMMIT" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
       --arg nginx "$("$NGINX" -v 2>&1 | sed 's/.*version: //')" \
       --argjson threads "$THREADS" --arg kv "$KV" --arg load "$(loadavg)" \
       --arg mem "$(free -g | awk '/^Mem:/ {print $2 " GiB"}')" \
-      --argjson repeat "$REPEAT" \
+      --argjson repeat "$REPEAT" --arg warmup "$WARMUP" \
       '{commit: $commit, date: $date, cpu_model: $cpu, cpus: $cpus, memory: $mem,
         kernel: $kernel, nginx: $nginx, threads: $threads, kv_cache: $kv,
-        repeat: $repeat, load_at_start: $load}' > "$OUT/meta.json"
+        repeat: $repeat, warmup: $warmup, load_at_start: $load}' > "$OUT/meta.json"
 # server_cpu_s: CPU seconds the nginx worker used during the run ("-" when
 # no server is up); near 0 for offline runs means the idle server stayed idle
 printf 'run\tload_before\tload_after\twall_s\tserver_cpu_s\n' > "$OUT/runs.tsv"
@@ -237,15 +247,18 @@ for m in $MODELS; do
     say "nginx $NGX_PID (worker $(worker_pid)) on port $PORT serving $m"
     for c in $CONCURRENCY; do
         n=$(model_prompts "$m" "$c")
+        w=$WARMUP
+        [ "$w" = c ] && w=$c
         # interleaved pairs: both sides of pair r see the same background load
         for r in $(seq "$REPEAT"); do
             run "offline-$m-c$c.r$r" "$OFFLINE" "$dir" "${dummy[@]}" --threads "$THREADS" \
                 --kv-cache-bytes "$KV_BYTES" --input-len "$in" --output-len "$outlen" \
-                --num-prompts "$n" --concurrency "$c" --json "$OUT/offline-$m-c$c.r$r.json"
+                --num-prompts "$n" --concurrency "$c" --warmup "$w" \
+                --json "$OUT/offline-$m-c$c.r$r.json"
             run "nginx-$m-c$c.r$r" "$CLIENT" --base-url "http://127.0.0.1:$PORT" --model "$m" \
                 --tokenizer "$dir" --endpoint completions --input-len "$in" \
                 --output-len "$outlen" --num-prompts "$n" --max-concurrency "$c" \
-                --label "nginx-$m-c$c.r$r" --metadata "mode=nginx" --metadata "model_key=$m" \
+                --warmup "$w" --label "nginx-$m-c$c.r$r" --metadata "mode=nginx" --metadata "model_key=$m" \
                 --metadata "repeat=$r" --metadata "load=$(loadavg)" \
                 --json "$OUT/nginx-$m-c$c.r$r.json"
         done

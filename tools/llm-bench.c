@@ -41,6 +41,97 @@ typedef struct {
 
 #include "bench_stats.h"
 
+/* What one run of requests measured. */
+typedef struct {
+    series    ttft, tpot, itl, e2e;
+    long long total_out, total_in;
+    int       failed;
+} run_metrics;
+
+/* Runs requests reqs[0..n) with at most `concurrency` in flight, a new one
+ * submitted as soon as one finishes.  -1 if the engine refused one. */
+static int run_requests(llm_engine *e, bench_req *reqs, int n,
+                        int concurrency, int input_len, int output_len,
+                        run_metrics *m)
+{
+    char err[LLM_ERR_MAX];
+    int next = 0, in_flight = 0, finished = 0, i;
+
+    while (finished < n) {
+        llm_request *ready[64];
+
+        while (in_flight < concurrency && next < n) {
+            llm_request_params p;
+            llm_status st;
+            bench_req *b = &reqs[next];
+
+            llm_request_params_init(&p);
+            p.kind = LLM_PROMPT_TOKENS;
+            p.tokens = b->prompt;
+            p.n_tokens = input_len;
+            p.max_tokens = output_len;
+            p.ignore_eos = 1;
+            p.sampling.temperature = 0;
+            b->t_submit = now_s();
+            b->r = llm_submit(e, &p, &st, err, sizeof(err));
+            if (b->r == NULL) {
+                fprintf(stderr, "llm-bench: request %d refused: %s\n", next, err);
+                return -1;
+            }
+            next++;
+            in_flight++;
+        }
+        llm_engine_wait(e, 50);
+        while (llm_engine_ready(e, ready, 64) > 0) {
+        }
+        for (i = 0; i < next; i++) {
+            bench_req *b = &reqs[i];
+            llm_event ev;
+
+            if (b->done) {
+                continue;
+            }
+            while (!b->done && llm_request_next_event(b->r, &ev)) {
+                double t = now_s();
+
+                if (ev.type == LLM_EV_TOKEN && ev.n_tokens > 0) {
+                    if (b->n_out == 0) {
+                        b->t_first = t;
+                    } else {
+                        series_add(&m->itl, t - b->t_last);
+                    }
+                    b->t_last = t;
+                    b->n_out += ev.n_tokens;
+                } else if (ev.type == LLM_EV_FINISH || ev.type == LLM_EV_ERROR) {
+                    if (ev.type == LLM_EV_ERROR) {
+                        fprintf(stderr, "llm-bench: request %d failed: %s\n", i,
+                                ev.message ? ev.message : "");
+                        m->failed++;
+                    }
+                    b->done = 1;
+                    finished++;
+                    in_flight--;
+                }
+                llm_event_free(&ev);
+            }
+            if (b->done && b->r) {
+                llm_request_release(b->r);
+                b->r = NULL;
+                if (b->n_out > 0) {
+                    series_add(&m->ttft, b->t_first - b->t_submit);
+                    series_add(&m->e2e, b->t_last - b->t_submit);
+                    if (b->n_out > 1) {
+                        series_add(&m->tpot, (b->t_last - b->t_first) / (b->n_out - 1));
+                    }
+                    m->total_out += b->n_out;
+                    m->total_in += input_len;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 static void print_usage(FILE *f)
 {
     fprintf(f,
@@ -56,6 +147,7 @@ static void print_usage(FILE *f)
 "  --max-num-seqs N  --max-num-batched-tokens N  --max-model-len N\n"
 "  --kv-cache-bytes N  --kv-cache-fraction F  --no-prefix-caching\n"
 "  --seed N                   prompt and weight seed (default 0)\n"
+"  --warmup N                 unmeasured requests first (default 0)\n"
 "  --json FILE                also write the results as JSON\n");
 }
 
@@ -69,11 +161,11 @@ int main(int argc, char **argv)
     uint64_t seed = 0, x;
     const char *json_path = NULL;
     bench_req *reqs;
-    series ttft = { 0 }, tpot = { 0 }, itl = { 0 }, e2e = { 0 };
+    run_metrics m = { 0 };
     summary s_ttft, s_tpot, s_itl, s_e2e;
-    llm_stats es;
-    int next = 0, in_flight = 0, finished = 0, failed = 0, i, j;
-    long long total_out = 0, total_in = 0;
+    llm_stats es, es0;
+    int warmup = 0, failed, i, j;
+    long long total_out, total_in;
     double t_load, t_start, t_end, dur;
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -99,6 +191,7 @@ int main(int argc, char **argv)
         else if (ARG("--kv-cache-bytes")) o.kv_cache_bytes = strtoll(v, NULL, 10);
         else if (ARG("--kv-cache-fraction")) o.kv_cache_fraction = atof(v);
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
+        else if (ARG("--warmup")) warmup = atoi(v);
         else if (ARG("--json")) json_path = v;
         else if (ARG("--load-format")) {
             if (strcmp(v, "dummy") == 0) o.load_format = LLM_LOAD_DUMMY;
@@ -118,7 +211,8 @@ int main(int argc, char **argv)
         }
 #undef ARG
     }
-    if (input_len < 1 || output_len < 1 || num_prompts < 1 || concurrency < 0) {
+    if (input_len < 1 || output_len < 1 || num_prompts < 1 || concurrency < 0
+        || warmup < 0) {
         fprintf(stderr, "llm-bench: lengths and counts must be positive\n");
         return 2;
     }
@@ -139,7 +233,8 @@ int main(int argc, char **argv)
     t_load = now_s() - t_load;
     llm_engine_model_info(e, &info);
 
-    reqs = calloc((size_t) num_prompts, sizeof(*reqs));
+    /* the warm-up's requests follow the measured ones (own prompts) */
+    reqs = calloc((size_t) (num_prompts + warmup), sizeof(*reqs));
     if (reqs == NULL) {
         fprintf(stderr, "llm-bench: out of memory\n");
         return 1;
@@ -147,7 +242,7 @@ int main(int argc, char **argv)
     /* Random prompts below the tokenizer's regular vocabulary (no special
      * tokens), distinct per request so the prefix cache cannot help. */
     x = seed * 0x9e3779b97f4a7c15ULL + 0x1234567ULL;
-    for (i = 0; i < num_prompts; i++) {
+    for (i = 0; i < num_prompts + warmup; i++) {
         reqs[i].prompt = malloc((size_t) input_len * sizeof(int32_t));
         if (reqs[i].prompt == NULL) {
             fprintf(stderr, "llm-bench: out of memory\n");
@@ -164,90 +259,42 @@ int main(int argc, char **argv)
             "%.1f s; KV %lld blocks of %d\n", o.model_dir, info.model_type,
             info.n_layers, info.hidden_size, info.device, t_load,
             (long long) info.kv_blocks_total, info.block_size);
-    fprintf(stderr, "%d prompts, input %d, output %d, concurrency %d\n",
-            num_prompts, input_len, output_len, concurrency);
+    fprintf(stderr, "%d prompts (after %d unmeasured), input %d, output %d, "
+            "concurrency %d\n", num_prompts, warmup, input_len, output_len,
+            concurrency);
 
+    if (warmup > 0) {
+        run_metrics w = { 0 };
+        int rc = run_requests(e, reqs + num_prompts, warmup,
+                              concurrency < warmup ? concurrency : warmup,
+                              input_len, output_len, &w);
+        free(w.ttft.v);
+        free(w.tpot.v);
+        free(w.itl.v);
+        free(w.e2e.v);
+        if (rc != 0 || w.failed) {
+            fprintf(stderr, "llm-bench: the warm-up failed\n");
+            llm_engine_destroy(e);
+            return 1;
+        }
+    }
+    llm_engine_stats(e, &es0);
     t_start = now_s();
-    while (finished < num_prompts) {
-        llm_request *ready[64];
-
-        while (in_flight < concurrency && next < num_prompts) {
-            llm_request_params p;
-            llm_status st;
-            bench_req *b = &reqs[next];
-
-            llm_request_params_init(&p);
-            p.kind = LLM_PROMPT_TOKENS;
-            p.tokens = b->prompt;
-            p.n_tokens = input_len;
-            p.max_tokens = output_len;
-            p.ignore_eos = 1;
-            p.sampling.temperature = 0;
-            b->t_submit = now_s();
-            b->r = llm_submit(e, &p, &st, err, sizeof(err));
-            if (b->r == NULL) {
-                fprintf(stderr, "llm-bench: request %d refused: %s\n", next, err);
-                llm_engine_destroy(e);
-                return 1;
-            }
-            next++;
-            in_flight++;
-        }
-        llm_engine_wait(e, 50);
-        while (llm_engine_ready(e, ready, 64) > 0) {
-        }
-        for (i = 0; i < next; i++) {
-            bench_req *b = &reqs[i];
-            llm_event ev;
-
-            if (b->done) {
-                continue;
-            }
-            while (!b->done && llm_request_next_event(b->r, &ev)) {
-                double t = now_s();
-
-                if (ev.type == LLM_EV_TOKEN && ev.n_tokens > 0) {
-                    if (b->n_out == 0) {
-                        b->t_first = t;
-                    } else {
-                        series_add(&itl, t - b->t_last);
-                    }
-                    b->t_last = t;
-                    b->n_out += ev.n_tokens;
-                } else if (ev.type == LLM_EV_FINISH || ev.type == LLM_EV_ERROR) {
-                    if (ev.type == LLM_EV_ERROR) {
-                        fprintf(stderr, "llm-bench: request %d failed: %s\n", i,
-                                ev.message ? ev.message : "");
-                        failed++;
-                    }
-                    b->done = 1;
-                    finished++;
-                    in_flight--;
-                }
-                llm_event_free(&ev);
-            }
-            if (b->done && b->r) {
-                llm_request_release(b->r);
-                b->r = NULL;
-                if (b->n_out > 0) {
-                    series_add(&ttft, b->t_first - b->t_submit);
-                    series_add(&e2e, b->t_last - b->t_submit);
-                    if (b->n_out > 1) {
-                        series_add(&tpot, (b->t_last - b->t_first) / (b->n_out - 1));
-                    }
-                    total_out += b->n_out;
-                    total_in += input_len;
-                }
-            }
-        }
+    if (run_requests(e, reqs, num_prompts, concurrency, input_len, output_len,
+                     &m) != 0) {
+        llm_engine_destroy(e);
+        return 1;
     }
     t_end = now_s();
     dur = t_end - t_start;
+    failed = m.failed;
+    total_out = m.total_out;
+    total_in = m.total_in;
 
-    s_ttft = summarize(&ttft);
-    s_tpot = summarize(&tpot);
-    s_itl = summarize(&itl);
-    s_e2e = summarize(&e2e);
+    s_ttft = summarize(&m.ttft);
+    s_tpot = summarize(&m.tpot);
+    s_itl = summarize(&m.itl);
+    s_e2e = summarize(&m.e2e);
 
     printf("============ llm-bench result ============\n");
     printf("%-32s %s\n", "Model:", o.model_dir);
@@ -264,6 +311,12 @@ int main(int argc, char **argv)
     printf("%-8s ms  mean %9.2f  p50 %9.2f  p90 %9.2f  p99 %9.2f\n", name, \
            (s).mean * 1e3, (s).p50 * 1e3, (s).p90 * 1e3, (s).p99 * 1e3)
     llm_engine_stats(e, &es);
+    /* the measured run's share (the warm-up's steps are before es0) */
+    es.steps -= es0.steps;
+    es.step_time.sum -= es0.step_time.sum;
+    es.prompt_tokens -= es0.prompt_tokens;
+    es.generation_tokens -= es0.generation_tokens;
+    es.preemptions -= es0.preemptions;
     printf("%-32s %llu (mean %.2f ms, %.1f tokens)\n", "Engine steps:",
            (unsigned long long) es.steps,
            es.steps ? es.step_time.sum / es.steps * 1e3 : 0.0,
@@ -305,20 +358,21 @@ int main(int argc, char **argv)
                     "\"preemptions\": %llu,\n", (unsigned long long) es.steps,
                     es.steps ? es.step_time.sum / es.steps * 1e3 : 0.0,
                     (unsigned long long) es.preemptions);
-            fprintf(f, "  \"load_s\": %.3f\n}\n", t_load);
+            fprintf(f, "  \"warmup\": %d, \"load_s\": %.3f\n}\n", warmup,
+                    t_load);
             fclose(f);
 #undef JS
         }
     }
 
-    for (i = 0; i < num_prompts; i++) {
+    for (i = 0; i < num_prompts + warmup; i++) {
         free(reqs[i].prompt);
     }
     free(reqs);
-    free(ttft.v);
-    free(tpot.v);
-    free(itl.v);
-    free(e2e.v);
+    free(m.ttft.v);
+    free(m.tpot.v);
+    free(m.itl.v);
+    free(m.e2e.v);
     llm_engine_destroy(e);
     return failed ? 1 : 0;
 }
