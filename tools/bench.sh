@@ -251,14 +251,18 @@ for m in $MODELS; do
         [ "$w" = c ] && w=$c
         # interleaved pairs: both sides of pair r see the same background load
         for r in $(seq "$REPEAT"); do
+            # prompts never seen before by this server (its prefix cache
+            # would answer a repeated prompt's prefill): a seed per row
+            # and pair, the warm-up's prompts are that seed's first ones
+            seed=$(( c * 1000 + r ))
             run "offline-$m-c$c.r$r" "$OFFLINE" "$dir" "${dummy[@]}" --threads "$THREADS" \
                 --kv-cache-bytes "$KV_BYTES" --input-len "$in" --output-len "$outlen" \
-                --num-prompts "$n" --concurrency "$c" --warmup "$w" \
+                --num-prompts "$n" --concurrency "$c" --warmup "$w" --seed "$seed" \
                 --json "$OUT/offline-$m-c$c.r$r.json"
             run "nginx-$m-c$c.r$r" "$CLIENT" --base-url "http://127.0.0.1:$PORT" --model "$m" \
                 --tokenizer "$dir" --endpoint completions --input-len "$in" \
                 --output-len "$outlen" --num-prompts "$n" --max-concurrency "$c" \
-                --warmup "$w" --label "nginx-$m-c$c.r$r" --metadata "mode=nginx" --metadata "model_key=$m" \
+                --warmup "$w" --seed "$seed" --label "nginx-$m-c$c.r$r" --metadata "mode=nginx" --metadata "model_key=$m" \
                 --metadata "repeat=$r" --metadata "load=$(loadavg)" \
                 --json "$OUT/nginx-$m-c$c.r$r.json"
         done
