@@ -1994,9 +1994,13 @@ int oai_stream_event(oai_response *rs, int i, const llm_event *ev,
             return stream_tool_text(rs, i, ev->text ? ev->text : "",
                                     ev->text_len, 0, out);
         }
-        if (ev->text_len == 0 && !(rs->logprobs && ev->n_tokens > 0)) {
-            return 0;      /* text held back (stop string, UTF-8) */
+        if (ev->text_len == 0 && ev->n_tokens == 0) {
+            return 0;
         }
+        /* a token whose text is empty (held back for a stop string or an
+         * unfinished UTF-8 sequence, or a token without text) still gets
+         * its chunk, with empty text, as vLLM sends it: clients time the
+         * first token and the gaps between tokens by chunks */
         if (rs->logprobs && ev->n_tokens > 0) {
             if (rs->kind == OAI_CHAT) {
                 lp = cJSON_CreateArray();

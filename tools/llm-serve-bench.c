@@ -150,8 +150,8 @@ typedef struct {
     buf           line;              /* incomplete SSE line */
     buf           errbody;           /* body of a non-200 response */
     buf           text;              /* generated text */
-    double        t_start, t_first, t_last_text, t_end;
-    int           n_text_chunks;
+    double        t_start, t_first, t_last_token, t_end;
+    int           n_token_chunks;
     int           usage_prompt, usage_completion;   /* -1: not reported */
     int           got_done;
     char         *stream_error;
@@ -164,8 +164,8 @@ static void req_reset_run(bench_req *q)
     q->curl_err[0] = '\0';
     q->http_status = 0;
     q->line.len = q->errbody.len = q->text.len = 0;
-    q->t_start = q->t_first = q->t_last_text = q->t_end = 0;
-    q->n_text_chunks = 0;
+    q->t_start = q->t_first = q->t_last_token = q->t_end = 0;
+    q->n_token_chunks = 0;
     q->usage_prompt = q->usage_completion = -1;
     q->got_done = 0;
     free(q->stream_error);
@@ -209,6 +209,7 @@ static void on_sse_data(bench_req *q, const char *data, double t)
 {
     cJSON *root, *choices, *c0, *usage, *v;
     const char *msg, *text = NULL;
+    int is_token = 0;
 
     q->t_end = t;
     if (strcmp(data, "[DONE]") == 0) {
@@ -232,27 +233,40 @@ static void on_sse_data(bench_req *q, const char *data, double t)
     c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     if (c0 != NULL) {
         cJSON *delta = cJSON_GetObjectItemCaseSensitive(c0, "delta");
+        cJSON *fr = cJSON_GetObjectItemCaseSensitive(c0, "finish_reason");
 
         if (delta != NULL) {                         /* chat.completion.chunk */
             v = cJSON_GetObjectItemCaseSensitive(delta, "content");
             if (!cJSON_IsString(v) || v->valuestring[0] == '\0') {
-                v = cJSON_GetObjectItemCaseSensitive(delta, "reasoning_content");
+                cJSON *r = cJSON_GetObjectItemCaseSensitive(delta, "reasoning_content");
+                v = cJSON_IsString(r) ? r : v;
             }
+            /* the first delta (the role) comes before any token */
+            is_token = cJSON_IsString(v)
+                       && !cJSON_HasObjectItem(delta, "role");
         } else {                                     /* text_completion */
             v = cJSON_GetObjectItemCaseSensitive(c0, "text");
+            is_token = cJSON_IsString(v);
         }
+        /* a chunk of its own with the finish reason carries no token */
+        is_token = is_token && (fr == NULL || cJSON_IsNull(fr));
         if (cJSON_IsString(v) && v->valuestring[0] != '\0') {
             text = v->valuestring;
         }
     }
-    if (text != NULL) {
-        if (q->n_text_chunks == 0) {
+    /* every token's chunk counts, its text empty or not (a token without
+     * text, or text held back for a stop string), as vLLM's client counts
+     * them: TTFT is the first such chunk, ITL the gaps between them */
+    if (is_token) {
+        if (q->n_token_chunks == 0) {
             q->t_first = t;
-        } else if (series_add(&q->itl, t - q->t_last_text) < 0) {
+        } else if (series_add(&q->itl, t - q->t_last_token) < 0) {
             set_stream_error(q, "client: out of memory");
         }
-        q->t_last_text = t;
-        q->n_text_chunks++;
+        q->t_last_token = t;
+        q->n_token_chunks++;
+    }
+    if (text != NULL) {
         if (buf_add(&q->text, text, strlen(text)) < 0) {
             set_stream_error(q, "client: out of memory");
         }
@@ -529,8 +543,8 @@ static const char *request_failure(bench_req *q, CURLcode res, char *why, size_t
         snprintf(why, len, "stream ended without data: [DONE]");
         return why;
     }
-    if (q->n_text_chunks == 0) {
-        snprintf(why, len, "no generated text in the stream");
+    if (q->n_token_chunks == 0) {
+        snprintf(why, len, "no token in the stream");
         return why;
     }
     return NULL;
@@ -585,7 +599,7 @@ static void finish_request(runner *r, bench_req *q, CURLcode res,
         out = tokenizer_encode(tok, q->text.p, q->text.len, 0, &ids, err, sizeof(err));
         free(ids);
         if (out < 0) {
-            out = q->n_text_chunks;
+            out = q->n_token_chunks;
         }
     }
     if (out != q->output_len) {
