@@ -247,6 +247,34 @@ static void test_greedy_ties(void)
     CHECK(sampler_sample(dead, 3, &p, NULL, &rng, s, &r) == 0, "sample");
     CHECK(r.token == 0, "all -inf gave %d", r.token);
     sampler_scratch_free(s);
+
+    /* a vocabulary wider than the argmax's lanes: the lowest id among equal
+     * maxima in different lanes and in the tail, NaN ignored, against a
+     * plain scan */
+    {
+        enum { V = 1003 };
+        static float big[V];
+        const int    plant[][3] = { { 517, 203, 1001 }, { 1002, 1001, 999 },
+                                    { 8, 16, 0 } };
+
+        s = sampler_scratch_create(V);
+        REQUIRE(s != NULL, "scratch");
+        for (int c = 0; c < 3; c++) {
+            int want = V;
+            for (int i = 0; i < V; i++) {
+                big[i] = (float) ((i * 7919) % 1000) / 100.0f;
+            }
+            big[5] = NAN;
+            for (int k = 0; k < 3; k++) {
+                big[plant[c][k]] = 50.0f;
+                want = plant[c][k] < want ? plant[c][k] : want;
+            }
+            CHECK(sampler_sample(big, V, &p, NULL, &rng, s, &r) == 0, "sample");
+            CHECK(r.token == want, "case %d: argmax %d, want %d", c, r.token,
+                  want);
+        }
+        sampler_scratch_free(s);
+    }
 }
 
 static void test_chi_square_temperature(void)
