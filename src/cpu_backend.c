@@ -369,8 +369,9 @@ static void mm_task(void *ctx, int task, int thread)
 /*
  * Decode: the rows of a ranged job's tasks, into b->task_row; returns the
  * task count, or 0 to keep uniform blocks (too few rows, or no memory).
- * The pool starts thread i on tasks [n * i / T, n * (i + 1) / T), so
- * every thread gets the same number of tasks: its share of the rows cut
+ * The pool starts thread i on tasks [n * i / T, n * (i + 1) / T)
+ * (thread_pool.h), so with n a multiple of T every thread gets the same
+ * number of tasks: its share of the rows cut
  * into blocks of ~blk rows, except the last blk rows, cut into
  * DECODE_TAIL_TASKS small blocks.  A thread that finishes its range
  * steals from the back of another's, so the threads meet at the end of
@@ -545,15 +546,49 @@ static kern_kv layer_kv(const cpu_backend *b, int layer)
     return kv;
 }
 
-static void tok_one(tok_job *j, int t, int thread)
+/* Chunk token t, KV head g and its query heads, after the Q/K/V
+ * projection: biases, Q/K norms, RoPE, then the token's K and V into the
+ * cache.  Prefill runs it for every head of a token (TOK_QKV_POST),
+ * decode per head (head_task): the same arithmetic either way. */
+static void qkv_post_head(const tok_job *j, int t, int g)
 {
     cpu_backend *b = j->b;
     const cpu_layer *L = &b->layers[j->layer];
     const llm_batch *bt = j->batch;
-    int bi = j->c0 + t;                      /* index in the batch */
-    int s = b->tok_seq[bi];
-    int pos = bt->positions[bi];
-    const int32_t *table = bt->block_tables + (size_t) s * bt->max_blocks;
+    int bi = j->c0 + t, pos = bt->positions[bi];
+    const int32_t *table = bt->block_tables
+                           + (size_t) b->tok_seq[bi] * bt->max_blocks;
+    size_t qo = (size_t) g * b->n_rep * b->hd, ko = (size_t) g * b->hd;
+    int nq = b->n_rep * b->hd;
+    float *q = b->q + (size_t) t * b->Q + qo;
+    float *k = b->k + (size_t) t * b->KV + ko;
+    float *v = b->v + (size_t) t * b->KV + ko;
+    const float *cs = b->rope_cos + (size_t) t * (b->hd / 2);
+    const float *sn = b->rope_sin + (size_t) t * (b->hd / 2);
+    kern_kv kv = layer_kv(b, j->layer);
+
+    if (L->q_bias) {
+        for (int i = 0; i < nq; i++) q[i] += L->q_bias[qo + i];
+        for (int i = 0; i < b->hd; i++) k[i] += L->k_bias[ko + i];
+        for (int i = 0; i < b->hd; i++) v[i] += L->v_bias[ko + i];
+    }
+    if (L->q_norm) {
+        for (int h = 0; h < b->n_rep; h++) {
+            kern_rmsnorm(q + (size_t) h * b->hd, L->q_norm, b->hd, b->eps,
+                         q + (size_t) h * b->hd);
+        }
+        kern_rmsnorm(k, L->k_norm, b->hd, b->eps, k);
+    }
+    kern_rope(q, b->n_rep, b->hd, cs, sn);
+    kern_rope(k, 1, b->hd, cs, sn);
+    kern_kv_write_head(&kv, g, table[pos / b->block_size],
+                       pos % b->block_size, k, v);
+}
+
+static void tok_one(tok_job *j, int t, int thread)
+{
+    cpu_backend *b = j->b;
+    const cpu_layer *L = &b->layers[j->layer];
 
     switch (j->what) {
     case TOK_INPUT_NORM:
@@ -576,33 +611,11 @@ static void tok_one(tok_job *j, int t, int thread)
         }
         break;
     }
-    case TOK_QKV_POST: {
-        float *q = b->q + (size_t) t * b->Q, *k = b->k + (size_t) t * b->KV;
-        float *v = b->v + (size_t) t * b->KV;
-        const float *cs = b->rope_cos + (size_t) t * (b->hd / 2);
-        const float *sn = b->rope_sin + (size_t) t * (b->hd / 2);
-        kern_kv kv = layer_kv(b, j->layer);
-        if (L->q_bias) {
-            for (int i = 0; i < b->Q; i++) q[i] += L->q_bias[i];
-            for (int i = 0; i < b->KV; i++) k[i] += L->k_bias[i];
-            for (int i = 0; i < b->KV; i++) v[i] += L->v_bias[i];
+    case TOK_QKV_POST:
+        for (int g = 0; g < b->n_kv; g++) {
+            qkv_post_head(j, t, g);
         }
-        if (L->q_norm) {
-            for (int h = 0; h < b->n_heads; h++) {
-                kern_rmsnorm(q + (size_t) h * b->hd, L->q_norm, b->hd, b->eps,
-                             q + (size_t) h * b->hd);
-            }
-            for (int h = 0; h < b->n_kv; h++) {
-                kern_rmsnorm(k + (size_t) h * b->hd, L->k_norm, b->hd, b->eps,
-                             k + (size_t) h * b->hd);
-            }
-        }
-        kern_rope(q, b->n_heads, b->hd, cs, sn);
-        kern_rope(k, b->n_kv, b->hd, cs, sn);
-        kern_kv_write(&kv, table[pos / b->block_size], pos % b->block_size,
-                      k, v);
         break;
-    }
     default:
         break;
     }
@@ -674,48 +687,19 @@ static void kv_prefetch_head(const cpu_backend *b, const tok_job *j, int g)
  * Decode chunks: everything between the Q/K/V and O projections for KV
  * head g and its query heads (biases, Q/K norms, RoPE, the K/V write,
  * attention over every tile), so that the heads run in parallel as a
- * ranged job (thread i takes a contiguous run of heads).  Per head the
- * same operations as TOK_QKV_POST and TOK_ATTN, so the results have the
- * same bits.
+ * ranged job (thread i takes a contiguous run of heads).  The same
+ * operations as TOK_QKV_POST and TOK_ATTN, so the results have the same
+ * bits.
  */
 static void head_task(void *ctx, int g, int thread)
 {
     tok_job *j = ctx;
-    cpu_backend *b = j->b;
-    const cpu_layer *L = &b->layers[j->layer];
-    const llm_batch *bt = j->batch;
-    kern_kv kv = layer_kv(b, j->layer);
-    size_t qo = (size_t) g * b->n_rep * b->hd, ko = (size_t) g * b->hd;
-    int nq = b->n_rep * b->hd;
 
-    kv_prefetch_head(b, j, g);
+    kv_prefetch_head(j->b, j, g);
     for (int t = 0; t < j->n; t++) {
-        int bi = j->c0 + t, pos = bt->positions[bi];
-        const int32_t *table = bt->block_tables
-                               + (size_t) b->tok_seq[bi] * bt->max_blocks;
-        float *q = b->q + (size_t) t * b->Q + qo;
-        float *k = b->k + (size_t) t * b->KV + ko;
-        float *v = b->v + (size_t) t * b->KV + ko;
-        const float *cs = b->rope_cos + (size_t) t * (b->hd / 2);
-        const float *sn = b->rope_sin + (size_t) t * (b->hd / 2);
-        if (L->q_bias) {
-            for (int i = 0; i < nq; i++) q[i] += L->q_bias[qo + i];
-            for (int i = 0; i < b->hd; i++) k[i] += L->k_bias[ko + i];
-            for (int i = 0; i < b->hd; i++) v[i] += L->v_bias[ko + i];
-        }
-        if (L->q_norm) {
-            for (int h = 0; h < b->n_rep; h++) {
-                kern_rmsnorm(q + (size_t) h * b->hd, L->q_norm, b->hd, b->eps,
-                             q + (size_t) h * b->hd);
-            }
-            kern_rmsnorm(k, L->k_norm, b->hd, b->eps, k);
-        }
-        kern_rope(q, b->n_rep, b->hd, cs, sn);
-        kern_rope(k, 1, b->hd, cs, sn);
-        kern_kv_write_head(&kv, g, table[pos / b->block_size],
-                           pos % b->block_size, k, v);
+        qkv_post_head(j, t, g);
     }
-    for (int tile = 0; tile < b->n_tiles; tile++) {
+    for (int tile = 0; tile < j->b->n_tiles; tile++) {
         attn_one(j, g, tile, thread);
     }
 }

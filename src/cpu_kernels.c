@@ -753,15 +753,6 @@ void kern_kv_write_head(const kern_kv *kv, int g, int block, int slot,
     memcpy(vb, v, (size_t) kv->hd * sizeof(float));
 }
 
-void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
-                   const float *v)
-{
-    for (int g = 0; g < kv->n_kv; g++) {
-        kern_kv_write_head(kv, g, block, slot, k + (size_t) g * kv->hd,
-                           v + (size_t) g * kv->hd);
-    }
-}
-
 void kern_prefetch(const void *p, size_t bytes)
 {
 #if KERN_X86

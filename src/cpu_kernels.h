@@ -96,10 +96,8 @@ typedef struct {
     int    n_kv, hd, bs;
 } kern_kv;
 
-/* Stores one token's K and V (all KV heads: [n_kv][hd]) at (block, slot). */
-void kern_kv_write(const kern_kv *kv, int block, int slot, const float *k,
-                   const float *v);
-/* The same for KV head g alone: k and v point at that head's hd values. */
+/* Stores one token's K and V of KV head g (hd values each) at (block,
+ * slot). */
 void kern_kv_write_head(const kern_kv *kv, int g, int block, int slot,
                         const float *k, const float *v);
 

@@ -4,11 +4,12 @@
  * A job is published as one 64-bit word: a ranged flag (1 bit),
  * generation (23 bits), task count (20 bits) and the next unclaimed task
  * (20 bits).  A thread claims a task with a compare-and-swap on that
- * word, so a claim is only ever granted for the job that is current, and the job's function and context are
- * read after the claim (the caller cannot replace them while a claimed
- * task is unfinished).  The caller returns when every task is done, not
- * when every thread has checked in: on an oversubscribed machine a worker
- * that the scheduler parked is simply not waited for.
+ * word, so a claim is only ever granted for the job that is current, and
+ * the job's function and context are read after the claim (the caller
+ * cannot replace them while a claimed task is unfinished).  The caller
+ * returns when every task is done, not when every thread has checked in:
+ * on an oversubscribed machine a worker that the scheduler parked is
+ * simply not waited for.
  *
  * A ranged job (thread_pool_run_ranged) gives every thread a contiguous
  * range of the tasks, claimed from its front one task at a time; a thread

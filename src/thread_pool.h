@@ -26,9 +26,11 @@ void thread_pool_run(thread_pool *p, int n_tasks, thread_pool_fn fn,
                      void *ctx);
 /* The same for many small tasks of equal cost that stream memory in task
  * order (e.g. 16 rows of a matrix each): thread i runs the i-th contiguous
- * range of the tasks in order, then steals from the back of the ranges of
- * threads that have not finished theirs.  Which thread runs which task
- * differs from thread_pool_run; nothing else does. */
+ * range of the tasks, [n_tasks * i / T, n_tasks * (i + 1) / T) for T
+ * threads, in order, then steals from the back of the ranges of threads
+ * that have not finished theirs (callers may size tasks by that split).
+ * Which thread runs which task differs from thread_pool_run; nothing else
+ * does. */
 void thread_pool_run_ranged(thread_pool *p, int n_tasks, thread_pool_fn fn,
                             void *ctx);
 /* Idle workers stop spinning and sleep at once, until the next job: the

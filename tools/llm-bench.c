@@ -48,6 +48,14 @@ typedef struct {
     int       failed;
 } run_metrics;
 
+static void run_metrics_free(run_metrics *m)
+{
+    free(m->ttft.v);
+    free(m->tpot.v);
+    free(m->itl.v);
+    free(m->e2e.v);
+}
+
 /* Runs requests reqs[0..n) with at most `concurrency` in flight, a new one
  * submitted as soon as one finishes.  -1 if the engine refused one. */
 static int run_requests(llm_engine *e, bench_req *reqs, int n,
@@ -268,10 +276,7 @@ int main(int argc, char **argv)
         int rc = run_requests(e, reqs + num_prompts, warmup,
                               concurrency < warmup ? concurrency : warmup,
                               input_len, output_len, &w);
-        free(w.ttft.v);
-        free(w.tpot.v);
-        free(w.itl.v);
-        free(w.e2e.v);
+        run_metrics_free(&w);
         if (rc != 0 || w.failed) {
             fprintf(stderr, "llm-bench: the warm-up failed\n");
             llm_engine_destroy(e);
@@ -369,10 +374,7 @@ int main(int argc, char **argv)
         free(reqs[i].prompt);
     }
     free(reqs);
-    free(m.ttft.v);
-    free(m.tpot.v);
-    free(m.itl.v);
-    free(m.e2e.v);
+    run_metrics_free(&m);
     llm_engine_destroy(e);
     return failed ? 1 : 0;
 }
