@@ -166,7 +166,7 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
     {
         return NULL;
     }
-    mcf->efd = -1;
+    mcf->notify.fd = -1;
     return mcf;
 }
 
@@ -1008,7 +1008,7 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         o.cpu_precision = m[i].fast ? LLM_CPU_FAST : LLM_CPU_EXACT;
         o.seed = (uint64_t) m[i].seed;
         o.notify = ngx_http_llm_engine_notify;
-        o.notify_ctx = &mcf->efd;
+        o.notify_ctx = &mcf->notify;
         /* weights load on the engine's thread: the worker serves /health
          * (503) meanwhile instead of stalling its event loop */
         o.load_async = 1;

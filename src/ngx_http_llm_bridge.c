@@ -37,12 +37,22 @@
 void
 ngx_http_llm_engine_notify(void *data)
 {
-    int       *efd = data;
-    uint64_t   one = 1;
+    ngx_http_llm_notify_t  *n = data;
+    uint64_t                one = 1;
 
-    /* engine thread: a failed write means the counter is already non-zero
-     * (EAGAIN) and the event loop will wake anyway */
-    if (write(*efd, &one, sizeof(one)) != sizeof(one)) {
+    /*
+     * Engine thread.  One write per run of the handler: a token made while
+     * the event loop has yet to take the previous one costs no syscall
+     * (ngx_atomic_cmp_set is a full barrier: the events pushed before it
+     * are seen by the handler that clears the flag after it).
+     */
+    if (!ngx_atomic_cmp_set(&n->pending, 0, 1)) {
+        return;
+    }
+
+    /* a failed write means the counter is already non-zero (EAGAIN) and
+     * the event loop will wake anyway */
+    if (write(n->fd, &one, sizeof(one)) != sizeof(one)) {
         return;
     }
 }
@@ -285,14 +295,19 @@ ngx_http_llm_wakeup(ngx_event_t *rev)
     int                        n, i, orphans = 0;
 
     /*
-     * One read returns and resets the whole counter (a second would only
-     * fail with EAGAIN: one syscall less per token on the TTFT/ITL path).
-     * A notify that lands after it makes the eventfd readable again, and
-     * the engines are polled below either way.
+     * Edge-triggered (epoll), every write is an edge of its own: the
+     * counter is never read, one syscall less per token on the TTFT/ITL
+     * path (it grows by one per wake-up at most: 2^64 is out of reach).
+     * Level-triggered (other event methods), one read resets it.
      */
-    if (read(mcf->efd, &count, sizeof(count)) != sizeof(count)) {
+    if (!mcf->efd_clear
+        && read(mcf->notify.fd, &count, sizeof(count)) != sizeof(count))
+    {
         /* EAGAIN: a wake-up whose counter an earlier read took */
     }
+
+    /* before the engines are polled: a notify after this writes again */
+    (void) ngx_atomic_cmp_set(&mcf->notify.pending, 1, 0);
 
     models = mcf->models.elts;
     for (m = 0; m < mcf->models.nelts; m++) {
@@ -353,17 +368,18 @@ ngx_http_llm_bridge_init(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *mcf)
         models[m].failure[0] = '\0';
     }
 
-    mcf->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (mcf->efd == -1) {
+    mcf->notify.pending = 0;
+    mcf->notify.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (mcf->notify.fd == -1) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       "llm: eventfd() failed");
         return NGX_ERROR;
     }
 
-    c = ngx_get_connection(mcf->efd, cycle->log);
+    c = ngx_get_connection(mcf->notify.fd, cycle->log);
     if (c == NULL) {
-        close(mcf->efd);
-        mcf->efd = -1;
+        close(mcf->notify.fd);
+        mcf->notify.fd = -1;
         return NGX_ERROR;
     }
     c->pool = cycle->pool;
@@ -372,11 +388,16 @@ ngx_http_llm_bridge_init(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *mcf)
     c->read->log = cycle->log;
     c->write->log = cycle->log;
 
-    /* level-triggered, as ngx_add_channel_event() registers channels */
-    if (ngx_add_event(c->read, NGX_READ_EVENT, 0) == NGX_ERROR) {
+    /* edge-triggered where the event method has it (epoll), else
+     * level-triggered as ngx_add_channel_event() registers channels */
+    mcf->efd_clear = (ngx_event_flags & NGX_USE_CLEAR_EVENT) ? 1 : 0;
+    if (ngx_add_event(c->read, NGX_READ_EVENT,
+                      mcf->efd_clear ? NGX_CLEAR_EVENT : 0)
+        == NGX_ERROR)
+    {
         ngx_free_connection(c);
-        close(mcf->efd);
-        mcf->efd = -1;
+        close(mcf->notify.fd);
+        mcf->notify.fd = -1;
         return NGX_ERROR;
     }
     mcf->efd_conn = c;
@@ -456,7 +477,7 @@ ngx_http_llm_bridge_exit(ngx_cycle_t *cycle, ngx_http_llm_main_conf_t *mcf)
             c->fd = (ngx_socket_t) -1;
         } else {
             ngx_close_connection(c);           /* closes the eventfd */
-            mcf->efd = -1;
+            mcf->notify.fd = -1;
         }
         mcf->efd_conn = NULL;
     }

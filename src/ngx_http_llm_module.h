@@ -86,12 +86,24 @@ typedef struct {
     char                    failure[LLM_ERR_MAX]; /* why broken */
 } ngx_http_llm_model_t;
 
+/*
+ * What the engines' notify hook needs, shared by every engine of a worker:
+ * the eventfd, and "pending", set by the engine thread whose write wakes the
+ * event loop and cleared by the handler before it polls the engines; while
+ * it is set, further notifies need no write (the handler has yet to run).
+ */
+typedef struct {
+    int                     fd;
+    ngx_atomic_t            pending;
+} ngx_http_llm_notify_t;
+
 typedef struct {
     ngx_array_t             models;          /* ngx_http_llm_model_t */
 
     /* per worker: the engines' wake-up channel */
-    int                     efd;
+    ngx_http_llm_notify_t   notify;
     ngx_connection_t       *efd_conn;
+    ngx_uint_t              efd_clear;       /* edge-triggered: no read() */
     ngx_queue_t             orphans;         /* ngx_http_llm_slot_t */
     ngx_event_t             reaper;          /* releases finished orphans */
     ngx_event_t             watchdog;        /* heartbeats, once a second;
