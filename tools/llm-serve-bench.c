@@ -137,6 +137,7 @@ typedef struct {
     long           timeout_ms;
     int            watch_pid;        /* sample this process's RSS */
     cJSON         *metadata;         /* --metadata KEY=VALUE pairs */
+    int            save_detailed;    /* per-request lists in the JSON */
 } bench_opts;
 
 /* ---- one request ----------------------------------------------------------- */
@@ -161,6 +162,8 @@ typedef struct {
     int           got_done;
     char         *stream_error;
     series        itl;
+    int           out_tokens;        /* counted when it finished */
+    char         *error;             /* why it failed, NULL: it did not */
 } bench_req;
 
 static void req_reset_run(bench_req *q)
@@ -176,6 +179,9 @@ static void req_reset_run(bench_req *q)
     free(q->stream_error);
     q->stream_error = NULL;
     q->itl.n = 0;
+    q->out_tokens = 0;
+    free(q->error);
+    q->error = NULL;
 }
 
 static void req_free(bench_req *q)
@@ -187,6 +193,7 @@ static void req_free(bench_req *q)
     free(q->text.p);
     free(q->stream_error);
     free(q->itl.v);
+    free(q->error);
 }
 
 /* Text of an OpenAI error object, or NULL. */
@@ -595,6 +602,7 @@ static void finish_request(runner *r, bench_req *q, CURLcode res,
     if (fail != NULL) {
         pr->failed++;
         failures_add(&pr->why, fail, detail[0] ? detail : fail);
+        q->error = strdup(detail[0] ? detail : fail);
         return;
     }
     out = q->usage_completion;
@@ -612,6 +620,7 @@ static void finish_request(runner *r, bench_req *q, CURLcode res,
     if (out != q->output_len) {
         pr->len_mismatch++;
     }
+    q->out_tokens = out;
     pr->completed++;
     pr->input_tokens += q->prompt_len;
     pr->output_tokens += out;
@@ -646,6 +655,36 @@ static void sample_rss(runner *r, int in_flight, int force)
     if (kb > w->peak_kb) {
         w->peak_kb = kb;
         w->in_flight_at_peak = in_flight;
+    }
+}
+
+/* --save-detailed: the measured requests in submission order, under
+ * vLLM's names (times in seconds; a failed request has ttft 0, no itls,
+ * output length 0 and its reason in errors, "" otherwise). */
+static void add_detailed(cJSON *j, const bench_req *reqs, int n)
+{
+    cJSON *in = cJSON_AddArrayToObject(j, "input_lens");
+    cJSON *out = cJSON_AddArrayToObject(j, "output_lens");
+    cJSON *ttft = cJSON_AddArrayToObject(j, "ttfts");
+    cJSON *itls = cJSON_AddArrayToObject(j, "itls");
+    cJSON *err = cJSON_AddArrayToObject(j, "errors");
+    cJSON *text = cJSON_AddArrayToObject(j, "generated_texts");
+    int i;
+
+    for (i = 0; i < n; i++) {
+        const bench_req *q = &reqs[i];
+        cJSON *l = cJSON_CreateArray();
+        size_t k;
+
+        cJSON_AddItemToArray(in, cJSON_CreateNumber(q->prompt_len));
+        cJSON_AddItemToArray(out, cJSON_CreateNumber(q->error ? 0 : q->out_tokens));
+        cJSON_AddItemToArray(ttft, cJSON_CreateNumber(q->error ? 0 : q->t_first - q->t_start));
+        for (k = 0; q->error == NULL && k < q->itl.n; k++) {
+            cJSON_AddItemToArray(l, cJSON_CreateNumber(q->itl.v[k]));
+        }
+        cJSON_AddItemToArray(itls, l);
+        cJSON_AddItemToArray(err, cJSON_CreateString(q->error ? q->error : ""));
+        cJSON_AddItemToArray(text, cJSON_CreateString(q->text.len > 0 && !q->error ? q->text.p : ""));
     }
 }
 
@@ -881,7 +920,9 @@ static void print_usage(FILE *f)
 "  --timeout S                per-request limit in seconds (default 0: none)\n"
 "  --watch-pid PID            report this process's RSS before/peak/after\n"
 "  --label TEXT  --metadata KEY=VALUE (repeatable)   copied into the JSON\n"
-"  --json FILE                also write the results as JSON\n");
+"  --json FILE                also write the results as JSON\n"
+"  --save-detailed            with --json: per request input_lens, output_lens,\n"
+"                             ttfts, itls (seconds), errors, generated_texts\n");
 }
 
 static int parse_args(int argc, char **argv, bench_opts *o)
@@ -915,6 +956,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         else if (ARG("--watch-pid")) o->watch_pid = atoi(v);
         else if (ARG("--label")) o->label = v;
         else if (ARG("--json")) o->json_path = v;
+        else if (strcmp(a, "--save-detailed") == 0) o->save_detailed = 1;
         else if (ARG("--endpoint")) {
             if (strcmp(v, "chat") == 0) o->endpoint = EP_CHAT;
             else if (strcmp(v, "completions") == 0) o->endpoint = EP_COMPLETIONS;
@@ -1231,6 +1273,9 @@ int main(int argc, char **argv)
             cJSON_AddNumberToObject(x, "per_connection_kb",
                                     (double) (rss.peak_kb - rss.before_kb)
                                     / r.peak_in_flight);
+        }
+        if (o.save_detailed) {
+            add_detailed(j, reqs + o.warmup, o.num_prompts);
         }
         cJSON_AddItemToObject(j, "metadata", o.metadata);
         o.metadata = NULL;

@@ -58,7 +58,8 @@ test('completions at a concurrency cap: exact lengths, every request measured', 
   const { status, json: j, stdout } = bench('cap', [
     '--base-url', server.baseURL.replace(/\/v1$/, ''), '--model', 'tiny',
     '--endpoint', 'completions', '--input-len', '16', '--output-len', '8',
-    '--num-prompts', '12', '--max-concurrency', '4', '--warmup', '2', '--seed', '3']);
+    '--num-prompts', '12', '--max-concurrency', '4', '--warmup', '2', '--seed', '3',
+    '--save-detailed']);
   assert.equal(status, 0, stdout);
   assert.equal(j.completed, 12);
   assert.equal(j.failed, 0);
@@ -74,6 +75,25 @@ test('completions at a concurrency cap: exact lengths, every request measured', 
   assert.ok(j.output_throughput > 0 && j.request_throughput > 0);
   assert.ok(Math.abs(j.output_throughput - j.total_output_tokens / j.duration_s) < 1e-6 * j.output_throughput);
   assert.match(stdout, /Successful requests:\s+12\n/);
+  // --save-detailed: vLLM's per-request lists, the measured requests only
+  assert.deepEqual(j.input_lens, Array(12).fill(16));
+  assert.deepEqual(j.output_lens, Array(12).fill(8));
+  assert.deepEqual(j.errors, Array(12).fill(''));
+  assert.equal(j.ttfts.length, 12);
+  assert.equal(j.itls.length, 12);
+  assert.equal(j.generated_texts.length, 12);
+  const sorted = [...j.ttfts].sort((a, b) => a - b);
+  assert.ok(sorted[0] > 0);
+  assert.ok(Math.abs((sorted[5] + sorted[6]) / 2 * 1000 - j.median_ttft_ms) < 1e-6,
+            'the summary is the lists\' median');
+  for (const l of j.itls) {
+    // a chunk per drain of the request's events: 1..7 gaps for 8 tokens
+    assert.ok(l.length >= 1 && l.length <= 7, `${l.length} ITLs`);
+    assert.ok(l.every((x) => x >= 0));
+  }
+  const itl = j.itls.flat();
+  assert.ok(Math.abs(itl.reduce((a, b) => a + b, 0) / itl.length * 1000 - j.mean_itl_ms) < 1e-6,
+            'the mean ITL is the lists\' mean');
 });
 
 test('chat with Poisson arrivals and ranged lengths', () => {
@@ -99,8 +119,11 @@ test('chat with Poisson arrivals and ranged lengths', () => {
 test('a wrong model name: every request failed with the server\'s reason', () => {
   const { status, json: j } = bench('badmodel', [
     '--base-url', server.baseURL.replace(/\/v1$/, ''), '--model', 'no-such-model',
-    '--input-len', '8', '--output-len', '4', '--num-prompts', '3']);
+    '--input-len', '8', '--output-len', '4', '--num-prompts', '3', '--save-detailed']);
   assert.equal(status, 1, 'failures make a non-zero exit');
+  assert.deepEqual(j.ttfts, [0, 0, 0]);
+  assert.deepEqual(j.output_lens, [0, 0, 0]);
+  assert.ok(j.errors.every((e) => /^HTTP 404: /.test(e)), j.errors.join('; '));
   assert.equal(j.completed, 0);
   assert.equal(j.failed, 3);
   assert.equal(j.failures.length, 1);

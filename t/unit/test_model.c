@@ -1036,6 +1036,84 @@ static void test_shards(void)
 }
 
 /* The forward refuses malformed batches instead of reading out of bounds. */
+/* Resident set of this process, kB (VmRSS), or -1. */
+static long rss_kb(void)
+{
+    char line[256];
+    long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+
+    if (f == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return kb;
+}
+
+/* vm.overcommit_memory: 0 heuristic, 1 always, 2 never; -1 unknown */
+static int overcommit_mode(void)
+{
+    int mode = -1;
+    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+
+    if (f != NULL) {
+        if (fscanf(f, "%d", &mode) != 1) {
+            mode = -1;
+        }
+        fclose(f);
+    }
+    return mode;
+}
+
+/* The KV pool is committed when it is allocated (no page faults in the
+ * middle of requests), and a pool the machine cannot hold is an error
+ * naming the KV cache, not a crash later. */
+static void test_kv_pool_committed(void)
+{
+    char err[256];
+    model *m = model_load("t/fixtures/tiny-qwen3", 0, 1, err, sizeof(err));
+    llm_backend *be, *be2;
+    size_t per;
+    int n;
+    long before, after;
+
+    REQUIRE(m != NULL, "%s", err);
+    be = cpu_backend_create(m, 2, err, sizeof(err));
+    REQUIRE(be != NULL, "%s", err);
+    per = be->ops->kv_block_bytes(be, BS);
+    n = (int) (((size_t) 48 << 20) / per);
+    before = rss_kb();
+    REQUIRE(be->ops->kv_alloc(be, n, BS, err, sizeof(err)) == 0, "%s", err);
+    after = rss_kb();
+    CHECK(before > 0 && after - before >= (long) ((size_t) n * per / 1024) * 9 / 10,
+          "RSS grew by %ld kB for a %zu kB pool", after - before,
+          (size_t) n * per / 1024);
+    be->ops->destroy(be);
+
+    if (overcommit_mode() == 1) {
+        /* "always overcommit": the mapping succeeds and committing it
+         * would call the OOM killer; nothing to check safely here */
+        model_free(m);
+        return;
+    }
+    be2 = cpu_backend_create(m, 2, err, sizeof(err));
+    REQUIRE(be2 != NULL, "%s", err);
+    /* 64 TiB: more than any machine this runs on has */
+    n = (int) (((size_t) 64 << 40) / per > INT32_MAX / 2
+               ? INT32_MAX / 2 : ((size_t) 64 << 40) / per);
+    err[0] = '\0';
+    CHECK(be2->ops->kv_alloc(be2, n, BS, err, sizeof(err)) != 0,
+          "a %zu-byte pool was allocated", (size_t) n * per);
+    CHECK(strstr(err, "KV cache") != NULL, "error: %s", err);
+    be2->ops->destroy(be2);
+    model_free(m);
+}
+
 static void test_bad_batches(void)
 {
     fixture f;
@@ -1084,5 +1162,6 @@ int main(void)
     RUN(test_broken_models);
     RUN(test_shards);
     RUN(test_bad_batches);
+    RUN(test_kv_pool_committed);
     return unit_done();
 }
