@@ -8,7 +8,7 @@
  * weights stays in cache while every token passes over it).  Element-wise
  * steps run on the calling thread for small chunks and over the pool for
  * large ones.  Only the rows in batch.logit_rows go through the LM head.
- * Decode (one token) splits each matrix into ~256 KB blocks of rows, each
+ * Decode (one token) splits each matrix into ~1 MB blocks of rows, each
  * thread streaming a contiguous range of them (a ranged pool job) as four
  * sequential streams per block (cpu_kernels.c, bf16_rows4); between the
  * Q/K/V and O projections each KV head's norms, RoPE, K/V write and
@@ -50,7 +50,7 @@
 #define CPU_CHUNK_TOKENS 512
 /* decode: weights per pool task, and the fewest tasks per thread a
  * matrix is cut into (mm_block_rows) */
-#define DECODE_BLOCK_BYTES ((size_t) 256 * 1024)
+#define DECODE_BLOCK_BYTES ((size_t) 1024 * 1024)
 #define DECODE_MIN_TASKS   4
 /* decode: the small blocks that end each thread's range of a matrix job
  * (decode_task_rows) */
@@ -423,17 +423,20 @@ static int mm_block_rows(const cpu_backend *b, const kern_matrix *w, int n_tok,
     int blk;
 
     if (n_tok <= 1) {
-        /* ~256 KB of weights a block (128 rows at K = 1024), which the
-         * kernel reads as four sequential streams of 64 KB: the hardware
-         * prefetchers keep 92-100% of a plain read over such streams,
-         * 67-80% over 32 KB blocks of four adjacent rows at a time.  Each
+        /* ~1 MB of weights a block (512 rows at K = 1024), which the
+         * kernel reads as four sequential streams of 256 KB: the hardware
+         * prefetchers keep 98-105% of a plain read over four streams of a
+         * 512 KB-1 MB block, 92-100% over 256 KB, 67-80% over 32 KB blocks
+         * of four adjacent rows at a time.  Each
          * thread streams its contiguous range of blocks and steals single
          * blocks from the back of an unfinished range
          * (thread_pool_run_ranged), so the threads wait at most one block
          * for each other; small matrices get smaller blocks, at least
          * DECODE_MIN_TASKS a thread.  Measured on the development machine
          * (Qwen3-0.6B shape): 32 KB blocks 37-40 tok/s, 256 KB 44-46 in
-         * the same minutes. */
+         * the same minutes; later, interleaved, 256 KB 40.6-43.4, 512 KB
+         * 41.7-44.7, 1 MB 41.9-45.2 tok/s, 2 MB no better than 1 MB (the
+         * tiny model's decode, all LM head, +3-13% from 256 KB to 1 MB). */
         blk = (int) (DECODE_BLOCK_BYTES
                      / ((size_t) w->cols * llm_dtype_size(w->dtype)));
         blk = blk < 16 ? 16 : blk & ~3;
