@@ -87,8 +87,9 @@ test('completions at a concurrency cap: exact lengths, every request measured', 
   assert.ok(Math.abs((sorted[5] + sorted[6]) / 2 * 1000 - j.median_ttft_ms) < 1e-6,
             'the summary is the lists\' median');
   for (const l of j.itls) {
-    // a chunk per drain of the request's events: 1..7 gaps for 8 tokens
-    assert.ok(l.length >= 1 && l.length <= 7, `${l.length} ITLs`);
+    // a chunk per drain of the request's events: at most 7 gaps for 8
+    // tokens, none if a stalled event loop sent them all in one chunk
+    assert.ok(l.length <= 7, `${l.length} ITLs`);
     assert.ok(l.every((x) => x >= 0));
   }
   const itl = j.itls.flat();
