@@ -414,6 +414,21 @@ static int decode_task_rows(cpu_backend *b, int rows, int blk)
     return n;
 }
 
+/* Decode: a matrix job of `rows` output rows over the pool as a ranged
+ * job, in the tasks decode_task_rows cuts, or in its `uniform` blocks of
+ * j->block rows when it cuts none. */
+static void run_decode_job(cpu_backend *b, mm_job *j, int rows, int uniform)
+{
+    int n_tasks = decode_task_rows(b, rows, j->block);
+
+    if (n_tasks > 0) {
+        j->row_at = b->task_row;
+    } else {
+        n_tasks = uniform;
+    }
+    thread_pool_run_ranged(b->pool, n_tasks, mm_task, j);
+}
+
 /* Rows per task: for one token, small blocks spread the weight stream
  * over all threads with room for dynamic balance; for many tokens, a block
  * whose weights fit in half of L2 while every token passes over it. */
@@ -505,14 +520,8 @@ static void run_matmuls(cpu_backend *b, mm_target *targets, int n,
         }
     }
     if (n_tok <= 1) {
-        int rows = fuse_silu ? targets[0].w->rows : total_rows;
-        int n_tasks = decode_task_rows(b, rows, j.block);
-        if (n_tasks > 0) {
-            j.row_at = b->task_row;
-        } else {
-            n_tasks = fuse_silu ? j.tasks[1] : j.tasks[n];
-        }
-        thread_pool_run_ranged(b->pool, n_tasks, mm_task, &j);
+        run_decode_job(b, &j, fuse_silu ? targets[0].w->rows : total_rows,
+                       fuse_silu ? j.tasks[1] : j.tasks[n]);
     } else {
         thread_pool_run(b->pool, fuse_silu ? j.tasks[1] : j.tasks[n], mm_task,
                         &j);
@@ -1061,13 +1070,7 @@ static int cpu_forward(llm_backend *base, const llm_batch *bt, float *logits,
         j.block = mm_block_rows(b, &b->lm_head, bt->n_logits, b->vocab);
         j.tasks[1] = (b->vocab + j.block - 1) / j.block;
         if (bt->n_logits <= 1) {
-            int n_tasks = decode_task_rows(b, b->vocab, j.block);
-            if (n_tasks > 0) {
-                j.row_at = b->task_row;
-            } else {
-                n_tasks = j.tasks[1];
-            }
-            thread_pool_run_ranged(b->pool, n_tasks, mm_task, &j);
+            run_decode_job(b, &j, b->vocab, j.tasks[1]);
         } else {
             thread_pool_run(b->pool, j.tasks[1], mm_task, &j);
         }

@@ -677,7 +677,7 @@ static void add_detailed(cJSON *j, const bench_req *reqs, int n)
         size_t k;
 
         cJSON_AddItemToArray(in, cJSON_CreateNumber(q->prompt_len));
-        cJSON_AddItemToArray(out, cJSON_CreateNumber(q->error ? 0 : q->out_tokens));
+        cJSON_AddItemToArray(out, cJSON_CreateNumber(q->out_tokens));
         cJSON_AddItemToArray(ttft, cJSON_CreateNumber(q->error ? 0 : q->t_first - q->t_start));
         for (k = 0; q->error == NULL && k < q->itl.n; k++) {
             cJSON_AddItemToArray(l, cJSON_CreateNumber(q->itl.v[k]));
