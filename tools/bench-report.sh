@@ -43,6 +43,7 @@ num() { printf "%.${2:-1}f" "$1"; }
 
 # One TSV row per matrix run (all repeats):
 # mode model c n failed out_tps tot_tps req_s ttft50 ttft90 ttft99 tpot50 tpot90 tpot99 itl50 e2e50 load repeat
+# cpu_s (offline: the engine's; nginx: the worker's; -1: not recorded) client_cpu_s out_tokens duration_s
 for f in "$RES"/offline-*-c*.json "$RES"/nginx-*-c*.json; do
     [ -f "$f" ] || continue
     b=$(basename "$f" .json)          # offline-tiny-c1.r2, or offline-tiny-c1 (one run)
@@ -59,7 +60,8 @@ for f in "$RES"/offline-*-c*.json "$RES"/nginx-*-c*.json; do
          .output_throughput, .total_token_throughput, .request_throughput,
          .median_ttft_ms, .p90_ttft_ms, .p99_ttft_ms,
          .median_tpot_ms, .p90_tpot_ms, .p99_tpot_ms, .median_itl_ms, .median_e2e_ms, $load,
-         ($r | tonumber)]
+         ($r | tonumber), (.cpu_s // .server_cpu_s // -1), (.client_cpu_s // 0),
+         .total_output_tokens, .duration_s]
         | @tsv' "$f"
 done | sort -t$'\t' -k2,2 -k1,1r -k3,3n -k18,18n > "$TMP/all.tsv"
 
@@ -264,6 +266,56 @@ for m in $MODELS; do
             }' "$TMP/all.tsv"
     done
 done
+
+# CPU per output token, where the runs recorded it (llm-bench's cpu_s,
+# llm-serve-bench's server_cpu_s and client_cpu_s over the measured requests)
+if awk -F'\t' '$19 < 0 { bad = 1 } END { exit bad }' "$TMP/all.tsv"; then
+echo
+echo "### Where the CPU goes"
+echo
+echo "Per output token, over the measured requests: the offline engine's CPU"
+echo "(all its threads, spinning at the pool's joins included), the nginx"
+echo "worker's (the same engine plus the event loop: HTTP parsing, prompt"
+echo "tokenization, SSE chunks, socket writes) and the benchmark client's.  *HTTP"
+echo "path* = worker - engine + client: the CPU the same load costs beyond the"
+echo "engine when it arrives over HTTP.  *CPUs busy* = the offline engine's CPU"
+echo "time / its wall time.  When the engine keeps every CPU busy, the HTTP path's"
+echo "CPU comes out of the engine's and the throughput ratio cannot exceed"
+echo "*ceiling* = engine / (engine + HTTP path); with the client on another"
+echo "machine its share drops out.  Medians over the pairs."
+echo
+echo "| model | conc | engine µs/tok (offline) | CPUs busy (offline) | worker µs/tok | client µs/tok | HTTP path µs/tok | ceiling | ratio measured |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for m in $MODELS; do
+    for c in $(awk -F'\t' -v m="$m" '$2 == m {print $3}' "$TMP/all.tsv" | sort -nu); do
+        awk -F'\t' -v m="$m" -v c="$c" '
+            function med(a, n,    i, j, t) {
+                for (i = 2; i <= n; i++)
+                    for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $2 == m && $3 == c && $1 == "offline" && $21 > 0 {
+                oe[$18] = 1e6 * $19 / $21; ob[$18] = $22 > 0 ? $19 / $22 : 0; ot[$18] = $6 }
+            $2 == m && $3 == c && $1 == "nginx" && $21 > 0 {
+                nw[$18] = 1e6 * $19 / $21; nc[$18] = 1e6 * $20 / $21; nt[$18] = $6 }
+            END {
+                n = 0
+                for (r in oe) {
+                    if (!(r in nw)) continue
+                    n++
+                    E[n] = oe[r]; B[n] = ob[r]; W[n] = nw[r]; C[n] = nc[r]
+                    H[n] = nw[r] - oe[r] + nc[r]
+                    X[n] = H[n] > -oe[r] ? 100 * oe[r] / (oe[r] + H[n]) : 0
+                    R[n] = ot[r] > 0 ? 100 * nt[r] / ot[r] : 0
+                }
+                if (!n) exit
+                printf "| %s | %d | %.0f | %.2f | %.0f | %.0f | %.0f | %.1f %% | %.1f %% |\n",
+                       m, c, med(E, n), med(B, n), med(W, n), med(C, n), med(H, n),
+                       med(X, n), med(R, n)
+            }' "$TMP/all.tsv"
+    done
+done
+fi
 
 shopt -s nullglob
 for f in "$RES"/scale-*.json; do

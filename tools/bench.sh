@@ -13,7 +13,9 @@
 # both sides of a pair under the same background load, and bench-report.sh
 # takes the median over the pairs.  One server per model stays up across
 # the repeats (its worker is idle during the offline runs; runs.tsv records
-# the worker's CPU seconds per run to show it).  Then the scale check:
+# the worker's CPU seconds per run to show it; each nginx run's JSON holds
+# the worker's and the client's CPU over its measured requests, and each
+# offline run's the engine's).  Then the scale check:
 # 2,000 concurrent streaming requests on the tiny model, with the worker's
 # RSS before, at the peak and after.
 #
@@ -263,7 +265,7 @@ for m in $MODELS; do
                 --tokenizer "$dir" --endpoint completions --input-len "$in" \
                 --output-len "$outlen" --num-prompts "$n" --max-concurrency "$c" \
                 --warmup "$w" --seed "$seed" --label "nginx-$m-c$c.r$r" --metadata "mode=nginx" --metadata "model_key=$m" \
-                --metadata "repeat=$r" --metadata "load=$(loadavg)" \
+                --metadata "repeat=$r" --metadata "load=$(loadavg)" --server-pid "$(worker_pid)" \
                 --json "$OUT/nginx-$m-c$c.r$r.json"
         done
     done

@@ -1,18 +1,63 @@
 /*
  * Latency statistics shared by the benchmark tools (llm-bench, the offline
  * engine benchmark, and llm-serve-bench, the HTTP one), so that both report
- * the same numbers the same way.  Header-only: each tool is one program.
+ * the same numbers the same way, and the CPU time a run used (its own and
+ * the server's), so that a run through HTTP can say how much CPU the HTTP
+ * path took beside the engine.  Header-only: each tool is one program.
  */
 #ifndef LLM_BENCH_STATS_H
 #define LLM_BENCH_STATS_H
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 typedef struct {
     double *v;
     size_t  n, cap;
 } series;
+
+/* User + system CPU seconds of this process, all threads. */
+static inline double cpu_self_s(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) != 0) {
+        return -1;
+    }
+    return (double) ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6
+           + (double) ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* User + system CPU seconds of process pid, all threads (/proc/pid/stat
+ * fields 14 and 15, after the command name, which may hold spaces); -1 if
+ * it cannot be read. */
+static inline double cpu_proc_s(int pid)
+{
+    char path[64], line[1024], *p;
+    unsigned long long ut, st;
+    FILE *f;
+    int ok;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    p = ok ? strrchr(line, ')') : NULL;
+    if (p == NULL
+        || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                  &ut, &st) != 2)
+    {
+        return -1;
+    }
+    return (double) (ut + st) / (double) sysconf(_SC_CLK_TCK);
+}
 
 static int series_add(series *s, double x)
 {

@@ -174,7 +174,7 @@ int main(int argc, char **argv)
     llm_stats es, es0;
     int warmup = 0, failed, i, j;
     long long total_out, total_in;
-    double t_load, t_start, t_end, dur;
+    double t_load, t_start, t_end, dur, cpu, cpu_end;
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         print_usage(argc < 2 ? stderr : stdout);
@@ -284,6 +284,7 @@ int main(int argc, char **argv)
         }
     }
     llm_engine_stats(e, &es0);
+    cpu = cpu_self_s();
     t_start = now_s();
     if (run_requests(e, reqs, num_prompts, concurrency, input_len, output_len,
                      &m) != 0) {
@@ -291,6 +292,10 @@ int main(int argc, char **argv)
         return 1;
     }
     t_end = now_s();
+    cpu_end = cpu_self_s();
+    /* the engine's threads (and the sampling, here in the engine thread):
+     * what the same load costs through HTTP is compared with it */
+    cpu = cpu >= 0 && cpu_end >= 0 ? cpu_end - cpu : -1;
     dur = t_end - t_start;
     failed = m.failed;
     total_out = m.total_out;
@@ -312,6 +317,8 @@ int main(int argc, char **argv)
     printf("%-32s %.3f\n", "Request throughput (req/s):", (num_prompts - failed) / dur);
     printf("%-32s %.2f\n", "Output token throughput (tok/s):", total_out / dur);
     printf("%-32s %.2f\n", "Total token throughput (tok/s):", (total_in + total_out) / dur);
+    printf("%-32s %.2f (%.1f us an output token)\n", "CPU time, all threads (s):", cpu,
+           total_out ? cpu * 1e6 / (double) total_out : 0.0);
 #define ROW(name, s) \
     printf("%-8s ms  mean %9.2f  p50 %9.2f  p90 %9.2f  p99 %9.2f\n", name, \
            (s).mean * 1e3, (s).p50 * 1e3, (s).p90 * 1e3, (s).p99 * 1e3)
@@ -363,6 +370,7 @@ int main(int argc, char **argv)
                     "\"preemptions\": %llu,\n", (unsigned long long) es.steps,
                     es.steps ? es.step_time.sum / es.steps * 1e3 : 0.0,
                     (unsigned long long) es.preemptions);
+            fprintf(f, "  \"cpu_s\": %.4f,\n", cpu);
             fprintf(f, "  \"warmup\": %d, \"load_s\": %.3f\n}\n", warmup,
                     t_load);
             fclose(f);

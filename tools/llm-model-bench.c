@@ -18,6 +18,7 @@
  * the default is the exact precision the server uses.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -391,7 +392,8 @@ int main(int argc, char **argv)
     runner r;
     int32_t *ids;
     double t0, load_s, bw[64], dec[64], roof[64], pre[64];
-    double dec_share[64], pre_share[64];
+    double dec_share[64], pre_share[64], bw_before, bw_after;
+    int moved = 0;
     long rss_load, rss_ready;
     size_t bpt, bw_bytes;
     uint8_t *bw_buf;
@@ -551,7 +553,7 @@ int main(int argc, char **argv)
         int32_t next;
         double td, tp, cd, cp;
 
-        bw[k] = measure_bandwidth(pool, bw_buf, bw_bytes, 3);
+        bw_before = measure_bandwidth(pool, bw_buf, bw_bytes, 3);
         if (run(&r, ids, prompt, 0) != 0) {
             return 1;
         }
@@ -566,6 +568,12 @@ int main(int argc, char **argv)
         }
         td = now() - td;
         cd = cpu_now() - cd;
+        /* The VM's bandwidth can move by half within minutes: measured on
+         * both sides of decode, the roofline takes their mean, and a run
+         * whose two readings differ by more than 10% is flagged (its
+         * ratio compares decode with a machine it may not have met). */
+        bw_after = measure_bandwidth(pool, bw_buf, bw_bytes, 3);
+        bw[k] = (bw_before + bw_after) / 2;
         dec[k] = gen / td;
         dec_share[k] = cd / (td * threads);
         roof[k] = dec[k] / (bw[k] / (double) bpt);
@@ -578,10 +586,14 @@ int main(int argc, char **argv)
         cp = cpu_now() - cp;
         pre[k] = prefill / tp;
         pre_share[k] = cp / (tp * threads);
-        printf("run %d: bandwidth %.1f GB/s (roofline %.1f tok/s); decode "
+        moved += fabs(bw_after - bw_before) > 0.1 * bw_before;
+        printf("run %d: bandwidth %.1f GB/s (%.1f before decode, %.1f "
+               "after%s; roofline %.1f tok/s); decode "
                "%.2f tok/s = %.1f%% of roofline; prefill %d: %.1f tok/s; "
                "CPU share of %d threads: decode %.0f%%, prefill %.0f%%\n",
-               k + 1, bw[k] / 1e9, bw[k] / (double) bpt, dec[k],
+               k + 1, bw[k] / 1e9, bw_before / 1e9, bw_after / 1e9,
+               fabs(bw_after - bw_before) > 0.1 * bw_before ? ": MOVED" : "",
+               bw[k] / (double) bpt, dec[k],
                100 * roof[k], prefill, pre[k], threads, 100 * dec_share[k],
                100 * pre_share[k]);
         fflush(stdout);
@@ -594,6 +606,11 @@ int main(int argc, char **argv)
         int busy = 0;
         for (int k = 0; k < runs; k++) {
             busy += dec_share[k] < 0.9;
+        }
+        if (moved > 0) {
+            printf("WARNING: in %d of %d runs the bandwidth before and after "
+                   "decode differed by more than 10%%: the machine changed "
+                   "during those runs\n", moved, runs);
         }
         if (busy > 0) {
             printf("WARNING: %d of %d runs got less than 90%% of %d CPUs "

@@ -28,7 +28,10 @@
  *   TPOT  (E2E - TTFT) / (output tokens - 1)       (as vLLM computes it)
  *   ITL   gap between consecutive chunks with generated text
  * Percentiles interpolate linearly between order statistics (numpy's
- * default), as vLLM reports them.
+ * default), as vLLM reports them.  CPU: the client's own over the measured
+ * requests, and with --server-pid the server process's over the same
+ * window (what the HTTP path costs beside the engine, when both share a
+ * machine).
  */
 #include <errno.h>
 #include <math.h>
@@ -136,6 +139,7 @@ typedef struct {
     uint64_t       seed;
     long           timeout_ms;
     int            watch_pid;        /* sample this process's RSS */
+    int            server_pid;       /* its CPU time over the measured run */
     cJSON         *metadata;         /* --metadata KEY=VALUE pairs */
     int            save_detailed;    /* per-request lists in the JSON */
 } bench_opts;
@@ -919,6 +923,7 @@ static void print_usage(FILE *f)
 "  --extra-body JSON          object merged into every request body\n"
 "  --timeout S                per-request limit in seconds (default 0: none)\n"
 "  --watch-pid PID            report this process's RSS before/peak/after\n"
+"  --server-pid PID           report this process's CPU time over the run\n"
 "  --label TEXT  --metadata KEY=VALUE (repeatable)   copied into the JSON\n"
 "  --json FILE                also write the results as JSON\n"
 "  --save-detailed            with --json: per request input_lens, output_lens,\n"
@@ -954,6 +959,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         else if (ARG("--extra-body")) o->extra_body = v;
         else if (ARG("--timeout")) o->timeout_ms = (long) (atof(v) * 1000);
         else if (ARG("--watch-pid")) o->watch_pid = atoi(v);
+        else if (ARG("--server-pid")) o->server_pid = atoi(v);
         else if (ARG("--label")) o->label = v;
         else if (ARG("--json")) o->json_path = v;
         else if (strcmp(a, "--save-detailed") == 0) o->save_detailed = 1;
@@ -1020,7 +1026,7 @@ int main(int argc, char **argv)
     rss_watch rss = { 0 };
     phase_result warm = { 0 }, pr = { 0 };
     uint64_t rng;
-    double t_prep, arrival = 0;
+    double t_prep, arrival = 0, cpu_client, cpu_server = -1;
     int n_total, i, max_conc, rc = 0;
     struct stat st;
 
@@ -1166,11 +1172,24 @@ int main(int argc, char **argv)
         r.rss = &rss;
     }
     r.peak_in_flight = 0;
+    if (o.server_pid > 0) {
+        cpu_server = cpu_proc_s(o.server_pid);
+        if (cpu_server < 0) {
+            fprintf(stderr, "llm-serve-bench: cannot read /proc/%d/stat\n", o.server_pid);
+            return 1;
+        }
+    }
+    cpu_client = cpu_self_s();
     utc_now(started, sizeof(started));
     if (run_phase(&r, reqs + o.warmup, o.num_prompts, max_conc, o.request_rate > 0,
                   tok, &pr) < 0)
     {
         return 1;
+    }
+    cpu_client = cpu_self_s() - cpu_client;
+    if (o.server_pid > 0) {
+        double c = cpu_proc_s(o.server_pid);
+        cpu_server = c >= 0 ? c - cpu_server : -1;
     }
     if (r.rss != NULL) {
         sample_rss(&r, 0, 1);
@@ -1192,6 +1211,12 @@ int main(int argc, char **argv)
            (pr.input_tokens + pr.output_tokens) / pr.duration);
     if (pr.len_mismatch > 0) {
         printf("%-36s %d\n", "Output length != requested:", pr.len_mismatch);
+    }
+    printf("%-36s %.2f (%.1f us an output token)\n", "Client CPU time (s):", cpu_client,
+           pr.output_tokens ? cpu_client * 1e6 / (double) pr.output_tokens : 0.0);
+    if (o.server_pid > 0) {
+        printf("%-36s %.2f (%.1f us an output token)\n", "Server CPU time (s):", cpu_server,
+               pr.output_tokens ? cpu_server * 1e6 / (double) pr.output_tokens : 0.0);
     }
     print_row("TTFT", &pr.ttft);
     print_row("TPOT", &pr.tpot);
@@ -1249,6 +1274,11 @@ int main(int argc, char **argv)
         }
         cJSON_AddNumberToObject(j, "output_len_mismatch", pr.len_mismatch);
         cJSON_AddNumberToObject(j, "duration_s", pr.duration);
+        cJSON_AddNumberToObject(j, "client_cpu_s", cpu_client);
+        if (o.server_pid > 0) {
+            cJSON_AddNumberToObject(j, "server_pid", o.server_pid);
+            cJSON_AddNumberToObject(j, "server_cpu_s", cpu_server);
+        }
         cJSON_AddNumberToObject(j, "total_input_tokens", (double) pr.input_tokens);
         cJSON_AddNumberToObject(j, "total_output_tokens", (double) pr.output_tokens);
         cJSON_AddNumberToObject(j, "server_prompt_tokens", (double) pr.server_prompt_tokens);

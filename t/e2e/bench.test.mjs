@@ -142,3 +142,28 @@ test('nothing listening: connection failures, not hangs', () => {
   assert.equal(j.failed, 4);
   assert.match(j.failures[0].reason, /^curl: /);
 });
+
+test('CPU time: the client\'s own and, with --server-pid, the worker\'s', () => {
+  const master = readFileSync(join(server.prefix, 'logs', 'nginx.pid'), 'utf8').trim();
+  const children = readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim();
+  assert.match(children, /^\d+$/, 'one worker');
+  const { status, json: j, stdout } = bench('cpu', [
+    '--base-url', server.baseURL.replace(/\/v1$/, ''), '--model', 'tiny',
+    '--input-len', '16', '--output-len', '16', '--num-prompts', '6',
+    '--max-concurrency', '2', '--server-pid', children, '--seed', '9']);
+  assert.equal(status, 0, stdout);
+  assert.equal(j.server_pid, Number(children));
+  // the worker ran the model for 96 tokens and the client read them: both
+  // used some CPU (clock ticks: the worker's is at least one tick)
+  assert.ok(j.server_cpu_s > 0, `server_cpu_s ${j.server_cpu_s}`);
+  assert.ok(j.client_cpu_s > 0, `client_cpu_s ${j.client_cpu_s}`);
+  assert.match(stdout, /Server CPU time \(s\):\s+[\d.]+ \([\d.]+ us an output token\)/);
+
+  // a pid that does not exist: an error before any request, not a zero
+  const bad = spawnSync(bin, ['--tokenizer', modelDir, '--base-url',
+                              server.baseURL.replace(/\/v1$/, ''), '--model', 'tiny',
+                              '--input-len', '8', '--output-len', '4', '--num-prompts', '1',
+                              '--server-pid', '999999999'], { encoding: 'utf8', timeout: 60000 });
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /cannot read \/proc\/999999999\/stat/);
+});
