@@ -1542,6 +1542,7 @@ void oai_response_free(oai_response *rs)
     }
     free(rs->choices);
     free(rs->model);
+    free(rs->chunk_prefix);
     memset(rs, 0, sizeof(*rs));
 }
 
@@ -1810,6 +1811,130 @@ static int emit(cJSON *o, oai_buf *out)
 }
 
 /*
+ * The text chunks of a stream -- one a token -- are most of what a server
+ * sends: they are written directly, the same bytes the cJSON path below
+ * prints (t/unit/test_openai.c compares them), without its ~30 allocations
+ * and number formatting a chunk.  The part before the choice's index is
+ * the same in every chunk of a response: cJSON prints it once.
+ */
+static int stream_prefix_init(oai_response *rs)
+{
+    static const char choices[] = ",\"choices\":[{\"index\":";
+    cJSON *o;
+    char *s;
+    size_t n;
+
+    if (rs->chunk_prefix != NULL) {
+        return 0;
+    }
+    o = chunk_header(rs);
+    if (o == NULL) {
+        return -1;
+    }
+    s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (s == NULL) {
+        return -1;
+    }
+    /* s is {"id":...,"model":"..."}: drop its closing brace */
+    n = strlen(s) - 1;
+    rs->chunk_prefix = malloc(6 + n + sizeof(choices));
+    if (rs->chunk_prefix == NULL) {
+        free(s);
+        return -1;
+    }
+    memcpy(rs->chunk_prefix, "data: ", 6);
+    memcpy(rs->chunk_prefix + 6, s, n);
+    memcpy(rs->chunk_prefix + 6 + n, choices, sizeof(choices));
+    rs->chunk_prefix_len = 6 + n + sizeof(choices) - 1;
+    free(s);
+    return 0;
+}
+
+/*
+ * Appends text as the inside of a JSON string, byte for byte what cJSON
+ * prints for oai_utf8_sanitize(text): a NUL and every byte of an invalid
+ * UTF-8 sequence become U+FFFD; '"', '\\' and the control characters are
+ * escaped (\b \f \n \r \t, the rest \u00xx); everything else is copied.
+ */
+static int append_json_text(oai_buf *out, const char *text, size_t len)
+{
+    const unsigned char *p = (const unsigned char *) text;
+    size_t i = 0, run = 0;
+
+    while (i < len) {
+        size_t n = utf8_seq_len(p + i, len - i);
+        char esc[8];
+        const char *rep;
+        size_t rep_len;
+
+        if (n > 1 || (n == 1 && p[i] >= 0x20 && p[i] != '"'
+                      && p[i] != '\\'))
+        {
+            i += n;
+            continue;
+        }
+        if (n == 0 || p[i] == 0) {
+            rep = "\xEF\xBF\xBD";
+            rep_len = 3;
+        } else {
+            switch (p[i]) {
+            case '"':  rep = "\\\""; break;
+            case '\\': rep = "\\\\"; break;
+            case '\b': rep = "\\b"; break;
+            case '\f': rep = "\\f"; break;
+            case '\n': rep = "\\n"; break;
+            case '\r': rep = "\\r"; break;
+            case '\t': rep = "\\t"; break;
+            default:
+                snprintf(esc, sizeof(esc), "\\u%04x", p[i]);
+                rep = esc;
+                break;
+            }
+            rep_len = strlen(rep);
+        }
+        if (oai_buf_append(out, text + run, i - run) != 0
+            || oai_buf_append(out, rep, rep_len) != 0)
+        {
+            return -1;
+        }
+        i += 1;
+        run = i;
+    }
+    return oai_buf_append(out, text + run, len - run);
+}
+
+/* A chunk of one choice's text, not its first (chat: no role) nor its
+ * last, without logprobs. */
+#define APPEND_LITERAL(out, lit) oai_buf_append(out, lit, sizeof(lit) - 1)
+
+static int stream_text_chunk(oai_response *rs, int index, const char *text,
+                             size_t text_len, oai_buf *out)
+{
+    int chat = rs->kind == OAI_CHAT;
+    char num[16];
+    int n;
+
+    if (stream_prefix_init(rs) != 0) {
+        return -1;
+    }
+    n = snprintf(num, sizeof(num), "%d", index);
+    if (oai_buf_append(out, rs->chunk_prefix, rs->chunk_prefix_len) != 0
+        || oai_buf_append(out, num, (size_t) n) != 0
+        || (chat ? APPEND_LITERAL(out, ",\"delta\":{\"content\":\"")
+                 : APPEND_LITERAL(out, ",\"text\":\"")) != 0
+        || append_json_text(out, text, text_len) != 0
+        || (chat ? APPEND_LITERAL(out, "\"}") : APPEND_LITERAL(out, "\"")) != 0
+        || APPEND_LITERAL(out, ",\"logprobs\":null,\"finish_reason\":null}]")
+           != 0)
+    {
+        return -1;
+    }
+    return rs->include_usage ? APPEND_LITERAL(out, ",\"usage\":null}\n\n")
+                             : APPEND_LITERAL(out, "}\n\n");
+}
+
+/*
  * One chunk with one choice.  Chat: delta {role?, content?}; completions:
  * text.  finish (non-NULL) makes it the choice's final chunk.
  */
@@ -1817,8 +1942,13 @@ static int stream_chunk(oai_response *rs, int index, int with_role,
                         const char *text, size_t text_len, cJSON *logprobs,
                         const oai_choice *finish, oai_buf *out)
 {
-    cJSON *o = chunk_header(rs), *choices, *ch;
+    cJSON *o, *choices, *ch;
     char *safe = NULL;
+
+    if (text != NULL && logprobs == NULL && finish == NULL && !with_role) {
+        return stream_text_chunk(rs, index, text, text_len, out);
+    }
+    o = chunk_header(rs);
 
     if (o == NULL) {
         cJSON_Delete(logprobs);

@@ -200,6 +200,10 @@ typedef struct {
     int                tool_parsing;   /* oai_request.tool_parsing */
     oai_token_text_fn  token_text;
     void              *token_ctx;
+    /* streaming: "data: {"id":...,"model":...,"choices":[{"index":", the
+     * part every text chunk of the response starts with, printed once */
+    char              *chunk_prefix;
+    size_t             chunk_prefix_len;
 } oai_response;
 
 /* n_choices = prompts * n; choice i belongs to prompt i / n. */

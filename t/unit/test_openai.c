@@ -640,6 +640,113 @@ static void test_utf8_split_token(void)
     oai_request_free(&req);
 }
 
+/* The chunk a token's text makes, printed the way cJSON prints it (the
+ * reference for the direct writer in openai.c). */
+static char *reference_chunk(const oai_response *rs, int index,
+                             const char *text, size_t len)
+{
+    cJSON *o = cJSON_CreateObject(), *choices, *ch;
+    char *safe = oai_utf8_sanitize(text, len, NULL), *s, *out;
+
+    cJSON_AddStringToObject(o, "id", rs->id);
+    cJSON_AddStringToObject(o, "object", rs->kind == OAI_CHAT
+                            ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double) rs->created);
+    cJSON_AddStringToObject(o, "model", rs->model);
+    choices = cJSON_AddArrayToObject(o, "choices");
+    ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", index);
+    if (rs->kind == OAI_CHAT) {
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(ch, "delta"),
+                                "content", safe);
+    } else {
+        cJSON_AddStringToObject(ch, "text", safe);
+    }
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddNullToObject(ch, "finish_reason");
+    if (rs->include_usage) {
+        cJSON_AddNullToObject(o, "usage");
+    }
+    s = cJSON_PrintUnformatted(o);
+    out = malloc(strlen(s) + 9);
+    sprintf(out, "data: %s\n\n", s);
+    free(s);
+    free(safe);
+    cJSON_Delete(o);
+    return out;
+}
+
+static void test_stream_chunk_bytes(void)
+{
+    static const struct { const char *s; size_t len; } texts[] = {
+        { "Hello", 5 }, { "", 0 }, { "a\"b\\c/d", 7 },
+        { "\n\t\r\b\f", 5 }, { "\x01\x1f\x7f ~", 5 }, { "nul\0in", 6 },
+        { "\xff\xfe", 2 }, { "\xE4\xB8", 2 }, { "x\xE4\xB8", 3 },
+        { "\xF0\x9F\x98\x80 \xE2\x80\xA8 \xC3\xA9", 12 },
+        { "\xC0\xAF\xED\xA0\x80", 5 }, { "</script>", 9 },
+    };
+    static const char *bodies[] = {
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,"
+        "\"stream_options\":{\"include_usage\":true}}",
+        "{\"prompt\":[\"a\",\"b\",\"c\"],\"stream\":true}",
+        "{\"prompt\":\"a\",\"stream\":true,\"stream_options\":"
+        "{\"include_usage\":true}}",
+    };
+    char *big = malloc(20001);
+    size_t b, t;
+
+    REQUIRE(big != NULL, "malloc");
+    for (t = 0; t < 20000; t++) {
+        big[t] = "ab\"\\\n\x01\xC3\xA9\xff"[t % 10];
+    }
+    for (b = 0; b < sizeof(bodies) / sizeof(bodies[0]); b++) {
+        oai_kind kind = b < 2 ? OAI_CHAT : OAI_COMPLETION;
+        int index = b == 2 ? 2 : 0;
+        oai_request req;
+        oai_response rs;
+        oai_error err;
+
+        REQUIRE(parse(kind, bodies[b], &req, &err) == 0, "%s", err.message);
+        REQUIRE(oai_response_init(&rs, &req, "tiny \"q\"", fake_token_text,
+                                  NULL) == 0, "init");
+        for (t = 0; t <= sizeof(texts) / sizeof(texts[0]); t++) {
+            int last = t == sizeof(texts) / sizeof(texts[0]);
+            const char *s = last ? big : texts[t].s;
+            size_t len = last ? 20000 : texts[t].len;
+            oai_buf out = { 0 };
+            llm_event ev;
+            char *want;
+
+            if (kind == OAI_CHAT && t == 0) {
+                /* the first chunk carries the role: cJSON's path */
+                memset(&ev, 0, sizeof(ev));
+                ev.type = LLM_EV_STARTED;
+                CHECK(oai_stream_event(&rs, index, &ev, &out) == 0, "started");
+                oai_buf_free(&out);
+                memset(&out, 0, sizeof(out));
+            }
+            memset(&ev, 0, sizeof(ev));
+            ev.type = LLM_EV_TOKEN;
+            ev.text = (char *) s;
+            ev.text_len = len;
+            ev.n_tokens = 1;
+            ev.stop_token = -1;
+            CHECK(oai_stream_event(&rs, index, &ev, &out) == 0, "token");
+            want = reference_chunk(&rs, index, s, len);
+            CHECK(out.data != NULL && strcmp(out.data, want) == 0,
+                  "body %zu text %zu:\n got  %.300s\n want %.300s", b, t,
+                  out.data ? out.data : "(null)", want);
+            free(want);
+            oai_buf_free(&out);
+        }
+        oai_response_free(&rs);
+        oai_request_free(&req);
+    }
+    free(big);
+}
+
 static void test_error_json(void)
 {
     oai_error e;
@@ -1089,6 +1196,7 @@ int main(void)
     RUN(test_completion_legacy_logprobs_echo);
     RUN(test_completion_stream);
     RUN(test_utf8_split_token);
+    RUN(test_stream_chunk_bytes);
     RUN(test_error_json);
     RUN(test_tokenize_shapes);
     RUN(test_models_json);
