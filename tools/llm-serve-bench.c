@@ -1034,6 +1034,11 @@ int main(int argc, char **argv)
     if (o.metadata == NULL || parse_args(argc, argv, &o) < 0) {
         return 2;
     }
+    if (o.server_pid > 0 && cpu_proc_s(o.server_pid) < 0) {
+        /* before any request: a wrong pid must not cost a warm-up */
+        fprintf(stderr, "llm-serve-bench: cannot read /proc/%d/stat\n", o.server_pid);
+        return 1;
+    }
     if (o.extra_body != NULL) {
         extra = cJSON_Parse(o.extra_body);
         if (!cJSON_IsObject(extra)) {

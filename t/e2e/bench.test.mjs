@@ -160,10 +160,12 @@ test('CPU time: the client\'s own and, with --server-pid, the worker\'s', () => 
   assert.match(stdout, /Server CPU time \(s\):\s+[\d.]+ \([\d.]+ us an output token\)/);
 
   // a pid that does not exist: an error before any request, not a zero
-  const bad = spawnSync(bin, ['--tokenizer', modelDir, '--base-url',
-                              server.baseURL.replace(/\/v1$/, ''), '--model', 'tiny',
-                              '--input-len', '8', '--output-len', '4', '--num-prompts', '1',
+  // (nothing listens at port 1: a warm-up sent first would fail first)
+  const bad = spawnSync(bin, ['--tokenizer', modelDir, '--base-url', 'http://127.0.0.1:1',
+                              '--model', 'tiny', '--input-len', '8', '--output-len', '4',
+                              '--num-prompts', '1', '--warmup', '2',
                               '--server-pid', '999999999'], { encoding: 'utf8', timeout: 60000 });
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /cannot read \/proc\/999999999\/stat/);
+  assert.doesNotMatch(bad.stderr, /warm-up/);
 });
