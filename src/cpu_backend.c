@@ -41,6 +41,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1102,10 +1103,10 @@ static size_t cpu_kv_block_bytes(llm_backend *base, int block_size)
 #define KV_COMMIT_SLICE ((size_t) 64 << 20)
 
 typedef struct {
-    uint8_t  *base;
-    size_t    bytes;
-    int       failed;          /* a slice the kernel could not back */
-    int       err;
+    uint8_t     *base;
+    size_t       bytes;
+    _Atomic int  err;          /* errno of a slice the kernel could not
+                                * back (slices fail on any thread) */
 } kv_commit_job;
 
 static void kv_commit_task(void *ctx, int task, int thread)
@@ -1122,8 +1123,7 @@ static void kv_commit_task(void *ctx, int task, int thread)
     }
     if (errno != EINVAL) {
         /* ENOMEM, EFAULT: the memory is not there to be had */
-        j->err = errno;
-        j->failed = 1;
+        atomic_store(&j->err, errno);
         return;
     }
     for (size_t p = 0; p < len; p += (size_t) (page > 0 ? page : 4096)) {
@@ -1170,16 +1170,15 @@ static int cpu_kv_alloc(llm_backend *base, int n_blocks, int block_size,
     (void) madvise(b->kv, b->kv_bytes, MADV_HUGEPAGE);
     job.base = (uint8_t *) b->kv;
     job.bytes = b->kv_bytes;
-    job.failed = 0;
-    job.err = 0;
+    atomic_init(&job.err, 0);
     thread_pool_run(b->pool,
                     (int) ((b->kv_bytes + KV_COMMIT_SLICE - 1) / KV_COMMIT_SLICE),
                     kv_commit_task, &job);
     thread_pool_park(b->pool);
-    if (job.failed) {
+    if (atomic_load(&job.err) != 0) {
         snprintf(err, errlen, "cpu backend: cannot commit %zu bytes of KV "
                  "cache (%d blocks): %s; lower kv_cache", b->kv_bytes,
-                 n_blocks, strerror(job.err));
+                 n_blocks, strerror(atomic_load(&job.err)));
         munmap(b->kv, b->kv_bytes);
         b->kv = NULL;
         return -1;

@@ -1790,16 +1790,24 @@ static cJSON *chunk_header(oai_response *rs)
     return o;
 }
 
-static int emit(cJSON *o, oai_buf *out)
+/* o printed without spaces, and deleted; NULL if o is (out of memory). */
+static char *print_delete(cJSON *o)
 {
     char *s;
-    int rc;
 
     if (o == NULL) {
-        return -1;
+        return NULL;
     }
     s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    return s;
+}
+
+static int emit(cJSON *o, oai_buf *out)
+{
+    char *s = print_delete(o);
+    int rc;
+
     if (s == NULL) {
         return -1;
     }
@@ -1820,19 +1828,13 @@ static int emit(cJSON *o, oai_buf *out)
 static int stream_prefix_init(oai_response *rs)
 {
     static const char choices[] = ",\"choices\":[{\"index\":";
-    cJSON *o;
     char *s;
     size_t n;
 
     if (rs->chunk_prefix != NULL) {
         return 0;
     }
-    o = chunk_header(rs);
-    if (o == NULL) {
-        return -1;
-    }
-    s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
+    s = print_delete(chunk_header(rs));
     if (s == NULL) {
         return -1;
     }

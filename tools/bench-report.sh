@@ -92,6 +92,15 @@ lens() {   # model -> "input/output"
     [ -n "$f" ] && jq -r '"\(.input_len) in / \(.output_len) out"' "$f"
 }
 
+# med(a, n): the median of a[1..n] (the mean of the two middle ones for an
+# even n), sorting a in place; prepended to the awk programs that pair runs
+AWK_MEDIAN='
+    function med(a, n,    i, j, t) {
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }'
+
 # ---- charts ------------------------------------------------------------------
 # per series data: c out_tps ttft50 ttft90 ttft99 tpot50 tpot90 tpot99
 SERIES=()
@@ -237,12 +246,7 @@ echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | --
 for m in $MODELS; do
     for c in $(awk -F'\t' -v m="$m" '$2 == m {print $3}' "$TMP/all.tsv" | sort -nu); do
         # pairs: offline run r against nginx run r
-        awk -F'\t' -v m="$m" -v c="$c" '
-            function med(a, n,    i, j, t) {   # sorts a[1..n] in place
-                for (i = 2; i <= n; i++)
-                    for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-            }
+        awk -F'\t' -v m="$m" -v c="$c" "$AWK_MEDIAN"'
             $2 == m && $3 == c && $1 == "offline" { ot[$18] = $6; of[$18] = $9 }
             $2 == m && $3 == c && $1 == "nginx"   { nt[$18] = $6; nf[$18] = $9 }
             END {
@@ -293,12 +297,7 @@ echo "| model | conc | engine Âµs/tok (offline) | CPUs busy (offline) | worker Â
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for m in $MODELS; do
     for c in $(awk -F'\t' -v m="$m" '$2 == m {print $3}' "$TMP/all.tsv" | sort -nu); do
-        awk -F'\t' -v m="$m" -v c="$c" '
-            function med(a, n,    i, j, t) {
-                for (i = 2; i <= n; i++)
-                    for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-            }
+        awk -F'\t' -v m="$m" -v c="$c" "$AWK_MEDIAN"'
             $2 == m && $3 == c && $1 == "offline" && $21 > 0 {
                 oe[$18] = 1e6 * $19 / $21; ob[$18] = $22 > 0 ? $19 / $22 : 0; ot[$18] = $6 }
             $2 == m && $3 == c && $1 == "nginx" && $21 > 0 {
