@@ -831,11 +831,78 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
 }
 
 #if KERN_X86
+/* P.V of one V block (rows vb, jn keys) for queries qi .. qi + nq - 1
+ * and dimensions d0 .. d0 + PV_DIMS - 1, into out (first: start from 0,
+ * else add to what out holds).  pv: the next block, asked for a share at
+ * each key (pv_step bytes, up to pv_bytes). */
+#define PV_QUERIES 2
+#define PV_DIMS    128
+BF16_TARGET INLINE void pv_block(const float *vb, int hd, int d0, int jn,
+                                 const float *sc, size_t L, size_t j0, int qi,
+                                 int nq, int n_rep, float *out,
+                                 size_t out_stride, int first, const char *pv,
+                                 size_t pv_step, size_t *pv_at,
+                                 size_t pv_bytes)
+{
+    __m512 acc[PV_QUERIES][PV_DIMS / 16];
+    __mmask16 md[PV_DIMS / 16];
+    const float *sp[PV_QUERIES];
+    float *op[PV_QUERIES];
+
+#pragma GCC unroll 8
+    for (int v = 0; v < PV_DIMS / 16; v++) {
+        md[v] = mask16(hd - d0 - 16 * v);
+    }
+#pragma GCC unroll 2
+    for (int x = 0; x < PV_QUERIES; x++) {
+        int qq = qi + (x < nq ? x : 0);
+        sp[x] = sc + (size_t) qq * L + j0;
+        op[x] = out + (size_t) (qq / n_rep) * out_stride
+                + (size_t) (qq % n_rep) * hd + d0;
+#pragma GCC unroll 8
+        for (int v = 0; v < PV_DIMS / 16; v++) {
+            acc[x][v] = first ? _mm512_setzero_ps()
+                              : _mm512_maskz_loadu_ps(md[v], op[x] + 16 * v);
+        }
+    }
+    for (int sl = 0; sl < jn; sl++) {
+        const float *vr = vb + (size_t) sl * hd + d0;
+        __m512 vv[PV_DIMS / 16];
+        if (pv) {
+            for (size_t e = *pv_at + pv_step; *pv_at < e && *pv_at < pv_bytes;
+                 *pv_at += 64) {
+                _mm_prefetch(pv + *pv_at, _MM_HINT_T0);
+            }
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < PV_DIMS / 16; v++) {
+            vv[v] = _mm512_maskz_loadu_ps(md[v], vr + 16 * v);
+        }
+#pragma GCC unroll 2
+        for (int x = 0; x < PV_QUERIES; x++) {
+            __m512 p = _mm512_set1_ps(sp[x][sl]);
+#pragma GCC unroll 8
+            for (int v = 0; v < PV_DIMS / 16; v++) {
+                acc[x][v] = _mm512_fmadd_ps(p, vv[v], acc[x][v]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int x = 0; x < PV_QUERIES; x++) {
+        if (x < nq) {
+#pragma GCC unroll 8
+            for (int v = 0; v < PV_DIMS / 16; v++) {
+                _mm512_mask_storeu_ps(op[x] + 16 * v, md[v], acc[x][v]);
+            }
+        }
+    }
+}
+
 /*
  * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
  * horizontal sums), 4 queries sharing each K load, two key chunks at once;
- * softmax with exp512; P.V with 8 queries sharing each V load, 32
- * dimensions at once.  Per (query, key) the products
+ * softmax with exp512; P.V block by block (pv_block), 2 queries x 128
+ * dimensions sharing each V row load.  Per (query, key) the products
  * are summed dimension by dimension in one lane, the softmax sum lane-wise
  * over 16-key chunks from position 0, P.V key by key: nothing depends on
  * which other queries share the tile.  Keys a query must not see get
@@ -955,54 +1022,28 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
             s[j] = 0.0f;
         }
     }
-    /* 3. out = P.V, 32 dimensions (two vectors) x 8 queries per pass,
-     * block by block (no division per key), key by key within a block */
-    for (int d0 = 0; d0 < hd; d0 += 32) {
-        __mmask16 md0 = mask16(hd - d0), md1 = mask16(hd - d0 - 16);
-        for (int qi = 0; qi < n_q; qi += 8) {
-            int nq = n_q - qi < 8 ? n_q - qi : 8;
-            __m512 acc0[8], acc1[8];
-            const float *sp[8];
-#pragma GCC unroll 8
-            for (int x = 0; x < 8; x++) {
-                acc0[x] = _mm512_setzero_ps();
-                acc1[x] = _mm512_setzero_ps();
-                sp[x] = sc + (size_t) (qi + (x < nq ? x : 0)) * L;
-            }
-            for (int b = 0; b < n_blocks; b++) {
-                int jn = ctx_max - b * bs < bs ? ctx_max - b * bs : bs;
-                const float *vb = v_row(kv, table[b], g, 0) + d0;
-                const float *pv = d0 == 0 && qi == 0 && b + 1 < n_blocks
-                                  ? v_row(kv, table[b + 1], g, 0) : NULL;
-                size_t j0 = (size_t) b * bs;
-                for (int sl = 0; sl < jn; sl++) {
-                    if (pv) {
-                        /* the next block's row sl, all of it */
-                        const char *row = (const char *) (pv + (size_t) sl * hd);
-                        for (size_t l = 0; l < (size_t) hd * sizeof(float);
-                             l += 64) {
-                            _mm_prefetch(row + l, _MM_HINT_T0);
-                        }
-                    }
-                    __m512 v0 = _mm512_maskz_loadu_ps(md0, vb + (size_t) sl * hd);
-                    __m512 v1 = _mm512_maskz_loadu_ps(md1, vb + (size_t) sl * hd + 16);
-#pragma GCC unroll 8
-                    for (int x = 0; x < 8; x++) {
-                        __m512 p = _mm512_set1_ps(sp[x][j0 + (size_t) sl]);
-                        acc0[x] = _mm512_fmadd_ps(p, v0, acc0[x]);
-                        acc1[x] = _mm512_fmadd_ps(p, v1, acc1[x]);
-                    }
-                }
-            }
-#pragma GCC unroll 8
-            for (int x = 0; x < 8; x++) {
-                if (x < nq) {
-                    int qq = qi + x;
-                    float *o = out + (size_t) (qq / n_rep) * out_stride
-                               + (size_t) (qq % n_rep) * hd + d0;
-                    _mm512_mask_storeu_ps(o, md0, acc0[x]);
-                    _mm512_mask_storeu_ps(o + 16, md1, acc1[x]);
-                }
+    /* 3. out = P.V, block by block: each V block is read from memory
+     * once and then serves every query of the tile from L1, PV_QUERIES
+     * queries x PV_DIMS dimensions at a time; the accumulators go through
+     * out between blocks (exactly: a store and a load round nothing).
+     * Within a (query, dimension) lane the sum runs key by key from
+     * position 0, whatever the grouping.  Before (dimensions outer, then
+     * queries, then blocks) a decode step read each head's V once per 32
+     * dimensions: four times from memory once the context outgrew L2. */
+    for (int b = 0; b < n_blocks; b++) {
+        int jn = ctx_max - b * bs < bs ? ctx_max - b * bs : bs;
+        const float *vb = v_row(kv, table[b], g, 0);
+        const char *pv = b + 1 < n_blocks
+                         ? (const char *) v_row(kv, table[b + 1], g, 0) : NULL;
+        size_t j0 = (size_t) b * bs, pv_bytes = (size_t) bs * hd * sizeof(float);
+        size_t pv_step = (pv_bytes / (size_t) jn + 63) & ~(size_t) 63, pv_at = 0;
+        for (int qi = 0; qi < n_q; qi += PV_QUERIES) {
+            int nq = n_q - qi < PV_QUERIES ? n_q - qi : PV_QUERIES;
+            for (int d0 = 0; d0 < hd; d0 += PV_DIMS) {
+                pv_block(vb, hd, d0, jn, sc, L, j0, qi, nq, n_rep, out,
+                         out_stride, b == 0,
+                         qi == 0 && d0 == 0 ? pv : NULL, pv_step, &pv_at,
+                         pv_bytes);
             }
         }
     }
