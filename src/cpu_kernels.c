@@ -831,6 +831,84 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
 }
 
 #if KERN_X86
+/* Raw scores of key chunks ci .. ci + CN - 1 (16 keys each, clamped to
+ * n_chunks) for every query, QN queries at a time: QN x CN accumulators,
+ * each K load serving QN queries.  The next pass's K lines are asked for
+ * during the first query group (the context is scattered over paged
+ * blocks that the hardware prefetchers do not follow from one to the
+ * next; measured, Qwen3-0.6B decode: attention 0.8 -> 0.5 ms a token per
+ * thread with the V prefetch of pv_block). */
+BF16_TARGET INLINE void scores_pass(const kern_kv *kv, int g,
+                                    const int32_t *table, int cpb, int bs,
+                                    int n_chunks, int ci, int n_q, int n_rep,
+                                    const float *q, size_t q_stride, int hd,
+                                    size_t L, __m512 vscale, float *sc,
+                                    const int QN, const int CN)
+{
+    int nc = n_chunks - ci < CN ? n_chunks - ci : CN;
+    const float *kp[4], *pk[4];
+    __mmask16 km[4];
+    size_t so[4];
+
+#pragma GCC unroll 4
+    for (int u = 0; u < CN; u++) {
+        int cc = ci + (u < nc ? u : 0);
+        int b = cc / cpb, c = (cc % cpb) * 16;
+        kp[u] = k_block(kv, table[b], g) + c;
+        km[u] = mask16(bs - c);
+        so[u] = (size_t) b * bs + (size_t) c;
+        cc = ci + CN + u;
+        pk[u] = cc < n_chunks
+                ? k_block(kv, table[cc / cpb], g) + (cc % cpb) * 16 : NULL;
+    }
+    for (int qi = 0; qi < n_q; qi += QN) {
+        int nq = n_q - qi < QN ? n_q - qi : QN;
+        const float *qp[4];
+        __m512 acc[4][4];
+#pragma GCC unroll 4
+        for (int x = 0; x < QN; x++) {
+            int qq = qi + (x < nq ? x : 0);
+            qp[x] = q + (size_t) (qq / n_rep) * q_stride
+                    + (size_t) (qq % n_rep) * hd;
+#pragma GCC unroll 4
+            for (int u = 0; u < CN; u++) {
+                acc[u][x] = _mm512_setzero_ps();
+            }
+        }
+        for (int d = 0; d < hd; d++) {
+            __m512 kv_d[4];
+#pragma GCC unroll 4
+            for (int u = 0; u < CN; u++) {
+                kv_d[u] = _mm512_maskz_loadu_ps(km[u], kp[u] + (size_t) d * bs);
+                if (qi == 0 && pk[u] != NULL) {
+                    _mm_prefetch((const char *) (pk[u] + (size_t) d * bs),
+                                 _MM_HINT_T0);
+                }
+            }
+#pragma GCC unroll 4
+            for (int x = 0; x < QN; x++) {
+                __m512 qv = _mm512_set1_ps(qp[x][d]);
+#pragma GCC unroll 4
+                for (int u = 0; u < CN; u++) {
+                    acc[u][x] = _mm512_fmadd_ps(qv, kv_d[u], acc[u][x]);
+                }
+            }
+        }
+        /* constant indices (guarded stores): GCC keeps the accumulators
+         * in registers only if no loop indexes them by a run-time bound */
+#pragma GCC unroll 4
+        for (int u = 0; u < CN; u++) {
+#pragma GCC unroll 4
+            for (int x = 0; x < QN; x++) {
+                if (u < nc && x < nq) {
+                    _mm512_mask_storeu_ps(sc + (size_t) (qi + x) * L + so[u],
+                                          km[u], _mm512_mul_ps(acc[u][x], vscale));
+                }
+            }
+        }
+    }
+}
+
 /* P.V of one V block (rows vb, jn keys) for queries qi .. qi + nq - 1
  * and dimensions d0 .. d0 + PV_DIMS - 1, into out (first: start from 0,
  * else add to what out holds).  pv: the next block, asked for a share at
@@ -900,7 +978,7 @@ BF16_TARGET INLINE void pv_block(const float *vb, int hd, int d0, int jn,
 
 /*
  * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
- * horizontal sums), 4 queries sharing each K load, two key chunks at once;
+ * horizontal sums), several queries sharing each K load (scores_pass);
  * softmax with exp512; P.V block by block (pv_block), 2 queries x 128
  * dimensions sharing each V row load.  Per (query, key) the products
  * are summed dimension by dimension in one lane, the softmax sum lane-wise
@@ -921,72 +999,18 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
     int cpb = (bs + 15) / 16, n_chunks = n_blocks * cpb;
     const __m512 vscale = _mm512_set1_ps(scale);
 
-    /* 1. raw scores, whole blocks (lanes past bs are not stored): two
-     * 16-key chunks x 4 queries per pass, so eight independent FMA chains
-     * hide the FMA latency and each K load serves four queries */
-    for (int ci = 0; ci < n_chunks; ci += 2) {
-        int nc = n_chunks - ci < 2 ? n_chunks - ci : 2;
-        const float *kp[2];
-        __mmask16 km[2];
-        size_t so[2];
-        for (int u = 0; u < 2; u++) {
-            int cc = ci + (u < nc ? u : 0);
-            int b = cc / cpb, c = (cc % cpb) * 16;
-            kp[u] = k_block(kv, table[b], g) + c;
-            km[u] = mask16(bs - c);
-            so[u] = (size_t) b * bs + (size_t) c;
-        }
-        /* the next two chunks' K lines, asked for during the first query
-         * group's pass: the context is scattered over paged blocks that the
-         * hardware prefetchers do not follow from one to the next
-         * (measured, Qwen3-0.6B decode: attention 0.8 -> 0.5 ms a token
-         * per thread with the V prefetch below) */
-        const float *pk[2] = { NULL, NULL };
-        for (int u = 0; u < 2 && ci + 2 + u < n_chunks; u++) {
-            int cc = ci + 2 + u;
-            pk[u] = k_block(kv, table[cc / cpb], g) + (cc % cpb) * 16;
-        }
-        for (int qi = 0; qi < n_q; qi += 4) {
-            int nq = n_q - qi < 4 ? n_q - qi : 4;
-            const float *qp[4];
-            __m512 acc[2][4];
-#pragma GCC unroll 4
-            for (int x = 0; x < 4; x++) {
-                int qq = qi + (x < nq ? x : 0);
-                qp[x] = q + (size_t) (qq / n_rep) * q_stride
-                        + (size_t) (qq % n_rep) * hd;
-                acc[0][x] = _mm512_setzero_ps();
-                acc[1][x] = _mm512_setzero_ps();
-            }
-            for (int d = 0; d < hd; d++) {
-                __m512 k0 = _mm512_maskz_loadu_ps(km[0], kp[0] + (size_t) d * bs);
-                __m512 k1 = _mm512_maskz_loadu_ps(km[1], kp[1] + (size_t) d * bs);
-                for (int u = 0; u < 2 && qi == 0; u++) {
-                    if (pk[u]) {
-                        _mm_prefetch((const char *) (pk[u] + (size_t) d * bs),
-                                     _MM_HINT_T0);
-                    }
-                }
-#pragma GCC unroll 4
-                for (int x = 0; x < 4; x++) {
-                    __m512 qv = _mm512_set1_ps(qp[x][d]);
-                    acc[0][x] = _mm512_fmadd_ps(qv, k0, acc[0][x]);
-                    acc[1][x] = _mm512_fmadd_ps(qv, k1, acc[1][x]);
-                }
-            }
-            /* constant indices (guarded stores): GCC keeps the
-             * accumulators in registers only if no loop indexes them by a
-             * run-time bound */
-#pragma GCC unroll 2
-            for (int u = 0; u < 2; u++) {
-#pragma GCC unroll 4
-                for (int x = 0; x < 4; x++) {
-                    if (u < nc && x < nq) {
-                        _mm512_mask_storeu_ps(sc + (size_t) (qi + x) * L + so[u],
-                                              km[u], _mm512_mul_ps(acc[u][x], vscale));
-                    }
-                }
-            }
+    /* 1. raw scores, whole blocks (lanes past bs are not stored), eight
+     * independent FMA chains a pass to hide the FMA latency: 4 queries x
+     * 2 key chunks, or 2 x 4 where the tile has at most two queries (a
+     * decode step with two query heads a KV head would waste half of a
+     * four-query pass) */
+    for (int ci = 0; ci < n_chunks; ci += n_q <= 2 ? 4 : 2) {
+        if (n_q <= 2) {
+            scores_pass(kv, g, table, cpb, bs, n_chunks, ci, n_q, n_rep, q,
+                        q_stride, hd, L, vscale, sc, 2, 4);
+        } else {
+            scores_pass(kv, g, table, cpb, bs, n_chunks, ci, n_q, n_rep, q,
+                        q_stride, hd, L, vscale, sc, 4, 2);
         }
     }
     /* 2. softmax per query over its own context; the rest becomes 0 */
