@@ -535,6 +535,23 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                    "(exact or fast)", &val);
                 return NGX_CONF_ERROR;
             }
+        } else if (KEY_IS("kv_cache_dtype")) {
+            if (val.len == 4 && ngx_strncmp(val.data, "auto", 4) == 0) {
+                m->kv_dtype = LLM_KV_AUTO;
+            } else if (val.len == 7
+                       && ngx_strncmp(val.data, "float32", 7) == 0)
+            {
+                m->kv_dtype = LLM_KV_FLOAT32;
+            } else if (val.len == 8
+                       && ngx_strncmp(val.data, "bfloat16", 8) == 0)
+            {
+                m->kv_dtype = LLM_KV_BFLOAT16;
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "llm_model: invalid kv_cache_dtype=\"%V\" "
+                                   "(auto, float32 or bfloat16)", &val);
+                return NGX_CONF_ERROR;
+            }
         } else if (KEY_IS("prefix_caching")) {
             if (val.len == 2 && ngx_strncmp(val.data, "on", 2) == 0) {
                 m->prefix_caching = 1;
@@ -584,6 +601,17 @@ ngx_http_llm_model_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                &m->name, &m->device);
             return NGX_CONF_ERROR;
         }
+    }
+
+    /* the CUDA backend keeps its KV cache in bf16 only */
+    if (m->kv_dtype == LLM_KV_FLOAT32
+        && !(m->device.len == 3 && ngx_strncmp(m->device.data, "cpu", 3) == 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_model \"%V\": kv_cache_dtype=float32 is CPU "
+                           "only (device=%V keeps the KV cache in bfloat16)",
+                           &m->name, &m->device);
+        return NGX_CONF_ERROR;
     }
 
     /* NUL-terminated copies, kept for the engine in the workers */
@@ -1006,6 +1034,7 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         o.enable_prefix_caching = (int) m[i].prefix_caching;
         o.load_format = m[i].dummy ? LLM_LOAD_DUMMY : LLM_LOAD_AUTO;
         o.cpu_precision = m[i].fast ? LLM_CPU_FAST : LLM_CPU_EXACT;
+        o.kv_cache_dtype = (llm_kv_dtype) m[i].kv_dtype;
         o.seed = (uint64_t) m[i].seed;
         o.notify = ngx_http_llm_engine_notify;
         o.notify_ctx = &mcf->notify;

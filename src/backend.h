@@ -99,8 +99,17 @@ typedef enum {
     CPU_PRECISION_FAST
 } cpu_precision;
 
+/* KV cache elements: F32 (the default, exact), or BF16: half the memory
+ * and bandwidth, K and V rounded to ~3 significant digits (as the CUDA
+ * backend always keeps them). */
+typedef enum {
+    CPU_KV_F32 = 0,
+    CPU_KV_BF16
+} cpu_kv_dtype;
+
 llm_backend *cpu_backend_create_ex(const model *m, int threads,
                                    cpu_precision precision,
+                                   cpu_kv_dtype kv_dtype,
                                    char *err, size_t errlen);
 
 #ifdef LLM_HAVE_CUDA

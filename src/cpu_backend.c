@@ -96,8 +96,11 @@ typedef struct {
     /* rope */
     float       *inv_freq;       /* [hd / 2] */
     float        rope_mscale;
-    /* KV pool: [layer][K|V][n_blocks * block_size][KV] */
-    float       *kv;
+    /* KV pool: [layer][K|V][n_blocks * block_size][KV] elements of
+     * kv_esize bytes (f32, or bf16 with kv_bf16) */
+    void        *kv;
+    int          kv_bf16;
+    size_t       kv_esize;
     size_t       kv_bytes;
     int          n_blocks, block_size;
     /* scratch, grown on demand */
@@ -552,10 +555,12 @@ enum { TOK_INPUT_NORM, TOK_QKV_POST, TOK_POST_NORM, TOK_ATTN };
 static kern_kv layer_kv(const cpu_backend *b, int layer)
 {
     kern_kv kv;
-    size_t per = (size_t) b->n_blocks * (size_t) b->block_size * (size_t) b->KV;
+    size_t per = (size_t) b->n_blocks * (size_t) b->block_size * (size_t) b->KV
+                 * b->kv_esize;
 
-    kv.k = b->kv + (size_t) layer * 2 * per;
-    kv.v = kv.k + per;
+    kv.k = (char *) b->kv + (size_t) layer * 2 * per;
+    kv.v = (char *) kv.k + per;
+    kv.bf16 = b->kv_bf16;
     kv.n_kv = b->n_kv;
     kv.hd = b->hd;
     kv.bs = b->block_size;
@@ -673,7 +678,9 @@ static void attn_one(tok_job *j, int g, int tile, int thread)
 static void kv_prefetch_head(const cpu_backend *b, const tok_job *j, int g)
 {
     kern_kv kv = layer_kv(b, j->layer);
-    size_t span = (size_t) b->hd * (size_t) b->block_size, asked = 0;
+    const char *kp = kv.k, *vp = kv.v;
+    size_t span = (size_t) b->hd * (size_t) b->block_size * b->kv_esize;
+    size_t asked = 0;
 
     for (int t = 0; t < b->n_tiles; t++) {
         int bi = j->c0 + b->tile_start[t];
@@ -689,12 +696,12 @@ static void kv_prefetch_head(const cpu_backend *b, const tok_job *j, int g)
             size_t o = ((size_t) table[blk] * (size_t) b->n_kv + (size_t) g)
                        * span;
             if (k < 0) {
-                kern_prefetch(kv.k + o, span * sizeof(float));
-                kern_prefetch(kv.v + o, span * sizeof(float));
+                kern_prefetch(kp + o, span);
+                kern_prefetch(vp + o, span);
             } else {
-                kern_prefetch((k < n ? kv.k : kv.v) + o, span * sizeof(float));
+                kern_prefetch((k < n ? kp : vp) + o, span);
             }
-            asked += span * sizeof(float);
+            asked += span;
         }
     }
 }
@@ -1091,7 +1098,7 @@ static size_t cpu_kv_block_bytes(llm_backend *base, int block_size)
 {
     cpu_backend *b = (cpu_backend *) base;
     return (size_t) b->n_layers * 2 * (size_t) block_size * (size_t) b->KV
-           * sizeof(float);
+           * b->kv_esize;
 }
 
 /* Linux 5.14; older kernels answer EINVAL and the pages are touched */
@@ -1245,11 +1252,13 @@ static float *widen(const tensor_ref *t, float **cursor)
 llm_backend *cpu_backend_create(const model *m, int threads, char *err,
                                 size_t errlen)
 {
-    return cpu_backend_create_ex(m, threads, CPU_PRECISION_EXACT, err, errlen);
+    return cpu_backend_create_ex(m, threads, CPU_PRECISION_EXACT, CPU_KV_F32,
+                                 err, errlen);
 }
 
 llm_backend *cpu_backend_create_ex(const model *m, int threads,
-                                   cpu_precision precision, char *err,
+                                   cpu_precision precision,
+                                   cpu_kv_dtype kv_dtype, char *err,
                                    size_t errlen)
 {
     const model_config *c = &m->cfg;
@@ -1274,6 +1283,8 @@ llm_backend *cpu_backend_create_ex(const model *m, int threads,
     b->base.ops = &cpu_ops;
     b->base.m = m;
     b->fast = precision == CPU_PRECISION_FAST;
+    b->kv_bf16 = kv_dtype == CPU_KV_BF16;
+    b->kv_esize = b->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
     b->H = c->hidden_size;
     b->hd = c->head_dim;
     b->n_heads = c->n_heads;

@@ -742,15 +742,22 @@ void kern_silu_mul(const float *g, const float *u, float *y, int n)
 void kern_kv_write_head(const kern_kv *kv, int g, int block, int slot,
                         const float *k, const float *v)
 {
-    float *kb = kv->k + ((size_t) block * kv->n_kv + (size_t) g)
-                            * (size_t) kv->hd * (size_t) kv->bs;
-    float *vb = kv->v + (((size_t) block * kv->n_kv + (size_t) g)
-                         * (size_t) kv->bs + (size_t) slot) * (size_t) kv->hd;
+    size_t span = ((size_t) block * kv->n_kv + (size_t) g)
+                  * (size_t) kv->hd * (size_t) kv->bs;
+    size_t vo = span + (size_t) slot * (size_t) kv->hd;
 
-    for (int d = 0; d < kv->hd; d++) {
-        kb[(size_t) d * kv->bs + (size_t) slot] = k[d];
+    if (kv->bf16) {
+        uint16_t *kb = (uint16_t *) kv->k + span, *vb = (uint16_t *) kv->v + vo;
+        for (int d = 0; d < kv->hd; d++) {
+            kb[(size_t) d * kv->bs + (size_t) slot] = f32_to_bf16_rne(k[d]);
+            vb[d] = f32_to_bf16_rne(v[d]);
+        }
+        return;
     }
-    memcpy(vb, v, (size_t) kv->hd * sizeof(float));
+    for (int d = 0; d < kv->hd; d++) {
+        ((float *) kv->k)[span + (size_t) d * kv->bs + (size_t) slot] = k[d];
+    }
+    memcpy((float *) kv->v + vo, v, (size_t) kv->hd * sizeof(float));
 }
 
 void kern_prefetch(const void *p, size_t bytes)
@@ -774,17 +781,38 @@ size_t kern_attention_scratch(int n_q, int ctx, int bs)
     return (size_t) n_q * blocks * (size_t) bs;
 }
 
-static inline const float *k_block(const kern_kv *kv, int32_t block, int g)
+static inline size_t kv_esize(const kern_kv *kv)
 {
-    return kv->k + ((size_t) block * kv->n_kv + (size_t) g)
-                       * (size_t) kv->hd * (size_t) kv->bs;
+    return kv->bf16 ? 2 : 4;
 }
 
-static inline const float *v_row(const kern_kv *kv, int32_t block, int g,
-                                 int slot)
+/* Block `block` of KV head g: its K (transposed) and its V row `slot`,
+ * as byte addresses (the element type is kv->bf16's). */
+static inline const char *k_block(const kern_kv *kv, int32_t block, int g)
 {
-    return kv->v + (((size_t) block * kv->n_kv + (size_t) g) * (size_t) kv->bs
-                    + (size_t) slot) * (size_t) kv->hd;
+    return (const char *) kv->k
+           + ((size_t) block * kv->n_kv + (size_t) g) * (size_t) kv->hd
+             * (size_t) kv->bs * kv_esize(kv);
+}
+
+static inline const char *v_row(const kern_kv *kv, int32_t block, int g,
+                                int slot)
+{
+    return (const char *) kv->v
+           + ((((size_t) block * kv->n_kv + (size_t) g) * (size_t) kv->bs
+               + (size_t) slot) * (size_t) kv->hd) * kv_esize(kv);
+}
+
+/* Element i of a K block or V row, widened. */
+static inline float kv_get(const kern_kv *kv, const char *p, size_t i)
+{
+    float f;
+
+    if (kv->bf16) {
+        return bf16_to_f32(load_u16(p, i));
+    }
+    memcpy(&f, p + 4 * i, 4);
+    return f;
 }
 
 /* Portable version: the same arithmetic order per (query, key) as the
@@ -806,10 +834,11 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
             float *o = out + (size_t) i * out_stride + (size_t) r * hd;
             float mx = -INFINITY, sum = 0.0f;
             for (int j = 0; j < ctx; j++) {
-                const float *kb = k_block(kv, table[j / bs], g);
+                const char *kb = k_block(kv, table[j / bs], g);
                 float acc = 0.0f;
                 for (int d = 0; d < hd; d++) {
-                    acc += qv[d] * kb[(size_t) d * bs + (size_t) (j % bs)];
+                    acc += qv[d] * kv_get(kv, kb, (size_t) d * bs
+                                                  + (size_t) (j % bs));
                 }
                 s[j] = acc * scale;
                 mx = s[j] > mx ? s[j] : mx;
@@ -820,10 +849,10 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
             }
             memset(o, 0, (size_t) hd * sizeof(float));
             for (int j = 0; j < ctx; j++) {
-                const float *vr = v_row(kv, table[j / bs], g, j % bs);
+                const char *vr = v_row(kv, table[j / bs], g, j % bs);
                 float p = s[j] / sum;
                 for (int d = 0; d < hd; d++) {
-                    o[d] += p * vr[d];
+                    o[d] += p * kv_get(kv, vr, (size_t) d);
                 }
             }
         }
@@ -831,6 +860,17 @@ static void attention_scalar(const kern_kv *kv, int g, const int32_t *table,
 }
 
 #if KERN_X86
+/* 16 cached K or V values at byte address p (lanes outside m: 0),
+ * widened from bf16 (KV16) or loaded as f32. */
+BF16_TARGET INLINE __m512 kv_load16(const char *p, __mmask16 m, const int KV16)
+{
+    if (KV16) {
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+    }
+    return _mm512_maskz_loadu_ps(m, p);
+}
+
 /* Raw scores of key chunks ci .. ci + CN - 1 (16 keys each, clamped to
  * n_chunks) for every query, QN queries at a time: QN x CN accumulators,
  * each K load serving QN queries.  The next pass's K lines are asked for
@@ -843,10 +883,12 @@ BF16_TARGET INLINE void scores_pass(const kern_kv *kv, int g,
                                     int n_chunks, int ci, int n_q, int n_rep,
                                     const float *q, size_t q_stride, int hd,
                                     size_t L, __m512 vscale, float *sc,
-                                    const int QN, const int CN)
+                                    const int QN, const int CN,
+                                    const int KV16)
 {
     int nc = n_chunks - ci < CN ? n_chunks - ci : CN;
-    const float *kp[4], *pk[4];
+    size_t es = KV16 ? 2 : 4, row = (size_t) bs * es;  /* bytes a dimension */
+    const char *kp[4], *pk[4];
     __mmask16 km[4];
     size_t so[4];
 
@@ -854,12 +896,13 @@ BF16_TARGET INLINE void scores_pass(const kern_kv *kv, int g,
     for (int u = 0; u < CN; u++) {
         int cc = ci + (u < nc ? u : 0);
         int b = cc / cpb, c = (cc % cpb) * 16;
-        kp[u] = k_block(kv, table[b], g) + c;
+        kp[u] = k_block(kv, table[b], g) + (size_t) c * es;
         km[u] = mask16(bs - c);
         so[u] = (size_t) b * bs + (size_t) c;
         cc = ci + CN + u;
         pk[u] = cc < n_chunks
-                ? k_block(kv, table[cc / cpb], g) + (cc % cpb) * 16 : NULL;
+                ? k_block(kv, table[cc / cpb], g) + (size_t) (cc % cpb) * 16 * es
+                : NULL;
     }
     for (int qi = 0; qi < n_q; qi += QN) {
         int nq = n_q - qi < QN ? n_q - qi : QN;
@@ -879,10 +922,9 @@ BF16_TARGET INLINE void scores_pass(const kern_kv *kv, int g,
             __m512 kv_d[4];
 #pragma GCC unroll 4
             for (int u = 0; u < CN; u++) {
-                kv_d[u] = _mm512_maskz_loadu_ps(km[u], kp[u] + (size_t) d * bs);
+                kv_d[u] = kv_load16(kp[u] + (size_t) d * row, km[u], KV16);
                 if (qi == 0 && pk[u] != NULL) {
-                    _mm_prefetch((const char *) (pk[u] + (size_t) d * bs),
-                                 _MM_HINT_T0);
+                    _mm_prefetch(pk[u] + (size_t) d * row, _MM_HINT_T0);
                 }
             }
 #pragma GCC unroll 4
@@ -915,13 +957,14 @@ BF16_TARGET INLINE void scores_pass(const kern_kv *kv, int g,
  * each key (pv_step bytes, up to pv_bytes). */
 #define PV_QUERIES 2
 #define PV_DIMS    128
-BF16_TARGET INLINE void pv_block(const float *vb, int hd, int d0, int jn,
+BF16_TARGET INLINE void pv_block(const char *vb, int hd, int d0, int jn,
                                  const float *sc, size_t L, size_t j0, int qi,
                                  int nq, int n_rep, float *out,
                                  size_t out_stride, int first, const char *pv,
                                  size_t pv_step, size_t *pv_at,
-                                 size_t pv_bytes)
+                                 size_t pv_bytes, const int KV16)
 {
+    size_t es = KV16 ? 2 : 4;
     __m512 acc[PV_QUERIES][PV_DIMS / 16];
     __mmask16 md[PV_DIMS / 16];
     const float *sp[PV_QUERIES];
@@ -944,7 +987,7 @@ BF16_TARGET INLINE void pv_block(const float *vb, int hd, int d0, int jn,
         }
     }
     for (int sl = 0; sl < jn; sl++) {
-        const float *vr = vb + (size_t) sl * hd + d0;
+        const char *vr = vb + ((size_t) sl * hd + (size_t) d0) * es;
         __m512 vv[PV_DIMS / 16];
         if (pv) {
             for (size_t e = *pv_at + pv_step; *pv_at < e && *pv_at < pv_bytes;
@@ -954,7 +997,7 @@ BF16_TARGET INLINE void pv_block(const float *vb, int hd, int d0, int jn,
         }
 #pragma GCC unroll 8
         for (int v = 0; v < PV_DIMS / 16; v++) {
-            vv[v] = _mm512_maskz_loadu_ps(md[v], vr + 16 * v);
+            vv[v] = kv_load16(vr + (size_t) 16 * v * es, md[v], KV16);
         }
 #pragma GCC unroll 2
         for (int x = 0; x < PV_QUERIES; x++) {
@@ -986,12 +1029,12 @@ BF16_TARGET INLINE void pv_block(const float *vb, int hd, int d0, int jn,
  * which other queries share the tile.  Keys a query must not see get
  * probability exactly 0 (their V rows are finite: this step wrote them).
  */
-BF16_TARGET static void attention_512(const kern_kv *kv, int g,
+BF16_TARGET INLINE void attention_512(const kern_kv *kv, int g,
                                       const int32_t *table, int pos0,
                                       int n_tok, int n_rep, float scale,
                                       const float *q, size_t q_stride,
                                       float *sc, float *out,
-                                      size_t out_stride)
+                                      size_t out_stride, const int KV16)
 {
     int hd = kv->hd, bs = kv->bs, ctx_max = pos0 + n_tok;
     int n_q = n_tok * n_rep, n_blocks = (ctx_max + bs - 1) / bs;
@@ -1007,10 +1050,10 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
     for (int ci = 0; ci < n_chunks; ci += n_q <= 2 ? 4 : 2) {
         if (n_q <= 2) {
             scores_pass(kv, g, table, cpb, bs, n_chunks, ci, n_q, n_rep, q,
-                        q_stride, hd, L, vscale, sc, 2, 4);
+                        q_stride, hd, L, vscale, sc, 2, 4, KV16);
         } else {
             scores_pass(kv, g, table, cpb, bs, n_chunks, ci, n_q, n_rep, q,
-                        q_stride, hd, L, vscale, sc, 4, 2);
+                        q_stride, hd, L, vscale, sc, 4, 2, KV16);
         }
     }
     /* 2. softmax per query over its own context; the rest becomes 0 */
@@ -1056,10 +1099,10 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
      * dimensions: four times from memory once the context outgrew L2. */
     for (int b = 0; b < n_blocks; b++) {
         int jn = ctx_max - b * bs < bs ? ctx_max - b * bs : bs;
-        const float *vb = v_row(kv, table[b], g, 0);
+        const char *vb = v_row(kv, table[b], g, 0);
         const char *pv = b + 1 < n_blocks
-                         ? (const char *) v_row(kv, table[b + 1], g, 0) : NULL;
-        size_t j0 = (size_t) b * bs, pv_bytes = (size_t) bs * hd * sizeof(float);
+                         ? v_row(kv, table[b + 1], g, 0) : NULL;
+        size_t j0 = (size_t) b * bs, pv_bytes = (size_t) bs * hd * kv_esize(kv);
         size_t pv_step = (pv_bytes / (size_t) jn + 63) & ~(size_t) 63, pv_at = 0;
         for (int qi = 0; qi < n_q; qi += PV_QUERIES) {
             int nq = n_q - qi < PV_QUERIES ? n_q - qi : PV_QUERIES;
@@ -1067,10 +1110,32 @@ BF16_TARGET static void attention_512(const kern_kv *kv, int g,
                 pv_block(vb, hd, d0, jn, sc, L, j0, qi, nq, n_rep, out,
                          out_stride, b == 0,
                          qi == 0 && d0 == 0 ? pv : NULL, pv_step, &pv_at,
-                         pv_bytes);
+                         pv_bytes, KV16);
             }
         }
     }
+}
+/* The two element types, each with its loads inlined. */
+BF16_TARGET static void attention_512_f32(const kern_kv *kv, int g,
+                                          const int32_t *table, int pos0,
+                                          int n_tok, int n_rep, float scale,
+                                          const float *q, size_t q_stride,
+                                          float *sc, float *out,
+                                          size_t out_stride)
+{
+    attention_512(kv, g, table, pos0, n_tok, n_rep, scale, q, q_stride, sc,
+                  out, out_stride, 0);
+}
+
+BF16_TARGET static void attention_512_bf16(const kern_kv *kv, int g,
+                                           const int32_t *table, int pos0,
+                                           int n_tok, int n_rep, float scale,
+                                           const float *q, size_t q_stride,
+                                           float *sc, float *out,
+                                           size_t out_stride)
+{
+    attention_512(kv, g, table, pos0, n_tok, n_rep, scale, q, q_stride, sc,
+                  out, out_stride, 1);
 }
 #endif
 
@@ -1081,8 +1146,9 @@ void kern_attention(const kern_kv *kv, int g, const int32_t *block_table,
 {
 #if KERN_X86
     if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
-        attention_512(kv, g, block_table, pos0, n_tok, n_rep, scale, q,
-                      q_stride, scratch, out, out_stride);
+        (kv->bf16 ? attention_512_bf16 : attention_512_f32)(
+            kv, g, block_table, pos0, n_tok, n_rep, scale, q, q_stride,
+            scratch, out, out_stride);
         return;
     }
 #endif

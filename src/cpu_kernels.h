@@ -85,15 +85,19 @@ void kern_rope(float *x, int n_heads, int hd, const float *cos_,
 void kern_silu_mul(const float *g, const float *u, float *y, int n);
 
 /*
- * Paged KV cache of one layer, f32.  Block b of KV head g holds bs slots:
+ * Paged KV cache of one layer, f32 or bf16 elements.  Block b of KV head g
+ * holds bs slots:
  *   K: k + ((b * n_kv + g) * hd + d) * bs + slot   (transposed: a vector
  *      load gives one dimension of 16 keys, so scores of 16 keys need no
  *      horizontal sums)
  *   V: v + ((b * n_kv + g) * bs + slot) * hd + d
+ * bf16: written rounded to nearest even, widened exactly on every read
+ * (half the memory and the bandwidth of f32; ~3 significant digits).
  */
 typedef struct {
-    float *k, *v;
+    void  *k, *v;               /* float, or uint16_t when bf16 */
     int    n_kv, hd, bs;
+    int    bf16;
 } kern_kv;
 
 /* Stores one token's K and V of KV head g (hd values each) at (block,

@@ -806,7 +806,13 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
         e->be = cpu_backend_create_ex(e->m, e->opt.threads,
                                       e->opt.cpu_precision == LLM_CPU_FAST
                                       ? CPU_PRECISION_FAST : CPU_PRECISION_EXACT,
+                                      e->opt.kv_cache_dtype == LLM_KV_BFLOAT16
+                                      ? CPU_KV_BF16 : CPU_KV_F32,
                                       err, errlen);
+    } else if (e->opt.kv_cache_dtype == LLM_KV_FLOAT32) {
+        seterr(err, errlen, "device %s: kv_cache_dtype=float32 is CPU only "
+               "(the CUDA backend keeps the KV cache in bfloat16)",
+               e->device_name);
     } else {
 #ifdef LLM_HAVE_CUDA
         e->be = cuda_backend_create(e->m, e->cuda_device, err, errlen);
@@ -1798,6 +1804,10 @@ void llm_engine_model_info(llm_engine *e, llm_model_info *info)
     memset(info, 0, sizeof(*info));
     info->device = e->device_name;
     info->block_size = e->block_size;
+    /* CUDA keeps bf16 always; the CPU f32 unless asked */
+    info->kv_cache_dtype = e->cuda_device >= 0
+                           || e->opt.kv_cache_dtype == LLM_KV_BFLOAT16
+                           ? "bfloat16" : "float32";
     if (atomic_load(&e->state) != LLM_STATE_READY) {
         return;
     }

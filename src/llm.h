@@ -50,6 +50,18 @@ typedef enum {
 } llm_cpu_precision;
 
 /*
+ * KV cache element type.  AUTO: float32 on the CPU, bfloat16 on CUDA.
+ * BFLOAT16 on the CPU halves the pool's bytes per token (twice the
+ * sequences or context in the same kv_cache) and the bandwidth attention
+ * needs, at ~3 significant digits for K and V.  FLOAT32 is CPU only.
+ */
+typedef enum {
+    LLM_KV_AUTO = 0,
+    LLM_KV_FLOAT32,
+    LLM_KV_BFLOAT16
+} llm_kv_dtype;
+
+/*
  * FAILED: the model did not load, or a loaded engine gave up (a backend
  * reported a fatal error, or 3 forward passes failed in a row): every
  * request in it ended with an LLM_EV_ERROR (LLM_ERR_NOT_READY, or
@@ -80,6 +92,7 @@ typedef struct {
     int               enable_prefix_caching; /* -1: default (on), 0 off, 1 on */
     llm_load_format   load_format;
     llm_cpu_precision cpu_precision;  /* CPU backend: exact (default) or fast */
+    llm_kv_dtype      kv_cache_dtype; /* KV cache elements (AUTO) */
     uint64_t          seed;           /* dummy weights and unseeded requests */
     int               max_queue;      /* waiting requests before submit
                                          refuses with LLM_ERR_QUEUE_FULL;
@@ -162,6 +175,7 @@ typedef struct {
     const char *device;           /* "cpu", "cuda:0" */
     int         block_size;
     int64_t     kv_blocks_total;
+    const char *kv_cache_dtype;   /* "float32", "bfloat16" */
 } llm_model_info;
 
 void llm_engine_model_info(llm_engine *e, llm_model_info *info);

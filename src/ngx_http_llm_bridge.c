@@ -136,9 +136,9 @@ ngx_http_llm_report_load(ngx_http_llm_main_conf_t *mcf,
         llm_engine_model_info(m->engine, &info);
         ngx_log_error(NGX_LOG_NOTICE, log, 0,
                       "llm_model \"%V\": worker %ui serves on %s "
-                      "(%L KV blocks of %d tokens)", &m->name, ngx_worker,
-                      info.device, (int64_t) info.kv_blocks_total,
-                      info.block_size);
+                      "(%L KV blocks of %d tokens, %s)", &m->name,
+                      ngx_worker, info.device, (int64_t) info.kv_blocks_total,
+                      info.block_size, info.kv_cache_dtype);
         break;
     default:
         ngx_log_error(NGX_LOG_ERR, log, 0,

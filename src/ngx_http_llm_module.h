@@ -65,6 +65,7 @@ typedef struct {
     ngx_int_t               prefix_caching;  /* -1 default, 0, 1 */
     ngx_uint_t              dummy;           /* load_format=dummy */
     ngx_uint_t              fast;            /* precision=fast (CPU) */
+    ngx_uint_t              kv_dtype;        /* kv_cache_dtype=: llm_kv_dtype */
     ngx_int_t               seed;
     ngx_msec_t              watchdog;        /* watchdog=: stall limit */
     time_t                  created;

@@ -250,3 +250,59 @@ POST /v1/completions
 $j->{usage}{completion_tokens} == 4 && $j->{choices}[0]{finish_reason} eq 'length'
 --- no_error_log
 [error]
+
+
+
+=== TEST 19: a bad kv_cache_dtype
+--- http_config
+    llm_model a $TEST_NGINX_MODEL_DIR kv_cache_dtype=fp8;
+--- config
+    location /v1/ { llm_pass a; }
+--- must_die
+--- error_log
+llm_model: invalid kv_cache_dtype="fp8" (auto, float32 or bfloat16)
+
+
+
+=== TEST 20: kv_cache_dtype=float32 is CPU only
+--- http_config
+    llm_model g $TEST_NGINX_MODEL_DIR device=cuda kv_cache_dtype=float32;
+--- config
+    location /v1/ { llm_pass g; }
+--- must_die
+--- error_log
+llm_model "g": kv_cache_dtype=float32 is CPU only (device=cuda keeps the KV cache in bfloat16)
+
+
+
+=== TEST 21: kv_cache_dtype=bfloat16 on the CPU: twice the blocks in the same kv_cache, same API
+--- http_config
+    llm_model h $TEST_NGINX_MODEL_DIR kv_cache_dtype=bfloat16 threads=1 kv_cache=16m;
+--- config
+    location /v1/ { llm_pass h; }
+--- request
+POST /v1/completions
+{"prompt":"Hello","max_tokens":4,"ignore_eos":true,"temperature":0}
+--- json_check
+$j->{usage}{completion_tokens} == 4 && $j->{choices}[0]{finish_reason} eq 'length'
+--- error_log
+llm_model "h": worker 0 serves on cpu (4096 KV blocks of 16 tokens, bfloat16)
+--- no_error_log
+[error]
+
+
+
+=== TEST 22: kv_cache_dtype=auto on the CPU is float32
+--- http_config
+    llm_model h $TEST_NGINX_MODEL_DIR kv_cache_dtype=auto threads=1 kv_cache=16m;
+--- config
+    location /v1/ { llm_pass h; }
+--- request
+POST /v1/completions
+{"prompt":"Hello","max_tokens":2,"ignore_eos":true,"temperature":0}
+--- json_check
+$j->{usage}{completion_tokens} == 2
+--- error_log
+llm_model "h": worker 0 serves on cpu (2048 KV blocks of 16 tokens, float32)
+--- no_error_log
+[error]

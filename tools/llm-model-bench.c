@@ -4,6 +4,7 @@
  *
  *   llm-model-bench MODEL_DIR [--dummy] [--threads N] [--prompt 16]
  *                   [--gen 128] [--prefill 512] [--runs 3] [--seed S] [--fast]
+ *                   [--kv-bf16]
  *
  * Once: the huge-page coverage of the weights and of the bandwidth buffer,
  * and the 1-thread and N-thread read bandwidth.  Per run: the N-thread
@@ -15,7 +16,8 @@
  * less than 90%: the machine was busy).  Prints best and median over the
  * runs, and the RSS after loading.
  * --fast: the backend's fast precision (bf16 activations, as llama.cpp);
- * the default is the exact precision the server uses.
+ * the default is the exact precision the server uses.  --kv-bf16: the KV
+ * cache in bf16 (kv_cache_dtype=bfloat16); the default is f32.
  */
 #include <errno.h>
 #include <math.h>
@@ -403,14 +405,14 @@ static void usage(void)
 {
     fprintf(stderr, "usage: llm-model-bench MODEL_DIR [--dummy] [--threads N] "
             "[--prompt 16] [--gen 128] [--prefill 512] [--runs 3] [--seed S] "
-            "[--fast]\n");
+            "[--fast] [--kv-bf16]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
-    int dummy = 0, fast = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
+    int dummy = 0, fast = 0, kv_bf16 = 0, threads = 0, prompt = 16, gen = 128, prefill = 512, runs = 3;
     uint64_t seed = 1;
     char err[512];
     model *m;
@@ -433,6 +435,8 @@ int main(int argc, char **argv)
             dummy = 1;
         } else if (strcmp(a, "--fast") == 0) {
             fast = 1;
+        } else if (strcmp(a, "--kv-bf16") == 0) {
+            kv_bf16 = 1;
         } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
             threads = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--prompt") == 0) {
@@ -465,6 +469,7 @@ int main(int argc, char **argv)
     rss_load = rss_kb();
     be = cpu_backend_create_ex(m, threads, fast ? CPU_PRECISION_FAST
                                                 : CPU_PRECISION_EXACT,
+                               kv_bf16 ? CPU_KV_BF16 : CPU_KV_F32,
                                err, sizeof(err));
     if (be == NULL) {
         fprintf(stderr, "llm-model-bench: %s\n", err);
@@ -511,10 +516,11 @@ int main(int argc, char **argv)
         }
     }
     printf("model %s%s: %d layers, hidden %d, vocab %d; weights read per "
-           "token %.3f GB; kernels %s, %s precision; threads %d\n", dir,
-           dummy ? " (dummy weights)" : "", m->cfg.n_layers,
+           "token %.3f GB; kernels %s, %s precision, KV cache %s; threads "
+           "%d\n", dir, dummy ? " (dummy weights)" : "", m->cfg.n_layers,
            m->cfg.hidden_size, r.vocab, bpt / 1e9,
-           kern_isa_name(kern_get_isa()), fast ? "fast" : "exact", threads);
+           kern_isa_name(kern_get_isa()), fast ? "fast" : "exact",
+           kv_bf16 ? "bf16" : "f32", threads);
     /* warm-up: touch every weight page, and the KV pool and scratch a
      * prefill uses, once: the runs measure the steady state, not page
      * faults of first use */

@@ -46,11 +46,12 @@ static int run(llm_backend *be, const int32_t *ids, int n, int pos0,
     return 0;
 }
 
-static llm_backend *open_backend(const model *m, int threads,
-                                 cpu_precision p)
+static llm_backend *open_backend_kv(const model *m, int threads,
+                                    cpu_precision p, cpu_kv_dtype kv)
 {
     char err[256];
-    llm_backend *be = cpu_backend_create_ex(m, threads, p, err, sizeof(err));
+    llm_backend *be = cpu_backend_create_ex(m, threads, p, kv, err,
+                                            sizeof(err));
 
     if (be == NULL) {
         fprintf(stderr, "  cpu_backend_create_ex: %s\n", err);
@@ -62,6 +63,12 @@ static llm_backend *open_backend(const model *m, int threads,
         return NULL;
     }
     return be;
+}
+
+static llm_backend *open_backend(const model *m, int threads,
+                                 cpu_precision p)
+{
+    return open_backend_kv(m, threads, p, CPU_KV_F32);
 }
 
 static int argmax(const float *x, int n)
@@ -138,8 +145,75 @@ static void test_fast_precision(void)
     model_free(m);
 }
 
+/* The bf16 KV cache: close to the f32 one (K and V keep ~3 significant
+ * digits), the same argmax, and as batch-independent: prefill then
+ * step-by-step decode, and another thread count, give the bits of one
+ * prefill. */
+static void test_bf16_kv_cache(void)
+{
+    char err[256];
+    model *m = model_load("t/fixtures/tiny-qwen3", 0, 1, err, sizeof(err));
+    int32_t ids[N_TOK], table[N_BLOCKS];
+    float *f32kv, *bf, *bf_steps, *bf_t3;
+    llm_backend *be_f32, *be_bf, *be_bf3;
+    int vocab;
+    double num = 0, den = 0;
+
+    REQUIRE(m != NULL, "model_load: %s", err);
+    vocab = m->cfg.vocab_size;
+    for (int i = 0; i < N_TOK; i++) {
+        ids[i] = (i * 53 + 7) % vocab;
+    }
+    for (int i = 0; i < N_BLOCKS; i++) {
+        table[i] = (i * 3 + 1) % N_BLOCKS;
+    }
+    f32kv = malloc((size_t) vocab * sizeof(float));
+    bf = malloc((size_t) vocab * sizeof(float));
+    bf_steps = malloc((size_t) vocab * sizeof(float));
+    bf_t3 = malloc((size_t) vocab * sizeof(float));
+    be_f32 = open_backend_kv(m, 2, CPU_PRECISION_EXACT, CPU_KV_F32);
+    be_bf = open_backend_kv(m, 2, CPU_PRECISION_EXACT, CPU_KV_BF16);
+    be_bf3 = open_backend_kv(m, 3, CPU_PRECISION_EXACT, CPU_KV_BF16);
+    REQUIRE(f32kv && bf && bf_steps && bf_t3 && be_f32 && be_bf && be_bf3,
+            "setup");
+    CHECK(be_bf->ops->kv_block_bytes(be_bf, BS) * 2
+          == be_f32->ops->kv_block_bytes(be_f32, BS),
+          "a bf16 block is not half an f32 one");
+
+    REQUIRE(run(be_f32, ids, N_TOK, 0, table, f32kv) == 0, "f32 KV");
+    REQUIRE(run(be_bf, ids, N_TOK, 0, table, bf) == 0, "bf16 KV");
+    for (int i = 0; i < vocab; i++) {
+        num += ((double) bf[i] - f32kv[i]) * ((double) bf[i] - f32kv[i]);
+        den += (double) f32kv[i] * f32kv[i];
+    }
+    printf("# bf16 vs f32 KV cache: logits rel err %.3g\n", sqrt(num / den));
+    CHECK(num > 0, "the bf16 cache gave the f32 cache's logits");
+    CHECK(sqrt(num / den) < 3e-2, "bf16 vs f32 KV rel err %g",
+          sqrt(num / den));
+    CHECK(argmax(bf, vocab) == argmax(f32kv, vocab), "argmax differs");
+
+    REQUIRE(run(be_bf3, ids, 20, 0, table, bf_steps) == 0, "prefill");
+    for (int i = 20; i < N_TOK; i++) {
+        REQUIRE(run(be_bf3, ids + i, 1, i, table, bf_steps) == 0, "step");
+    }
+    CHECK(memcmp(bf_steps, bf, (size_t) vocab * sizeof(float)) == 0,
+          "bf16 KV: decode step by step differs from one prefill");
+    REQUIRE(run(be_bf3, ids, N_TOK, 0, table, bf_t3) == 0, "prefill 3");
+    CHECK(memcmp(bf_t3, bf, (size_t) vocab * sizeof(float)) == 0,
+          "bf16 KV: 3 threads differ from 2");
+    be_f32->ops->destroy(be_f32);
+    be_bf->ops->destroy(be_bf);
+    be_bf3->ops->destroy(be_bf3);
+    free(f32kv);
+    free(bf);
+    free(bf_steps);
+    free(bf_t3);
+    model_free(m);
+}
+
 int main(void)
 {
     RUN(test_fast_precision);
+    RUN(test_bf16_kv_cache);
     return unit_done();
 }
