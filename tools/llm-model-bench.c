@@ -13,8 +13,9 @@
  * greedy) and its roofline ratio tok/s / (bandwidth / weight bytes read
  * per token), the prefill speed of one --prefill-token prompt, and the
  * share of the threads' CPU time each phase got (a warning when decode got
- * less than 90%: the machine was busy).  Prints best and median over the
- * runs, and the RSS after loading.
+ * less than 90%: the machine was busy), and the decode kernel alone over
+ * the same bytes (measure_kernel: the ceiling of the roofline ratio).
+ * Prints best and median over the runs, and the RSS after loading.
  * --fast: the backend's fast precision (bf16 activations, as llama.cpp);
  * the default is the exact precision the server uses.  --kv-bf16: the KV
  * cache in bf16 (kv_cache_dtype=bfloat16); the default is f32.
@@ -232,6 +233,83 @@ static double measure_bandwidth(thread_pool *pool, const uint8_t *buf,
     return best;
 }
 
+/*
+ * The decode kernel alone: the bandwidth buffer read as one bf16 matrix
+ * of `cols` columns, times one token's activations (split hi/lo, or hi
+ * only with --fast), in 1 MB blocks over the pool as one ranged job --
+ * decode's kernel and task shape without its ~110 joins a token, its
+ * attention or its norms.  Its bandwidth over the read bandwidth is the
+ * ceiling of decode's roofline ratio with this kernel on this machine.
+ */
+typedef struct {
+    kern_matrix w;
+    kern_acts   a;
+    float      *y;
+    int         blk;
+} kernel_job;
+
+static void kernel_task(void *ctx, int task, int thread)
+{
+    kernel_job *j = ctx;
+    int r0 = task * j->blk;
+    int r1 = r0 + j->blk < j->w.rows ? r0 + j->blk : j->w.rows;
+
+    (void) thread;
+    kern_matmul(&j->w, r0, r1, &j->a, 0, 1, j->y, (size_t) j->w.rows);
+}
+
+/* Bytes per second of the kernel over the buffer: the best of `passes`
+ * after a warm-up pass; 0 without memory. */
+static double measure_kernel(thread_pool *pool, const uint8_t *buf,
+                             size_t bytes, int cols, int fast, int passes)
+{
+    kernel_job j;
+    float *x = malloc((size_t) cols * sizeof(float));
+    uint16_t *hi = malloc((size_t) cols * sizeof(uint16_t));
+    uint16_t *lo = malloc((size_t) cols * sizeof(uint16_t));
+    double best = 0;
+    int n;
+
+    memset(&j, 0, sizeof(j));
+    j.w.dtype = DTYPE_BF16;
+    j.w.data = buf;
+    j.w.cols = cols;
+    j.w.rows = (int) (bytes / ((size_t) cols * 2));
+    j.y = malloc((size_t) j.w.rows * sizeof(float));
+    if (x == NULL || hi == NULL || lo == NULL || j.y == NULL) {
+        free(x);
+        free(hi);
+        free(lo);
+        free(j.y);
+        return 0;
+    }
+    for (int i = 0; i < cols; i++) {
+        x[i] = (float) ((i * 37) % 101) / 101.0f - 0.5f;
+    }
+    kern_split_bf16(x, (size_t) cols, hi, fast ? NULL : lo);
+    j.a.x = x;
+    j.a.hi = hi;
+    j.a.lo = fast ? NULL : lo;
+    j.a.n = 1;
+    j.a.cols = cols;
+    j.blk = (int) (BW_PIECE / ((size_t) cols * 2)) & ~3;
+    j.blk = j.blk < 16 ? 16 : j.blk;
+    n = (j.w.rows + j.blk - 1) / j.blk;
+    for (int r = 0; r <= passes; r++) {
+        double t0 = now(), dt;
+        thread_pool_run_ranged(pool, n, kernel_task, &j);
+        dt = now() - t0;
+        if (r > 0 && (double) j.w.rows * cols * 2 / dt > best) {
+            best = (double) j.w.rows * cols * 2 / dt;
+        }
+    }
+    free(x);
+    free(hi);
+    free(lo);
+    free(j.y);
+    return best;
+}
+
 /* kB of [p, p + n) that the kernel backs with transparent huge pages:
  * AnonHugePages of the mappings that overlap the range (all of a mapping
  * that overlaps only partly; -1 if /proc/self/smaps is unreadable). */
@@ -421,7 +499,7 @@ int main(int argc, char **argv)
     runner r;
     int32_t *ids;
     double t0, load_s, bw[64], dec[64], roof[64], pre[64];
-    double dec_share[64], pre_share[64], bw_before, bw_after;
+    double dec_share[64], pre_share[64], bw_before, bw_after, kern_bw[64];
     int moved = 0;
     long rss_load, rss_ready;
     size_t bpt, bw_bytes;
@@ -610,6 +688,8 @@ int main(int argc, char **argv)
          * ratio compares decode with a machine it may not have met). */
         bw_after = measure_bandwidth(pool, bw_buf, bw_bytes, 3);
         bw[k] = (bw_before + bw_after) / 2;
+        kern_bw[k] = measure_kernel(pool, bw_buf, bw_bytes,
+                                    m->cfg.hidden_size, fast, 3);
         dec[k] = gen / td;
         dec_share[k] = cd / (td * threads);
         roof[k] = dec[k] / (bw[k] / (double) bpt);
@@ -625,13 +705,16 @@ int main(int argc, char **argv)
         moved += fabs(bw_after - bw_before) > 0.1 * bw_before;
         printf("run %d: bandwidth %.1f GB/s (%.1f before decode, %.1f "
                "after%s; roofline %.1f tok/s); decode "
-               "%.2f tok/s = %.1f%% of roofline; prefill %d: %.1f tok/s; "
+               "%.2f tok/s = %.1f%% of roofline; kernel alone %.1f GB/s = "
+               "%.1f%% (decode's ceiling); prefill %d: %.1f tok/s; "
                "CPU share of %d threads: decode %.0f%%, prefill %.0f%%\n",
                k + 1, bw[k] / 1e9, bw_before / 1e9, bw_after / 1e9,
                fabs(bw_after - bw_before) > 0.1 * bw_before ? ": MOVED" : "",
                bw[k] / (double) bpt, dec[k],
-               100 * roof[k], prefill, pre[k], threads, 100 * dec_share[k],
+               100 * roof[k], kern_bw[k] / 1e9, 100 * kern_bw[k] / bw[k],
+               prefill, pre[k], threads, 100 * dec_share[k],
                100 * pre_share[k]);
+        kern_bw[k] /= bw[k];
         fflush(stdout);
     }
     {
@@ -655,11 +738,13 @@ int main(int argc, char **argv)
         }
     }
     printf("best:   decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
-           "tok/s, bandwidth %.1f GB/s\n", best_of(dec, runs),
-           100 * best_of(roof, runs), best_of(pre, runs), best_of(bw, runs) / 1e9);
+           "tok/s, bandwidth %.1f GB/s, kernel alone %.1f%%\n",
+           best_of(dec, runs), 100 * best_of(roof, runs), best_of(pre, runs),
+           best_of(bw, runs) / 1e9, 100 * best_of(kern_bw, runs));
     printf("median: decode %.2f tok/s, roofline ratio %.1f%%, prefill %.1f "
-           "tok/s, bandwidth %.1f GB/s\n", median(dec, runs),
-           100 * median(roof, runs), median(pre, runs), median(bw, runs) / 1e9);
+           "tok/s, bandwidth %.1f GB/s, kernel alone %.1f%%\n",
+           median(dec, runs), 100 * median(roof, runs), median(pre, runs),
+           median(bw, runs) / 1e9, 100 * median(kern_bw, runs));
     printf("RSS after the runs (weights, KV pool, scratch of a %d-token "
            "prefill; not the bandwidth buffer): %.1f MB\n", prefill,
            (rss_kb() - (long) (bw_bytes / 1024)) / 1024.0);
