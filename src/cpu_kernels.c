@@ -952,43 +952,43 @@ BF16_TARGET INLINE void scores_pass(const kern_kv *kv, int g,
 }
 
 /* P.V of one V block (rows vb, jn keys) for queries qi .. qi + nq - 1
- * and dimensions d0 .. d0 + PV_DIMS - 1, into out (first: start from 0,
- * else add to what out holds).  pv: the next block, asked for a share at
- * each key (pv_step bytes, up to pv_bytes). */
-#define PV_QUERIES 2
-#define PV_DIMS    128
+ * (nq <= QN) and dimensions d0 .. d0 + 16 * NV - 1, into out (first:
+ * start from 0, else add to what out holds): QN x NV accumulators, each
+ * V row load serving QN queries.  pv: the next block, asked for a share
+ * at each key (pv_step bytes, up to pv_bytes). */
 BF16_TARGET INLINE void pv_block(const char *vb, int hd, int d0, int jn,
                                  const float *sc, size_t L, size_t j0, int qi,
                                  int nq, int n_rep, float *out,
                                  size_t out_stride, int first, const char *pv,
                                  size_t pv_step, size_t *pv_at,
-                                 size_t pv_bytes, const int KV16)
+                                 size_t pv_bytes, const int QN, const int NV,
+                                 const int KV16)
 {
     size_t es = KV16 ? 2 : 4;
-    __m512 acc[PV_QUERIES][PV_DIMS / 16];
-    __mmask16 md[PV_DIMS / 16];
-    const float *sp[PV_QUERIES];
-    float *op[PV_QUERIES];
+    __m512 acc[4][8];
+    __mmask16 md[8];
+    const float *sp[4];
+    float *op[4];
 
 #pragma GCC unroll 8
-    for (int v = 0; v < PV_DIMS / 16; v++) {
+    for (int v = 0; v < NV; v++) {
         md[v] = mask16(hd - d0 - 16 * v);
     }
-#pragma GCC unroll 2
-    for (int x = 0; x < PV_QUERIES; x++) {
+#pragma GCC unroll 4
+    for (int x = 0; x < QN; x++) {
         int qq = qi + (x < nq ? x : 0);
         sp[x] = sc + (size_t) qq * L + j0;
         op[x] = out + (size_t) (qq / n_rep) * out_stride
                 + (size_t) (qq % n_rep) * hd + d0;
 #pragma GCC unroll 8
-        for (int v = 0; v < PV_DIMS / 16; v++) {
+        for (int v = 0; v < NV; v++) {
             acc[x][v] = first ? _mm512_setzero_ps()
                               : _mm512_maskz_loadu_ps(md[v], op[x] + 16 * v);
         }
     }
     for (int sl = 0; sl < jn; sl++) {
         const char *vr = vb + ((size_t) sl * hd + (size_t) d0) * es;
-        __m512 vv[PV_DIMS / 16];
+        __m512 vv[8];
         if (pv) {
             for (size_t e = *pv_at + pv_step; *pv_at < e && *pv_at < pv_bytes;
                  *pv_at += 64) {
@@ -996,23 +996,23 @@ BF16_TARGET INLINE void pv_block(const char *vb, int hd, int d0, int jn,
             }
         }
 #pragma GCC unroll 8
-        for (int v = 0; v < PV_DIMS / 16; v++) {
+        for (int v = 0; v < NV; v++) {
             vv[v] = kv_load16(vr + (size_t) 16 * v * es, md[v], KV16);
         }
-#pragma GCC unroll 2
-        for (int x = 0; x < PV_QUERIES; x++) {
+#pragma GCC unroll 4
+        for (int x = 0; x < QN; x++) {
             __m512 p = _mm512_set1_ps(sp[x][sl]);
 #pragma GCC unroll 8
-            for (int v = 0; v < PV_DIMS / 16; v++) {
+            for (int v = 0; v < NV; v++) {
                 acc[x][v] = _mm512_fmadd_ps(p, vv[v], acc[x][v]);
             }
         }
     }
-#pragma GCC unroll 2
-    for (int x = 0; x < PV_QUERIES; x++) {
+#pragma GCC unroll 4
+    for (int x = 0; x < QN; x++) {
         if (x < nq) {
 #pragma GCC unroll 8
-            for (int v = 0; v < PV_DIMS / 16; v++) {
+            for (int v = 0; v < NV; v++) {
                 _mm512_mask_storeu_ps(op[x] + 16 * v, md[v], acc[x][v]);
             }
         }
@@ -1022,8 +1022,8 @@ BF16_TARGET INLINE void pv_block(const char *vb, int hd, int d0, int jn,
 /*
  * AVX-512: scores of 16 keys per vector from the transposed K blocks (no
  * horizontal sums), several queries sharing each K load (scores_pass);
- * softmax with exp512; P.V block by block (pv_block), 2 queries x 128
- * dimensions sharing each V row load.  Per (query, key) the products
+ * softmax with exp512; P.V block by block (pv_block), several queries
+ * sharing each V row load.  Per (query, key) the products
  * are summed dimension by dimension in one lane, the softmax sum lane-wise
  * over 16-key chunks from position 0, P.V key by key: nothing depends on
  * which other queries share the tile.  Keys a query must not see get
@@ -1090,9 +1090,11 @@ BF16_TARGET INLINE void attention_512(const kern_kv *kv, int g,
         }
     }
     /* 3. out = P.V, block by block: each V block is read from memory
-     * once and then serves every query of the tile from L1, PV_QUERIES
-     * queries x PV_DIMS dimensions at a time; the accumulators go through
-     * out between blocks (exactly: a store and a load round nothing).
+     * once and then serves every query of the tile from L1, 2 queries x
+     * 128 dimensions at a time where the tile has at most two queries
+     * (decode), else 4 x 64 (fewest loads per FMA for 16 accumulators);
+     * the accumulators go through out between blocks (exactly: a store
+     * and a load round nothing).
      * Within a (query, dimension) lane the sum runs key by key from
      * position 0, whatever the grouping.  Before (dimensions outer, then
      * queries, then blocks) a decode step read each head's V once per 32
@@ -1104,13 +1106,20 @@ BF16_TARGET INLINE void attention_512(const kern_kv *kv, int g,
                          ? v_row(kv, table[b + 1], g, 0) : NULL;
         size_t j0 = (size_t) b * bs, pv_bytes = (size_t) bs * hd * kv_esize(kv);
         size_t pv_step = (pv_bytes / (size_t) jn + 63) & ~(size_t) 63, pv_at = 0;
-        for (int qi = 0; qi < n_q; qi += PV_QUERIES) {
-            int nq = n_q - qi < PV_QUERIES ? n_q - qi : PV_QUERIES;
-            for (int d0 = 0; d0 < hd; d0 += PV_DIMS) {
-                pv_block(vb, hd, d0, jn, sc, L, j0, qi, nq, n_rep, out,
-                         out_stride, b == 0,
-                         qi == 0 && d0 == 0 ? pv : NULL, pv_step, &pv_at,
-                         pv_bytes, KV16);
+        int qn = n_q <= 2 ? 2 : 4, dn = n_q <= 2 ? 128 : 64;
+        for (int qi = 0; qi < n_q; qi += qn) {
+            int nq = n_q - qi < qn ? n_q - qi : qn;
+            for (int d0 = 0; d0 < hd; d0 += dn) {
+                const char *ask = qi == 0 && d0 == 0 ? pv : NULL;
+                if (n_q <= 2) {
+                    pv_block(vb, hd, d0, jn, sc, L, j0, qi, nq, n_rep, out,
+                             out_stride, b == 0, ask, pv_step, &pv_at,
+                             pv_bytes, 2, 8, KV16);
+                } else {
+                    pv_block(vb, hd, d0, jn, sc, L, j0, qi, nq, n_rep, out,
+                             out_stride, b == 0, ask, pv_step, &pv_at,
+                             pv_bytes, 4, 4, KV16);
+                }
             }
         }
     }
