@@ -30,7 +30,9 @@ else
   USE_CUDA := 0
 endif
 
-WARN    = -Wall -Wextra -Werror
+# -Wpointer-arith: GCC otherwise accepts arithmetic on void * (byte
+# offsets) silently -- the KV pool is addressed through void * pointers
+WARN    = -Wall -Wextra -Wpointer-arith -Werror
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -pthread $(WARN) \
              -I/usr/include/cjson -Isrc $(if $(SAN),-fsanitize=$(SAN) -fno-omit-frame-pointer)
 LIBS    = -lcjson -lpcre2-8 -lutf8proc -lm -lpthread
