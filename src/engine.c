@@ -867,6 +867,9 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
     }
     pthread_mutex_lock(&e->stats_mu);
     e->stats.kv_blocks_total = e->n_blocks;
+    e->stats.kv_block_size = e->block_size;
+    e->stats.kv_cache_bf16 = e->cuda_device >= 0
+                             || e->opt.kv_cache_dtype == LLM_KV_BFLOAT16;
     pthread_mutex_unlock(&e->stats_mu);
     return 0;
 }
@@ -1804,7 +1807,7 @@ void llm_engine_model_info(llm_engine *e, llm_model_info *info)
     memset(info, 0, sizeof(*info));
     info->device = e->device_name;
     info->block_size = e->block_size;
-    /* CUDA keeps bf16 always; the CPU f32 unless asked */
+    /* CUDA keeps bf16 always; the CPU f32 unless asked (as the stats) */
     info->kv_cache_dtype = e->cuda_device >= 0
                            || e->opt.kv_cache_dtype == LLM_KV_BFLOAT16
                            ? "bfloat16" : "float32";

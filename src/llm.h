@@ -396,6 +396,8 @@ typedef struct {
     int           waiting;
     int64_t       kv_blocks_total;
     int64_t       kv_blocks_used;
+    int           kv_block_size;          /* tokens a block (once loaded) */
+    int           kv_cache_bf16;          /* 1: bf16 K/V, 0: float32 */
     uint64_t      prefix_cache_queries;   /* prompt tokens looked up */
     uint64_t      prefix_cache_hits;      /* prompt tokens found */
     uint64_t      preemptions;

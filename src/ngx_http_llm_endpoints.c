@@ -544,6 +544,39 @@ ngx_http_llm_gauge(oai_buf *b, ngx_http_llm_metrics_src_t *src, const char *name
     return 0;
 }
 
+/* vLLM's cache_config_info: the KV cache's configuration as labels of a
+ * constant 1 (block size, element type and blocks once the engine has
+ * loaded; empty before). */
+static int
+ngx_http_llm_cache_config(oai_buf *b, ngx_http_llm_metrics_src_t *src)
+{
+    ngx_http_llm_metrics_src_t  *s;
+    int                          loaded;
+
+    if (ngx_http_llm_printf(b, "# HELP llm:cache_config_info Information of "
+                            "the KV cache configuration.\n"
+                            "# TYPE llm:cache_config_info gauge\n") < 0)
+    {
+        return -1;
+    }
+    for (s = src; s->model; s++) {
+        loaded = s->have && s->stats.kv_block_size > 0;
+        if (ngx_http_llm_printf(b, "llm:cache_config_info{%s,block_size=\"%d\","
+                                "cache_dtype=\"%s\",num_blocks=\"%lld\"} 1\n",
+                                s->labels,
+                                loaded ? s->stats.kv_block_size : 0,
+                                !loaded ? ""
+                                : s->stats.kv_cache_bf16 ? "bfloat16"
+                                : "float32",
+                                loaded ? (long long) s->stats.kv_blocks_total
+                                       : 0LL) < 0)
+        {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int
 ngx_http_llm_histogram(oai_buf *b, ngx_http_llm_metrics_src_t *src,
     const char *name, const char *help, size_t offset)
@@ -749,6 +782,7 @@ ngx_http_llm_metrics(ngx_http_request_t *r)
                             m_kv_used) == 0
       && ngx_http_llm_gauge(&b, src, "llm:kv_cache_total_blocks", "gauge",
                             "KV-cache blocks in the pool.", m_kv_total) == 0
+      && ngx_http_llm_cache_config(&b, src) == 0
       && ngx_http_llm_gauge(&b, src, "llm:prefix_cache_queries_total",
                             "counter", "Prefix cache queries, in terms of "
                             "number of queried tokens.", m_pc_queries) == 0

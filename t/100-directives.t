@@ -306,3 +306,19 @@ $j->{usage}{completion_tokens} == 2
 llm_model "h": worker 0 serves on cpu (2048 KV blocks of 16 tokens, float32)
 --- no_error_log
 [error]
+
+
+
+=== TEST 23: /metrics names the KV cache's type and size (vLLM's cache_config_info)
+--- http_config
+    llm_model h $TEST_NGINX_MODEL_DIR kv_cache_dtype=bfloat16 threads=1 kv_cache=16m;
+--- config
+    location /v1/ { llm_pass h; }
+--- request eval
+["POST /v1/completions\n" . '{"prompt":"Hi","max_tokens":1}',
+ "GET /v1/metrics"]
+--- response_body_like eval
+['"text_completion"',
+ 'llm:cache_config_info\{model_name="h",device="cpu",worker="0",block_size="16",cache_dtype="bfloat16",num_blocks="4096"\} 1\n']
+--- no_error_log
+[error]

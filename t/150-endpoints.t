@@ -130,6 +130,7 @@ length $j->{error}{message}
   '# TYPE llm:num_requests_running gauge\nllm:num_requests_running\{model_name="tiny",device="cpu",worker="0"\} 0\n',
   '# TYPE llm:num_requests_waiting gauge\nllm:num_requests_waiting\{model_name="tiny",device="cpu",worker="0"\} 0\n',
   'llm:kv_cache_usage_perc\{model_name="tiny",device="cpu",worker="0"\} [\d.e-]+\n',
+  '# TYPE llm:cache_config_info gauge\nllm:cache_config_info\{model_name="tiny",device="cpu",worker="0",block_size="16",cache_dtype="float32",num_blocks="[1-9]\d*"\} 1\n',
   'llm:prefix_cache_queries_total\{model_name="tiny",device="cpu",worker="0"\} \d+\n',
   'llm:prefix_cache_hits_total\{model_name="tiny",device="cpu",worker="0"\} \d+\n',
   'llm:num_preemptions_total\{model_name="tiny",device="cpu",worker="0"\} 0\n',
