@@ -152,6 +152,7 @@ static void print_usage(FILE *f)
 "  --threads N                CPU compute threads (default: online cores)\n"
 "  --load-format auto|dummy   dummy: random weights of the configured shape\n"
 "  --precision exact|fast     CPU matmul precision (default exact)\n"
+"  --kv-cache-dtype auto|float32|bfloat16  KV cache elements (default auto)\n"
 "  --max-num-seqs N  --max-num-batched-tokens N  --max-model-len N\n"
 "  --kv-cache-bytes N  --kv-cache-fraction F  --no-prefix-caching\n"
 "  --seed N                   prompt and weight seed (default 0)\n"
@@ -211,6 +212,12 @@ int main(int argc, char **argv)
             else if (strcmp(v, "exact") == 0) o.cpu_precision = LLM_CPU_EXACT;
             else { fprintf(stderr, "llm-bench: --precision exact|fast\n"); return 2; }
         }
+        else if (ARG("--kv-cache-dtype")) {
+            if (strcmp(v, "auto") == 0) o.kv_cache_dtype = LLM_KV_AUTO;
+            else if (strcmp(v, "float32") == 0) o.kv_cache_dtype = LLM_KV_FLOAT32;
+            else if (strcmp(v, "bfloat16") == 0) o.kv_cache_dtype = LLM_KV_BFLOAT16;
+            else { fprintf(stderr, "llm-bench: --kv-cache-dtype auto|float32|bfloat16\n"); return 2; }
+        }
         else if (strcmp(a, "--no-prefix-caching") == 0) o.enable_prefix_caching = 0;
         else {
             fprintf(stderr, "llm-bench: unknown or incomplete option %s\n", a);
@@ -264,9 +271,10 @@ int main(int argc, char **argv)
     }
 
     fprintf(stderr, "model %s (%s, %d layers, hidden %d) on %s, loaded in "
-            "%.1f s; KV %lld blocks of %d\n", o.model_dir, info.model_type,
-            info.n_layers, info.hidden_size, info.device, t_load,
-            (long long) info.kv_blocks_total, info.block_size);
+            "%.1f s; KV %lld blocks of %d, %s\n", o.model_dir,
+            info.model_type, info.n_layers, info.hidden_size, info.device,
+            t_load, (long long) info.kv_blocks_total, info.block_size,
+            info.kv_cache_dtype);
     fprintf(stderr, "%d prompts (after %d unmeasured), input %d, output %d, "
             "concurrency %d\n", num_prompts, warmup, input_len, output_len,
             concurrency);
