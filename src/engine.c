@@ -764,6 +764,17 @@ static int load_tokenizer(const char *dir, tokenizer **tok,
     return 0;
 }
 
+/* The KV cache's elements: bf16 on CUDA (its only type), and on the CPU
+ * when asked, or by default with the fast precision (llama.cpp-like: its
+ * caches are f16); f32 for the exact CPU precision. */
+static int engine_kv_bf16(const llm_engine *e)
+{
+    return e->cuda_device >= 0
+           || e->opt.kv_cache_dtype == LLM_KV_BFLOAT16
+           || (e->opt.kv_cache_dtype == LLM_KV_AUTO
+               && e->opt.cpu_precision == LLM_CPU_FAST);
+}
+
 static int engine_load(llm_engine *e, char *err, size_t errlen)
 {
     const model_config *cfg;
@@ -806,8 +817,8 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
         e->be = cpu_backend_create_ex(e->m, e->opt.threads,
                                       e->opt.cpu_precision == LLM_CPU_FAST
                                       ? CPU_PRECISION_FAST : CPU_PRECISION_EXACT,
-                                      e->opt.kv_cache_dtype == LLM_KV_BFLOAT16
-                                      ? CPU_KV_BF16 : CPU_KV_F32,
+                                      engine_kv_bf16(e) ? CPU_KV_BF16
+                                                        : CPU_KV_F32,
                                       err, errlen);
     } else if (e->opt.kv_cache_dtype == LLM_KV_FLOAT32) {
         seterr(err, errlen, "device %s: kv_cache_dtype=float32 is CPU only "
@@ -868,8 +879,7 @@ static int engine_load(llm_engine *e, char *err, size_t errlen)
     pthread_mutex_lock(&e->stats_mu);
     e->stats.kv_blocks_total = e->n_blocks;
     e->stats.kv_block_size = e->block_size;
-    e->stats.kv_cache_bf16 = e->cuda_device >= 0
-                             || e->opt.kv_cache_dtype == LLM_KV_BFLOAT16;
+    e->stats.kv_cache_bf16 = engine_kv_bf16(e);
     pthread_mutex_unlock(&e->stats_mu);
     return 0;
 }
@@ -1807,10 +1817,7 @@ void llm_engine_model_info(llm_engine *e, llm_model_info *info)
     memset(info, 0, sizeof(*info));
     info->device = e->device_name;
     info->block_size = e->block_size;
-    /* CUDA keeps bf16 always; the CPU f32 unless asked (as the stats) */
-    info->kv_cache_dtype = e->cuda_device >= 0
-                           || e->opt.kv_cache_dtype == LLM_KV_BFLOAT16
-                           ? "bfloat16" : "float32";
+    info->kv_cache_dtype = engine_kv_bf16(e) ? "bfloat16" : "float32";
     if (atomic_load(&e->state) != LLM_STATE_READY) {
         return;
     }

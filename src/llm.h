@@ -50,7 +50,8 @@ typedef enum {
 } llm_cpu_precision;
 
 /*
- * KV cache element type.  AUTO: float32 on the CPU, bfloat16 on CUDA.
+ * KV cache element type.  AUTO: bfloat16 on CUDA and with the CPU's FAST
+ * precision, float32 with the CPU's EXACT precision (the goldens' bar).
  * BFLOAT16 on the CPU halves the pool's bytes per token (twice the
  * sequences or context in the same kv_cache) and the bandwidth attention
  * needs, at ~3 significant digits for K and V.  FLOAT32 is CPU only.

@@ -238,7 +238,7 @@ llm_model: invalid precision="half" (exact or fast)
 
 
 
-=== TEST 18: precision=fast serves the same API (bf16 activations on the CPU)
+=== TEST 18: precision=fast serves the same API (bf16 activations on the CPU, and by default a bf16 KV cache)
 --- http_config
     llm_model f $TEST_NGINX_MODEL_DIR precision=fast threads=1 kv_cache=16m;
 --- config
@@ -248,6 +248,8 @@ POST /v1/completions
 {"prompt":"Hello","max_tokens":4,"ignore_eos":true,"temperature":0}
 --- json_check
 $j->{usage}{completion_tokens} == 4 && $j->{choices}[0]{finish_reason} eq 'length'
+--- error_log
+llm_model "f": worker 0 serves on cpu (4096 KV blocks of 16 tokens, bfloat16)
 --- no_error_log
 [error]
 
@@ -292,7 +294,7 @@ llm_model "h": worker 0 serves on cpu (4096 KV blocks of 16 tokens, bfloat16)
 
 
 
-=== TEST 22: kv_cache_dtype=auto on the CPU is float32
+=== TEST 22: kv_cache_dtype=auto on the CPU is float32 with the exact precision
 --- http_config
     llm_model h $TEST_NGINX_MODEL_DIR kv_cache_dtype=auto threads=1 kv_cache=16m;
 --- config
@@ -320,5 +322,22 @@ llm_model "h": worker 0 serves on cpu (2048 KV blocks of 16 tokens, float32)
 --- response_body_like eval
 ['"text_completion"',
  'llm:cache_config_info\{model_name="h",device="cpu",worker="0",block_size="16",cache_dtype="bfloat16",num_blocks="4096"\} 1\n']
+--- no_error_log
+[error]
+
+
+
+=== TEST 24: precision=fast kv_cache_dtype=float32 keeps an f32 cache
+--- http_config
+    llm_model f $TEST_NGINX_MODEL_DIR precision=fast kv_cache_dtype=float32 threads=1 kv_cache=16m;
+--- config
+    location /v1/ { llm_pass f; }
+--- request
+POST /v1/completions
+{"prompt":"Hello","max_tokens":2,"ignore_eos":true,"temperature":0}
+--- json_check
+$j->{usage}{completion_tokens} == 2
+--- error_log
+llm_model "f": worker 0 serves on cpu (2048 KV blocks of 16 tokens, float32)
 --- no_error_log
 [error]
