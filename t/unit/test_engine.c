@@ -845,6 +845,12 @@ static void test_async_load(void)
         if (unit_now() - t0 > HANG_GUARD_S) break;
     }
     CHECK(s == LLM_STATE_READY, "ready: %d", s);
+    /* the engine thread calls notify right after it publishes the state:
+     * this thread can see READY first (seen once under TSan in CI) */
+    t0 = unit_now();
+    while (atomic_load(&notified) < 1 && unit_now() - t0 < HANG_GUARD_S) {
+        usleep(1000);
+    }
     CHECK(atomic_load(&notified) >= 1, "notified of the state change");
     llm_engine_destroy(e);
 
