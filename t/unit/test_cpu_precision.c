@@ -80,15 +80,57 @@ static int argmax(const float *x, int n)
     return best;
 }
 
+/* Relative L2 distance of got from ref. */
+static double rel_l2(const float *got, const float *ref, int n)
+{
+    double num = 0, den = 0;
+
+    for (int i = 0; i < n; i++) {
+        num += ((double) got[i] - ref[i]) * ((double) got[i] - ref[i]);
+        den += (double) ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+/* be (another thread count than ref's backend): a prefill of `split`
+ * tokens then the rest one token at a time, and one prefill of all, must
+ * both give ref's bits. */
+static void check_steps_and_threads(llm_backend *be, const int32_t *ids,
+                                    int split, const int32_t *table,
+                                    const float *ref, int vocab,
+                                    const char *what)
+{
+    float *steps = malloc((size_t) vocab * sizeof(float));
+    float *whole = malloc((size_t) vocab * sizeof(float));
+
+    if (steps == NULL || whole == NULL) {
+        free(steps);
+        free(whole);
+        CHECK(0, "%s: out of memory", what);
+        return;
+    }
+    CHECK(run(be, ids, split, 0, table, steps) == 0, "%s: prefill", what);
+    for (int i = split; i < N_TOK; i++) {
+        CHECK(run(be, ids + i, 1, i, table, steps) == 0, "%s: step", what);
+    }
+    CHECK(memcmp(steps, ref, (size_t) vocab * sizeof(float)) == 0,
+          "%s: decode step by step differs from one prefill", what);
+    CHECK(run(be, ids, N_TOK, 0, table, whole) == 0, "%s: prefill 3", what);
+    CHECK(memcmp(whole, ref, (size_t) vocab * sizeof(float)) == 0,
+          "%s: 3 threads differ from 2", what);
+    free(steps);
+    free(whole);
+}
+
 static void test_fast_precision(void)
 {
     char err[256];
     model *m = model_load("t/fixtures/tiny-qwen3", 0, 1, err, sizeof(err));
     int32_t ids[N_TOK], table[N_BLOCKS];
-    float *exact, *fast, *fast_steps, *fast_t3;
+    float *exact, *fast;
     llm_backend *be_exact, *be_fast, *be_fast3;
     int vocab;
-    double num = 0, den = 0;
+    double e;
 
     REQUIRE(m != NULL, "model_load: %s", err);
     vocab = m->cfg.vocab_size;
@@ -100,48 +142,31 @@ static void test_fast_precision(void)
     }
     exact = malloc((size_t) vocab * sizeof(float));
     fast = malloc((size_t) vocab * sizeof(float));
-    fast_steps = malloc((size_t) vocab * sizeof(float));
-    fast_t3 = malloc((size_t) vocab * sizeof(float));
     be_exact = open_backend(m, 1, CPU_PRECISION_EXACT);
     be_fast = open_backend(m, 2, CPU_PRECISION_FAST);
     be_fast3 = open_backend(m, 3, CPU_PRECISION_FAST);
-    REQUIRE(exact && fast && fast_steps && fast_t3 && be_exact && be_fast
-            && be_fast3, "setup");
+    REQUIRE(exact && fast && be_exact && be_fast && be_fast3, "setup");
 
     REQUIRE(run(be_exact, ids, N_TOK, 0, table, exact) == 0, "exact");
     REQUIRE(run(be_fast, ids, N_TOK, 0, table, fast) == 0, "fast");
-    for (int i = 0; i < vocab; i++) {
-        num += ((double) fast[i] - exact[i]) * ((double) fast[i] - exact[i]);
-        den += (double) exact[i] * exact[i];
-    }
+    e = rel_l2(fast, exact, vocab);
     printf("# %s: fast vs exact rel err %.3g\n", kern_isa_name(kern_get_isa()),
-           sqrt(num / den));
+           e);
     /* bf16 activations keep ~3 significant digits */
-    CHECK(sqrt(num / den) < 3e-2, "fast vs exact rel err %g", sqrt(num / den));
+    CHECK(e < 3e-2, "fast vs exact rel err %g", e);
     CHECK(argmax(fast, vocab) == argmax(exact, vocab), "argmax differs");
     if (kern_get_isa() >= KERN_ISA_AVX512BF16) {
         /* the fast path really ran (bf16 fixture weights) */
-        CHECK(num > 0, "fast precision gave the exact logits");
+        CHECK(e > 0, "fast precision gave the exact logits");
     }
-
     /* prefill 24, then decode the rest one token at a time, other threads */
-    REQUIRE(run(be_fast3, ids, 24, 0, table, fast_steps) == 0, "prefill");
-    for (int i = 24; i < N_TOK; i++) {
-        REQUIRE(run(be_fast3, ids + i, 1, i, table, fast_steps) == 0, "step");
-    }
-    CHECK(memcmp(fast_steps, fast, (size_t) vocab * sizeof(float)) == 0,
-          "fast: decode step by step differs from one prefill");
-    REQUIRE(run(be_fast3, ids, N_TOK, 0, table, fast_t3) == 0, "prefill 3");
-    CHECK(memcmp(fast_t3, fast, (size_t) vocab * sizeof(float)) == 0,
-          "fast: 3 threads differ from 2");
+    check_steps_and_threads(be_fast3, ids, 24, table, fast, vocab, "fast");
 
     be_exact->ops->destroy(be_exact);
     be_fast->ops->destroy(be_fast);
     be_fast3->ops->destroy(be_fast3);
     free(exact);
     free(fast);
-    free(fast_steps);
-    free(fast_t3);
     model_free(m);
 }
 
@@ -154,10 +179,10 @@ static void test_bf16_kv_cache(void)
     char err[256];
     model *m = model_load("t/fixtures/tiny-qwen3", 0, 1, err, sizeof(err));
     int32_t ids[N_TOK], table[N_BLOCKS];
-    float *f32kv, *bf, *bf_steps, *bf_t3;
+    float *f32kv, *bf;
     llm_backend *be_f32, *be_bf, *be_bf3;
     int vocab;
-    double num = 0, den = 0;
+    double e;
 
     REQUIRE(m != NULL, "model_load: %s", err);
     vocab = m->cfg.vocab_size;
@@ -169,45 +194,27 @@ static void test_bf16_kv_cache(void)
     }
     f32kv = malloc((size_t) vocab * sizeof(float));
     bf = malloc((size_t) vocab * sizeof(float));
-    bf_steps = malloc((size_t) vocab * sizeof(float));
-    bf_t3 = malloc((size_t) vocab * sizeof(float));
     be_f32 = open_backend_kv(m, 2, CPU_PRECISION_EXACT, CPU_KV_F32);
     be_bf = open_backend_kv(m, 2, CPU_PRECISION_EXACT, CPU_KV_BF16);
     be_bf3 = open_backend_kv(m, 3, CPU_PRECISION_EXACT, CPU_KV_BF16);
-    REQUIRE(f32kv && bf && bf_steps && bf_t3 && be_f32 && be_bf && be_bf3,
-            "setup");
+    REQUIRE(f32kv && bf && be_f32 && be_bf && be_bf3, "setup");
     CHECK(be_bf->ops->kv_block_bytes(be_bf, BS) * 2
           == be_f32->ops->kv_block_bytes(be_f32, BS),
           "a bf16 block is not half an f32 one");
 
     REQUIRE(run(be_f32, ids, N_TOK, 0, table, f32kv) == 0, "f32 KV");
     REQUIRE(run(be_bf, ids, N_TOK, 0, table, bf) == 0, "bf16 KV");
-    for (int i = 0; i < vocab; i++) {
-        num += ((double) bf[i] - f32kv[i]) * ((double) bf[i] - f32kv[i]);
-        den += (double) f32kv[i] * f32kv[i];
-    }
-    printf("# bf16 vs f32 KV cache: logits rel err %.3g\n", sqrt(num / den));
-    CHECK(num > 0, "the bf16 cache gave the f32 cache's logits");
-    CHECK(sqrt(num / den) < 3e-2, "bf16 vs f32 KV rel err %g",
-          sqrt(num / den));
+    e = rel_l2(bf, f32kv, vocab);
+    printf("# bf16 vs f32 KV cache: logits rel err %.3g\n", e);
+    CHECK(e > 0, "the bf16 cache gave the f32 cache's logits");
+    CHECK(e < 3e-2, "bf16 vs f32 KV rel err %g", e);
     CHECK(argmax(bf, vocab) == argmax(f32kv, vocab), "argmax differs");
-
-    REQUIRE(run(be_bf3, ids, 20, 0, table, bf_steps) == 0, "prefill");
-    for (int i = 20; i < N_TOK; i++) {
-        REQUIRE(run(be_bf3, ids + i, 1, i, table, bf_steps) == 0, "step");
-    }
-    CHECK(memcmp(bf_steps, bf, (size_t) vocab * sizeof(float)) == 0,
-          "bf16 KV: decode step by step differs from one prefill");
-    REQUIRE(run(be_bf3, ids, N_TOK, 0, table, bf_t3) == 0, "prefill 3");
-    CHECK(memcmp(bf_t3, bf, (size_t) vocab * sizeof(float)) == 0,
-          "bf16 KV: 3 threads differ from 2");
+    check_steps_and_threads(be_bf3, ids, 20, table, bf, vocab, "bf16 KV");
     be_f32->ops->destroy(be_f32);
     be_bf->ops->destroy(be_bf);
     be_bf3->ops->destroy(be_bf3);
     free(f32kv);
     free(bf);
-    free(bf_steps);
-    free(bf_t3);
     model_free(m);
 }
 
